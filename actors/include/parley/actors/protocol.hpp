@@ -1,0 +1,65 @@
+#pragma once
+
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
+
+#include <cstdint>
+#include <string>
+
+/// The message protocol between parley's actors: atoms, error codes and the typed
+/// interfaces. Actor code lives in actors/src; only these aliases are public.
+namespace parley::actors {
+
+// Atoms: at most 10 characters of [A-Za-z0-9_] (CAF 0.17). caf:: already has get_atom etc.
+using locate_atom = caf::atom_constant<caf::atom("locate")>;
+using tenant_atom = caf::atom_constant<caf::atom("tenant")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using config_atom = caf::atom_constant<caf::atom("config")>;
+
+/// Errors that actors answer with (registered with CAF as category "parley").
+enum class actor_errc : uint8_t {
+  tenant_isolated = 1, ///< the tenant crashed too often and is isolated for a while
+  overloaded = 2,      ///< the node or tenant has no room for more in-flight work
+  draining = 3,        ///< the node is shutting down
+  unknown_tenant = 4,  ///< no such tenant (or not owned by this node)
+};
+
+/// Human-readable name of an actor error code.
+const char* to_string(actor_errc code) noexcept;
+
+/// Counters a tenant manager reports.
+struct manager_stats {
+  uint64_t active_tenants = 0;  ///< tenant actors alive now
+  uint64_t spawned = 0;         ///< tenant actors spawned since start
+  uint64_t restarts = 0;        ///< tenant actors restarted after a crash
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, manager_stats& x) {
+  return f(caf::meta::type_name("manager_stats"), x.active_tenants, x.spawned, x.restarts);
+}
+
+/// One tenant: the single owner of its limits, cache and conversations. Its interface grows
+/// with the chat and admission-control work; today it answers who it is.
+using tenant_actor = caf::typed_actor<
+  /// The tenant id this actor owns.
+  caf::replies_to<caf::get_atom>::with<std::string>,
+  /// Replaces the tenant's config (JSON text) after an admin change.
+  caf::reacts_to<config_atom, std::string>>;
+
+/// Supervises the tenant actors of this node: spawns one on first use, monitors it.
+using tenant_manager_actor = caf::typed_actor<
+  /// The tenant actor for a tenant id (spawned on first use).
+  caf::replies_to<tenant_atom, std::string>::with<tenant_actor>,
+  caf::replies_to<stats_atom>::with<manager_stats>>;
+
+/// Knows which node's tenant manager owns a tenant. On a single node: always the local one.
+/// In a cluster it answers with the owner node's manager (reached over CAF's middleman).
+using tenant_directory_actor = caf::typed_actor<
+  caf::replies_to<locate_atom, std::string>::with<tenant_manager_actor>>;
+
+} // namespace parley::actors
+
+CAF_ERROR_CODE_ENUM(parley::actors::actor_errc, "parley")

@@ -1,0 +1,86 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+/// Typed settings, one struct per module. Each module receives only its own struct; only
+/// runtime sees the whole tree. Defaults here are the embedded single-node defaults.
+/// docs/configuration.md lists every key, its environment name and meaning.
+namespace parley::config {
+
+/// [http]: the Beast listener and sessions (net).
+struct http_settings {
+  std::string listen = "127.0.0.1:8080";   ///< HOST:PORT; port 0 picks a free port
+  int io_threads = 2;
+  std::size_t max_body_bytes = 4u << 20;   ///< larger bodies answer 413
+  std::size_t max_header_bytes = 16u << 10; ///< larger header blocks answer 431
+  int read_timeout_seconds = 30;           ///< a request must arrive completely within this
+  int idle_timeout_seconds = 75;           ///< keep-alive connections idle longer are closed
+  int write_timeout_seconds = 30;          ///< one write to a slow client may take this long
+  std::vector<std::string> cors_allowed_origins; ///< exact origins or "*"; empty = no CORS
+};
+
+/// [log]
+struct log_settings {
+  std::string level = "info";              ///< trace|debug|info|warn|error|critical|off
+  std::string file;                        ///< "" = stdout only; else also a rotating file
+  std::size_t file_max_bytes = 64u << 20;
+  int file_count = 5;
+};
+
+/// [store]: persistence backend and its pool.
+struct store_settings {
+  std::string backend = "sqlite";          ///< "sqlite" | "postgres"
+  std::string sqlite_path;                 ///< "" = <data.dir>/parley.db
+  std::string postgres_dsn;                ///< libpq connection string or URI (secret)
+  int pool_size = 4;                       ///< connections (and worker threads)
+  int acquire_timeout_ms = 2000;           ///< waiting longer for a connection fails with timeout
+  int statement_timeout_ms = 5000;         ///< PostgreSQL statement_timeout
+  int busy_timeout_ms = 5000;              ///< SQLite busy_timeout
+  bool migrate_on_start = true;            ///< `serve` applies pending migrations at start
+};
+
+/// [data]
+struct data_settings {
+  std::string dir = "var";                 ///< SQLite file, generated admin key and pepper
+};
+
+/// [actors]: the CAF actor system.
+struct actor_settings {
+  int scheduler_threads = 2;
+  int max_throughput = 300;                ///< messages per actor per scheduling run
+};
+
+/// [shutdown]
+struct shutdown_settings {
+  int grace_seconds = 20;                  ///< in-flight requests get this long to finish
+};
+
+/// [admin]
+struct admin_settings {
+  std::string key;                         ///< admin bearer key (secret); "" = generated file
+};
+
+/// [auth]: tenant API keys.
+struct auth_settings {
+  std::string pepper;                      ///< HMAC key for secrets (secret); "" = generated file
+  int key_cache_size = 100000;             ///< entries in the in-memory key cache
+  int key_cache_ttl_seconds = 60;          ///< a cached key is re-read after this long
+  int failed_auth_per_minute = 30;         ///< failures per client address before 429
+  int last_used_flush_seconds = 10;        ///< write-behind period of keys' last_used_at
+};
+
+/// The whole tree. Only runtime holds it.
+struct settings {
+  http_settings http;
+  log_settings log;
+  store_settings store;
+  data_settings data;
+  actor_settings actors;
+  shutdown_settings shutdown;
+  admin_settings admin;
+  auth_settings auth;
+};
+
+} // namespace parley::config

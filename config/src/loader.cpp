@@ -1,0 +1,394 @@
+#include "parley/config/loader.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <functional>
+#include <sstream>
+
+extern char** environ;
+
+namespace parley::config {
+namespace {
+
+/// How one key reads from TOML and from the environment, and how it prints.
+struct field {
+  key_info info;
+  std::function<void(settings&, const toml::node&)> from_toml;
+  std::function<void(settings&, const std::string&)> from_env;
+  std::function<std::string(const settings&)> show;
+};
+
+[[noreturn]] void fail(const std::string& name, const std::string& why) {
+  throw config_error("invalid configuration: " + name + ": " + why);
+}
+
+std::string upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return s;
+}
+
+const char* toml_type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "string";
+    case toml::node_type::integer: return "integer";
+    case toml::node_type::floating_point: return "float";
+    case toml::node_type::boolean: return "boolean";
+    case toml::node_type::array: return "array";
+    case toml::node_type::table: return "table";
+    default: return "date/time";
+  }
+}
+
+int64_t parse_env_int(const std::string& name, const std::string& v) {
+  try {
+    std::size_t pos = 0;
+    auto n = std::stoll(v, &pos);
+    if (pos != v.size())
+      throw std::invalid_argument(v);
+    return n;
+  } catch (const std::exception&) {
+    fail(name, "expected an integer, got '" + v + "'");
+  }
+}
+
+bool parse_env_bool(const std::string& name, const std::string& v) {
+  auto l = upper(v);
+  if (l == "TRUE" || l == "1" || l == "YES" || l == "ON")
+    return true;
+  if (l == "FALSE" || l == "0" || l == "NO" || l == "OFF")
+    return false;
+  fail(name, "expected true or false, got '" + v + "'");
+}
+
+// Typed accessors: T is the member's type. One overload set per supported type.
+void read_toml(const std::string& name, const toml::node& n, std::string& out) {
+  auto v = n.value<std::string>();
+  if (!n.is_string() || !v)
+    fail(name, std::string("expected a string, got ") + toml_type_name(n));
+  out = *v;
+}
+void read_toml(const std::string& name, const toml::node& n, int& out) {
+  if (!n.is_integer())
+    fail(name, std::string("expected an integer, got ") + toml_type_name(n));
+  auto v = *n.value<int64_t>();
+  if (v < INT32_MIN || v > INT32_MAX)
+    fail(name, "integer out of range");
+  out = static_cast<int>(v);
+}
+void read_toml(const std::string& name, const toml::node& n, std::size_t& out) {
+  if (!n.is_integer())
+    fail(name, std::string("expected an integer, got ") + toml_type_name(n));
+  auto v = *n.value<int64_t>();
+  if (v < 0)
+    fail(name, "must not be negative");
+  out = static_cast<std::size_t>(v);
+}
+void read_toml(const std::string& name, const toml::node& n, bool& out) {
+  if (!n.is_boolean())
+    fail(name, std::string("expected a boolean, got ") + toml_type_name(n));
+  out = *n.value<bool>();
+}
+void read_toml(const std::string& name, const toml::node& n, std::vector<std::string>& out) {
+  auto* arr = n.as_array();
+  if (!arr)
+    fail(name, std::string("expected an array of strings, got ") + toml_type_name(n));
+  out.clear();
+  for (auto& e : *arr) {
+    auto v = e.value<std::string>();
+    if (!e.is_string() || !v)
+      fail(name, "expected an array of strings");
+    out.push_back(*v);
+  }
+}
+
+void read_env(const std::string& name, const std::string& v, std::string& out) { out = v; }
+void read_env(const std::string& name, const std::string& v, int& out) {
+  auto n = parse_env_int(name, v);
+  if (n < INT32_MIN || n > INT32_MAX)
+    fail(name, "integer out of range");
+  out = static_cast<int>(n);
+}
+void read_env(const std::string& name, const std::string& v, std::size_t& out) {
+  auto n = parse_env_int(name, v);
+  if (n < 0)
+    fail(name, "must not be negative");
+  out = static_cast<std::size_t>(n);
+}
+void read_env(const std::string& name, const std::string& v, bool& out) {
+  out = parse_env_bool(name, v);
+}
+void read_env(const std::string& name, const std::string& v, std::vector<std::string>& out) {
+  out.clear();
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty())
+      out.push_back(item);
+}
+
+std::string show_value(const std::string& v) { return "\"" + v + "\""; }
+std::string show_value(int v) { return std::to_string(v); }
+std::string show_value(std::size_t v) { return std::to_string(v); }
+std::string show_value(bool v) { return v ? "true" : "false"; }
+std::string show_value(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out += (i ? ", \"" : "\"") + v[i] + "\"";
+  return out + "]";
+}
+
+template <class T> const char* type_name();
+template <> const char* type_name<std::string>() { return "string"; }
+template <> const char* type_name<int>() { return "integer"; }
+template <> const char* type_name<std::size_t>() { return "integer"; }
+template <> const char* type_name<bool>() { return "boolean"; }
+template <> const char* type_name<std::vector<std::string>>() { return "string list"; }
+
+template <class Section, class T>
+field make(const char* section, const char* key, Section settings::*sec, T Section::*mem,
+           const char* meaning, bool secret = false) {
+  field f;
+  f.info.section = section;
+  f.info.key = key;
+  f.info.env = "PARLEY_" + upper(section) + "_" + upper(key);
+  f.info.type = type_name<T>();
+  f.info.meaning = meaning;
+  f.info.secret = secret;
+  settings defaults;
+  f.info.default_value = show_value(defaults.*sec.*mem);
+  std::string name = std::string(section) + "." + key;
+  f.from_toml = [=](settings& s, const toml::node& n) { read_toml(name, n, s.*sec.*mem); };
+  f.from_env = [=](settings& s, const std::string& v) {
+    read_env(f.info.env, v, s.*sec.*mem);
+  };
+  f.show = [=](const settings& s) {
+    const auto& v = s.*sec.*mem;
+    if (secret)
+      return show_value(std::string(show_value(v) == show_value(T{}) ? "" : "***"));
+    return show_value(v);
+  };
+  return f;
+}
+
+const std::vector<field>& fields() {
+  // Function-local static: built on first use, no global constructor.
+  static const std::vector<field> all = {
+    make("http", "listen", &settings::http, &http_settings::listen,
+         "Address the HTTP API listens on, HOST:PORT ([::1]:PORT for IPv6); port 0 picks a free port"),
+    make("http", "io_threads", &settings::http, &http_settings::io_threads,
+         "Threads running the HTTP io_context"),
+    make("http", "max_body_bytes", &settings::http, &http_settings::max_body_bytes,
+         "Largest accepted request body; larger bodies are answered 413"),
+    make("http", "max_header_bytes", &settings::http, &http_settings::max_header_bytes,
+         "Largest accepted request header block; larger ones are answered 431"),
+    make("http", "read_timeout_seconds", &settings::http, &http_settings::read_timeout_seconds,
+         "A request (headers and body) must arrive within this time, else the connection closes"),
+    make("http", "idle_timeout_seconds", &settings::http, &http_settings::idle_timeout_seconds,
+         "Keep-alive connections idle for longer are closed"),
+    make("http", "write_timeout_seconds", &settings::http, &http_settings::write_timeout_seconds,
+         "One write to a slow client may take this long before the connection is dropped"),
+    make("http", "cors_allowed_origins", &settings::http, &http_settings::cors_allowed_origins,
+         "Origins allowed by CORS (exact, or \"*\"); empty disables CORS"),
+    make("log", "level", &settings::log, &log_settings::level,
+         "Log level: trace, debug, info, warn, error, critical or off"),
+    make("log", "file", &settings::log, &log_settings::file,
+         "Also write logs to this file, rotated by size; empty = stdout only"),
+    make("log", "file_max_bytes", &settings::log, &log_settings::file_max_bytes,
+         "Size at which the log file rotates"),
+    make("log", "file_count", &settings::log, &log_settings::file_count,
+         "Rotated log files kept"),
+    make("store", "backend", &settings::store, &store_settings::backend,
+         "Persistence backend: sqlite (embedded default) or postgres"),
+    make("store", "sqlite_path", &settings::store, &store_settings::sqlite_path,
+         "SQLite database file; empty = <data.dir>/parley.db"),
+    make("store", "postgres_dsn", &settings::store, &store_settings::postgres_dsn,
+         "PostgreSQL connection string or URI (multi-host with target_session_attrs accepted)",
+         true),
+    make("store", "pool_size", &settings::store, &store_settings::pool_size,
+         "Database connections, and threads of the persistence worker pool"),
+    make("store", "acquire_timeout_ms", &settings::store, &store_settings::acquire_timeout_ms,
+         "Waiting longer than this for a pooled connection fails the call"),
+    make("store", "statement_timeout_ms", &settings::store, &store_settings::statement_timeout_ms,
+         "PostgreSQL statement_timeout for every statement; 0 disables"),
+    make("store", "busy_timeout_ms", &settings::store, &store_settings::busy_timeout_ms,
+         "SQLite busy timeout when another connection holds the write lock"),
+    make("store", "migrate_on_start", &settings::store, &store_settings::migrate_on_start,
+         "Apply pending migrations when `parley serve` starts"),
+    make("data", "dir", &settings::data, &data_settings::dir,
+         "Directory for the SQLite file and generated secrets (admin.key, pepper)"),
+    make("actors", "scheduler_threads", &settings::actors, &actor_settings::scheduler_threads,
+         "CAF scheduler threads"),
+    make("actors", "max_throughput", &settings::actors, &actor_settings::max_throughput,
+         "Messages an actor handles per scheduling run before yielding its thread"),
+    make("shutdown", "grace_seconds", &settings::shutdown, &shutdown_settings::grace_seconds,
+         "On SIGTERM/SIGINT, in-flight requests get this long to finish"),
+    make("admin", "key", &settings::admin, &admin_settings::key,
+         "Admin API bearer key (at least 32 characters); empty = generated into <data.dir>/admin.key",
+         true),
+    make("auth", "pepper", &settings::auth, &auth_settings::pepper,
+         "Server secret for HMAC of API key secrets (at least 32 characters); empty = generated "
+         "into <data.dir>/pepper",
+         true),
+    make("auth", "key_cache_size", &settings::auth, &auth_settings::key_cache_size,
+         "API keys kept in the in-memory cache"),
+    make("auth", "key_cache_ttl_seconds", &settings::auth, &auth_settings::key_cache_ttl_seconds,
+         "A cached API key is re-read from the store after this long"),
+    make("auth", "failed_auth_per_minute", &settings::auth, &auth_settings::failed_auth_per_minute,
+         "Failed authentications per client address per minute before answering 429"),
+    make("auth", "last_used_flush_seconds", &settings::auth,
+         &auth_settings::last_used_flush_seconds,
+         "Period of the batched write-behind of API keys' last_used_at"),
+  };
+  return all;
+}
+
+void check_range(const std::string& name, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi)
+    fail(name, std::to_string(v) + " is out of range [" + std::to_string(lo) + ", " +
+                 std::to_string(hi) + "]");
+}
+
+} // namespace
+
+const std::vector<key_info>& known_keys() {
+  static const std::vector<key_info> keys = [] {
+    std::vector<key_info> out;
+    for (auto& f : fields())
+      out.push_back(f.info);
+    return out;
+  }();
+  return keys;
+}
+
+std::pair<std::string, uint16_t> split_host_port(const std::string& value,
+                                                 const std::string& key) {
+  std::string host, port;
+  if (!value.empty() && value.front() == '[') {
+    auto close = value.find(']');
+    if (close == std::string::npos || close + 1 >= value.size() || value[close + 1] != ':')
+      fail(key, "expected [IPv6]:PORT, got '" + value + "'");
+    host = value.substr(1, close - 1);
+    port = value.substr(close + 2);
+  } else {
+    auto colon = value.rfind(':');
+    if (colon == std::string::npos || colon == 0)
+      fail(key, "expected HOST:PORT, got '" + value + "'");
+    host = value.substr(0, colon);
+    port = value.substr(colon + 1);
+    if (host.find(':') != std::string::npos)
+      fail(key, "write IPv6 addresses in brackets, like [::1]:8080; got '" + value + "'");
+  }
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](unsigned char c) { return std::isdigit(c); }))
+    fail(key, "port must be a number 0-65535, got '" + port + "'");
+  auto n = std::stoul(port);
+  if (n > 65535)
+    fail(key, "port must be a number 0-65535, got '" + port + "'");
+  return {host, static_cast<uint16_t>(n)};
+}
+
+void validate(const settings& s) {
+  split_host_port(s.http.listen, "http.listen");
+  check_range("http.io_threads", s.http.io_threads, 1, 64);
+  check_range("http.max_body_bytes", static_cast<int64_t>(s.http.max_body_bytes), 1024,
+              int64_t{1} << 30);
+  check_range("http.max_header_bytes", static_cast<int64_t>(s.http.max_header_bytes), 1024,
+              int64_t{1} << 20);
+  check_range("http.read_timeout_seconds", s.http.read_timeout_seconds, 1, 3600);
+  check_range("http.idle_timeout_seconds", s.http.idle_timeout_seconds, 1, 3600);
+  check_range("http.write_timeout_seconds", s.http.write_timeout_seconds, 1, 3600);
+  for (auto& o : s.http.cors_allowed_origins)
+    if (o != "*" && o.rfind("http://", 0) != 0 && o.rfind("https://", 0) != 0)
+      fail("http.cors_allowed_origins", "'" + o + "' is not \"*\" or an http(s):// origin");
+  static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(levels), std::end(levels), s.log.level) == std::end(levels))
+    fail("log.level", "'" + s.log.level +
+                        "' is not one of trace, debug, info, warn, error, critical, off");
+  check_range("log.file_max_bytes", static_cast<int64_t>(s.log.file_max_bytes), 4096,
+              int64_t{1} << 40);
+  check_range("log.file_count", s.log.file_count, 1, 1000);
+  if (s.store.backend != "sqlite" && s.store.backend != "postgres")
+    fail("store.backend", "'" + s.store.backend + "' is not sqlite or postgres");
+  if (s.store.backend == "postgres" && s.store.postgres_dsn.empty())
+    fail("store.postgres_dsn", "required when store.backend is postgres");
+  check_range("store.pool_size", s.store.pool_size, 1, 256);
+  check_range("store.acquire_timeout_ms", s.store.acquire_timeout_ms, 1, 600000);
+  check_range("store.statement_timeout_ms", s.store.statement_timeout_ms, 0, 3600000);
+  check_range("store.busy_timeout_ms", s.store.busy_timeout_ms, 0, 600000);
+  if (s.data.dir.empty())
+    fail("data.dir", "must not be empty");
+  check_range("actors.scheduler_threads", s.actors.scheduler_threads, 1, 256);
+  check_range("actors.max_throughput", s.actors.max_throughput, 1, 1000000);
+  check_range("shutdown.grace_seconds", s.shutdown.grace_seconds, 0, 3600);
+  if (!s.admin.key.empty() && s.admin.key.size() < 32)
+    fail("admin.key", "must be at least 32 characters");
+  if (!s.auth.pepper.empty() && s.auth.pepper.size() < 32)
+    fail("auth.pepper", "must be at least 32 characters");
+  check_range("auth.key_cache_size", s.auth.key_cache_size, 1, 100000000);
+  check_range("auth.key_cache_ttl_seconds", s.auth.key_cache_ttl_seconds, 1, 86400);
+  check_range("auth.failed_auth_per_minute", s.auth.failed_auth_per_minute, 1, 1000000);
+  check_range("auth.last_used_flush_seconds", s.auth.last_used_flush_seconds, 1, 3600);
+}
+
+settings load(const std::string& path, const std::map<std::string, std::string>& env) {
+  settings s;
+  if (!path.empty()) {
+    toml::table root;
+    try {
+      root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      std::ostringstream msg;
+      msg << "invalid configuration: " << path << ":" << e.source().begin.line << ":"
+          << e.source().begin.column << ": " << e.description();
+      throw config_error(msg.str());
+    }
+    for (auto& [sec_key, sec_node] : root) {
+      std::string section(sec_key.str());
+      auto* table = sec_node.as_table();
+      if (!table)
+        fail(section, "expected a [" + section + "] table");
+      for (auto& [key, node] : *table) {
+        std::string k(key.str());
+        auto it = std::find_if(fields().begin(), fields().end(), [&](const field& f) {
+          return f.info.section == section && f.info.key == k;
+        });
+        if (it == fields().end())
+          fail(section + "." + k, "unknown key in " + path);
+        it->from_toml(s, node);
+      }
+    }
+  }
+  for (auto& f : fields()) {
+    auto it = env.find(f.info.env);
+    if (it != env.end())
+      f.from_env(s, it->second);
+  }
+  validate(s);
+  return s;
+}
+
+std::map<std::string, std::string> process_environment() {
+  std::map<std::string, std::string> out;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    if (kv.rfind("PARLEY_", 0) != 0)
+      continue;
+    auto eq = kv.find('=');
+    if (eq != std::string::npos)
+      out.emplace(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return out;
+}
+
+std::vector<std::string> describe(const settings& s) {
+  std::vector<std::string> out;
+  for (auto& f : fields())
+    out.push_back(f.info.section + "." + f.info.key + " = " + f.show(s));
+  return out;
+}
+
+} // namespace parley::config

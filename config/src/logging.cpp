@@ -1,0 +1,85 @@
+#include "parley/config/logging.hpp"
+
+#include <cstdio>
+
+namespace parley::log {
+
+void append_escaped(std::string& out, std::string_view s) {
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+}
+
+event::event(const logger_ptr& logger, spdlog::level::level_enum level, std::string_view msg)
+  : logger_(logger.get()), level_(level), enabled_(logger && logger->should_log(level)) {
+  if (!enabled_)
+    return;
+  payload_.reserve(256);
+  payload_ += "\"msg\":\"";
+  append_escaped(payload_, msg);
+  payload_ += '"';
+}
+
+event::~event() {
+  if (enabled_)
+    logger_->log(level_, "{}", payload_);
+}
+
+void event::key(std::string_view k) {
+  payload_ += ",\"";
+  append_escaped(payload_, k);
+  payload_ += "\":";
+}
+
+event& event::str(std::string_view k, std::string_view value) {
+  if (enabled_) {
+    key(k);
+    payload_ += '"';
+    append_escaped(payload_, value);
+    payload_ += '"';
+  }
+  return *this;
+}
+
+event& event::num(std::string_view k, int64_t value) {
+  if (enabled_) {
+    key(k);
+    payload_ += std::to_string(value);
+  }
+  return *this;
+}
+
+event& event::real(std::string_view k, double value) {
+  if (enabled_) {
+    key(k);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", value);
+    payload_ += buf;
+  }
+  return *this;
+}
+
+event& event::flag(std::string_view k, bool value) {
+  if (enabled_) {
+    key(k);
+    payload_ += value ? "true" : "false";
+  }
+  return *this;
+}
+
+} // namespace parley::log

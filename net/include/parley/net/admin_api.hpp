@@ -1,0 +1,36 @@
+#pragma once
+
+#include "parley/net/router.hpp"
+#include "parley/persistence/executor.hpp"
+#include "parley/tenants/admin_ops.hpp"
+#include "parley/tenants/key_cache.hpp"
+
+#include <string>
+#include <vector>
+
+namespace parley::net {
+
+/// What the admin and model routes need; owned by runtime, outlives the server.
+struct admin_deps {
+  tenants::admin_ops& ops;
+  persistence::store_executor& executor;
+  tenants::key_cache& keys;
+};
+
+/// Adds the admin API under /admin/v1 (tenants, keys, usage, audit). Authentication is the
+/// auth middleware's job; handlers only parse, hand off to admin_ops on a persistence worker,
+/// invalidate caches after mutations, and answer.
+void add_admin_routes(router& r, admin_deps deps);
+
+/// A model this node serves.
+struct model_info {
+  std::string id;
+  std::string owned_by;
+  int64_t created = 0; ///< Unix seconds
+};
+
+/// Adds GET /v1/models: the node's models that the caller's tenant may use, in OpenAI's
+/// list shape. `models` is fixed at start-up.
+void add_model_routes(router& r, std::vector<model_info> models);
+
+} // namespace parley::net

@@ -1,0 +1,30 @@
+#pragma once
+
+#include "parley/net/middleware.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+/// The built-in middleware of the request pipeline. Runtime puts them in order.
+namespace parley::net {
+
+/// Accepts a sane incoming X-Request-ID (1-128 chars of [A-Za-z0-9._:-]), else generates
+/// one; stores it in ctx().request_id and echoes it as `x-request-id` on every response.
+std::unique_ptr<middleware> make_request_id();
+
+/// Adds defensive headers to every response (nosniff, no-store, frame denial, no referrer,
+/// a CSP that allows nothing: the API serves JSON, never pages).
+std::unique_ptr<middleware> make_security_headers();
+
+/// CORS for the listed origins (exact match, or "*"). Preflights (OPTIONS with Origin and
+/// Access-Control-Request-Method) from an allowed origin answer 204 with the allowed methods
+/// and headers; from another origin 403. Actual responses to an allowed origin carry
+/// Access-Control-Allow-Origin and the exposed headers. Empty list: CORS off (no headers,
+/// preflights fall through to routing).
+std::unique_ptr<middleware> make_cors(std::vector<std::string> allowed_origins);
+
+/// A new random request id (32 lowercase hex characters). Thread-safe.
+std::string generate_request_id();
+
+} // namespace parley::net

@@ -1,0 +1,39 @@
+#pragma once
+
+#include "parley/net/router.hpp"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace parley::net {
+
+/// The state of one dependency, as /readyz reports it.
+struct dependency_status {
+  std::string name;    ///< "store", "migrations", "node"
+  bool ok = false;
+  std::string detail;  ///< short, client-safe ("reachable", "draining", "2 pending")
+};
+
+/// Tells whether this node may take traffic. Implemented by runtime.
+class readiness_source {
+public:
+  virtual ~readiness_source() = default;
+  /// Evaluates every dependency without blocking the caller and calls `done` exactly once,
+  /// from any thread. Ready means every entry is ok.
+  virtual void check(std::function<void(std::vector<dependency_status>)> done) = 0;
+};
+
+/// What GET /version reports.
+struct build_info {
+  std::string version;
+  std::string commit;
+  std::string build_type;
+};
+
+/// Adds GET /healthz (alive: always 200 while the process serves HTTP), GET /readyz (200 when
+/// every dependency is ok, else 503, with the list as JSON) and GET /version.
+void add_ops_routes(router& r, std::shared_ptr<readiness_source> readiness, build_info info);
+
+} // namespace parley::net

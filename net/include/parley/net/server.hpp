@@ -1,0 +1,91 @@
+#pragma once
+
+#include "parley/config/logging.hpp"
+#include "parley/config/settings.hpp"
+#include "parley/net/http.hpp"
+#include "parley/net/middleware.hpp"
+#include "parley/net/router.hpp"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <vector>
+
+namespace parley::net {
+
+class http_session;
+
+/// The middleware chain plus the router: everything a session needs to serve a request.
+/// Immutable after construction; shared by all sessions.
+class pipeline : public std::enable_shared_from_this<pipeline> {
+public:
+  pipeline(std::vector<std::unique_ptr<middleware>> chain, router r, log::logger_ptr logger);
+
+  /// Runs the chain from ex->next_filter, then the router. Catches every exception (the
+  /// error guard): a throwing step answers 500 in OpenAI's shape and is logged.
+  void run(const exchange_ptr& ex) const;
+  /// Applies all on_response hooks in reverse order.
+  void decorate(exchange& ex, response& res) const;
+  const log::logger_ptr& logger() const noexcept { return logger_; }
+  const router& routes() const noexcept { return router_; }
+
+private:
+  std::vector<std::unique_ptr<middleware>> chain_;
+  router router_;
+  log::logger_ptr logger_;
+};
+
+/// Shared bookkeeping of all sessions of one server: counts and the drain switch.
+/// Thread-safe.
+class session_registry {
+public:
+  void add(const std::shared_ptr<http_session>& s);
+  void remove(http_session* s);
+  /// Posts a drain to every live session: idle ones close, busy ones close after their
+  /// current response.
+  void drain_all();
+  std::size_t size() const;
+
+  std::atomic<bool> draining{false};
+  std::atomic<int64_t> in_flight{0};   ///< requests read but not yet fully answered
+  std::atomic<uint64_t> total{0};      ///< requests seen since start
+
+private:
+  mutable std::mutex mu_;
+  std::set<std::weak_ptr<http_session>, std::owner_less<std::weak_ptr<http_session>>> sessions_;
+};
+
+class listener;
+
+/// The HTTP server: a listener that accepts connections (a strand each) and starts sessions.
+///
+/// Thread safety: start() and the stop/drain calls may be called from any thread; the
+/// io_context is run by threads the caller owns (runtime). Pending accepts hold the
+/// listener, not the server, so destroying the server while the io_context runs is safe.
+class server {
+public:
+  server(asio::io_context& ioc, const config::http_settings& settings,
+         std::shared_ptr<const pipeline> p, log::logger_ptr logger);
+  ~server();
+
+  /// Binds and listens on settings.listen; returns the bound port. Throws
+  /// std::system_error when the address cannot be bound.
+  uint16_t start();
+  /// Closes the listening socket: new connections are refused once it returns. Waits up to
+  /// 2 s for the io threads to close it, so call it from a controlling thread, never from an
+  /// io thread. Idempotent.
+  void stop_accepting();
+  /// stop_accepting(), then asks every session to finish its current request and close.
+  void drain();
+
+  int64_t in_flight() const noexcept { return registry_->in_flight.load(); }
+  std::size_t open_sessions() const { return registry_->size(); }
+  uint64_t requests_total() const noexcept { return registry_->total.load(); }
+
+private:
+  std::shared_ptr<session_registry> registry_;
+  std::shared_ptr<listener> listener_;
+};
+
+} // namespace parley::net

@@ -1,0 +1,275 @@
+#include "parley/net/admin_api.hpp"
+
+#include "parley/net/store_call.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace parley::net {
+namespace {
+
+using json = nlohmann::json;
+using tenants::op_errc;
+using tenants::op_error;
+using tenants::op_result;
+
+api_error to_api(const op_error& e) {
+  switch (e.code) {
+    case op_errc::invalid_request: return {api_errc::invalid_request, e.message, e.param};
+    case op_errc::unknown_parameter: return {api_errc::unknown_parameter, e.message, e.param};
+    case op_errc::not_found: return {api_errc::not_found, e.message, e.param};
+    case op_errc::conflict: return {api_errc::conflict, e.message, e.param};
+    case op_errc::unavailable: return {api_errc::unavailable, e.message, ""};
+    case op_errc::internal: return {api_errc::internal, "", ""};
+  }
+  return {api_errc::internal, "", ""};
+}
+
+/// Parses the JSON body; an empty body counts as {} for routes without required fields.
+bool parse_body(const exchange_ptr& ex, json& out) {
+  auto& body = ex->req().body();
+  if (body.empty()) {
+    out = json::object();
+    return true;
+  }
+  out = json::parse(body, nullptr, false);
+  if (out.is_discarded()) {
+    ex->respond_error({api_errc::invalid_json,
+                       "We could not parse the JSON body of your request.", ""});
+    return false;
+  }
+  if (!out.is_object()) {
+    ex->respond_error({api_errc::invalid_request, "The request body must be a JSON object.", ""});
+    return false;
+  }
+  return true;
+}
+
+/// Reads ?limit=&after= ; answers 400 and returns false on a bad limit.
+bool parse_page(const exchange_ptr& ex, persistence::page_request& p) {
+  auto target = ex->req().target();
+  auto limit = query_param(target, "limit");
+  if (!limit.empty()) {
+    char* end = nullptr;
+    auto n = std::strtol(limit.c_str(), &end, 10);
+    if (*end != '\0' || n < 1 || n > 100) {
+      ex->respond_error({api_errc::invalid_request, "limit must be an integer from 1 to 100",
+                         "limit"});
+      return false;
+    }
+    p.limit = static_cast<int>(n);
+  }
+  p.after = query_param(target, "after");
+  return true;
+}
+
+bool parse_time(const exchange_ptr& ex, const char* name, std::optional<int64_t>& out) {
+  auto v = query_param(ex->req().target(), name);
+  if (v.empty())
+    return true;
+  char* end = nullptr;
+  auto n = std::strtoll(v.c_str(), &end, 10);
+  if (*end != '\0' || n < 0) {
+    ex->respond_error({api_errc::invalid_request,
+                       std::string(name) + " must be a Unix time in seconds", name});
+    return false;
+  }
+  out = n * 1000;
+  return true;
+}
+
+template <class T>
+json list_json(const persistence::page<T>& p, json (*one)(const T&)) {
+  auto data = json::array();
+  for (auto& item : p.items)
+    data.push_back(one(item));
+  return json{{"object", "list"},
+              {"data", std::move(data)},
+              {"has_more", p.has_more},
+              {"next_after", p.has_more && !p.items.empty() ? json(p.items.back().id) : json(nullptr)}};
+}
+
+/// Answers an op_result: the value through `render`, an error through the table.
+template <class T, class Render>
+void answer(const exchange_ptr& ex, op_result<T>& r, http::status ok, Render render) {
+  if (auto* e = std::get_if<op_error>(&r)) {
+    ex->respond_error(to_api(*e));
+    return;
+  }
+  ex->respond_json(ok, render(std::get<T>(r)));
+}
+
+tenants::audit_context who(const exchange_ptr& ex) {
+  return {"admin", ex->ctx().request_id};
+}
+
+} // namespace
+
+void add_admin_routes(router& r, admin_deps d) {
+  using persistence::tenant_record;
+  using persistence::api_key_record;
+  auto* ops = &d.ops;
+  auto* exec = &d.executor;
+  auto* keys = &d.keys;
+  const std::string tenants_path = "/admin/v1/tenants";
+
+  r.add(http::verb::post, tenants_path, [=](const exchange_ptr& ex) {
+    json body;
+    if (!parse_body(ex, body))
+      return;
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->create_tenant(body, w); },
+               [ex](op_result<tenant_record> res) {
+                 answer(ex, res, http::status::created, tenants::admin_ops::tenant_json);
+               });
+  });
+
+  r.add(http::verb::get, tenants_path, [=](const exchange_ptr& ex) {
+    persistence::page_request p;
+    if (!parse_page(ex, p))
+      return;
+    bool include_deleted = query_param(ex->req().target(), "include_deleted") == "true";
+    store_call(ex, *exec, [=] { return ops->list_tenants(p, include_deleted); },
+               [ex](op_result<persistence::page<tenant_record>> res) {
+                 answer(ex, res, http::status::ok, [](auto& pg) {
+                   return list_json<tenant_record>(pg, tenants::admin_ops::tenant_json);
+                 });
+               });
+  });
+
+  r.add(http::verb::get, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+    auto id = ex->ctx().param("id");
+    store_call(ex, *exec, [=] { return ops->get_tenant(id); },
+               [ex](op_result<tenant_record> res) {
+                 answer(ex, res, http::status::ok, tenants::admin_ops::tenant_json);
+               });
+  });
+
+  r.add(http::verb::patch, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+    json body;
+    if (!parse_body(ex, body))
+      return;
+    auto id = ex->ctx().param("id");
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->update_tenant(id, body, w); },
+               [ex, keys, id](op_result<tenant_record> res) {
+                 // Status and config changes apply to the very next request.
+                 keys->invalidate_tenant(id);
+                 answer(ex, res, http::status::ok, tenants::admin_ops::tenant_json);
+               });
+  });
+
+  r.add(http::verb::delete_, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+    auto id = ex->ctx().param("id");
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->delete_tenant(id, w); },
+               [ex, keys, id](op_result<tenant_record> res) {
+                 keys->invalidate_tenant(id);
+                 answer(ex, res, http::status::ok, [](const tenant_record& t) {
+                   return json{{"id", t.id}, {"object", "tenant"}, {"deleted", true}};
+                 });
+               });
+  });
+
+  auto issued_json = [](const tenants::issued_key& k) {
+    auto j = tenants::admin_ops::key_json(k.record);
+    j["key"] = k.full_key; // the only time the secret is shown
+    return j;
+  };
+
+  r.add(http::verb::post, tenants_path + "/{id}/keys", [=](const exchange_ptr& ex) {
+    json body;
+    if (!parse_body(ex, body))
+      return;
+    auto id = ex->ctx().param("id");
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->create_key(id, body, w); },
+               [ex, issued_json](op_result<tenants::issued_key> res) {
+                 answer(ex, res, http::status::created, issued_json);
+               });
+  });
+
+  r.add(http::verb::get, tenants_path + "/{id}/keys", [=](const exchange_ptr& ex) {
+    persistence::page_request p;
+    if (!parse_page(ex, p))
+      return;
+    auto id = ex->ctx().param("id");
+    store_call(ex, *exec, [=] { return ops->list_keys(id, p); },
+               [ex](op_result<persistence::page<api_key_record>> res) {
+                 answer(ex, res, http::status::ok, [](auto& pg) {
+                   return list_json<api_key_record>(pg, tenants::admin_ops::key_json);
+                 });
+               });
+  });
+
+  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/revoke", [=](const exchange_ptr& ex) {
+    auto id = ex->ctx().param("id");
+    auto key_id = ex->ctx().param("key_id");
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->revoke_key(id, key_id, w); },
+               [ex, keys, key_id](op_result<api_key_record> res) {
+                 // Drop the cached key before answering: the very next request re-reads it.
+                 keys->invalidate_key(key_id);
+                 answer(ex, res, http::status::ok, tenants::admin_ops::key_json);
+               });
+  });
+
+  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/rotate", [=](const exchange_ptr& ex) {
+    json body;
+    if (!parse_body(ex, body))
+      return;
+    auto id = ex->ctx().param("id");
+    auto key_id = ex->ctx().param("key_id");
+    auto w = who(ex);
+    store_call(ex, *exec, [=] { return ops->rotate_key(id, key_id, body, w); },
+               [ex, keys, key_id, issued_json](op_result<tenants::issued_key> res) {
+                 keys->invalidate_key(key_id);
+                 answer(ex, res, http::status::ok, issued_json);
+               });
+  });
+
+  r.add(http::verb::get, tenants_path + "/{id}/usage", [=](const exchange_ptr& ex) {
+    std::optional<int64_t> from, to;
+    if (!parse_time(ex, "from", from) || !parse_time(ex, "to", to))
+      return;
+    auto id = ex->ctx().param("id");
+    int64_t f = from.value_or(0), t = to.value_or(INT64_MAX / 2);
+    store_call(ex, *exec, [=] { return ops->usage(id, f, t); },
+               [ex](op_result<std::vector<persistence::usage_row>> res) {
+                 answer(ex, res, http::status::ok, [](auto& rows) {
+                   auto data = json::array();
+                   for (auto& u : rows)
+                     data.push_back(tenants::admin_ops::usage_json(u));
+                   return json{{"object", "list"}, {"data", data}};
+                 });
+               });
+  });
+
+  r.add(http::verb::get, "/admin/v1/audit", [=](const exchange_ptr& ex) {
+    persistence::page_request p;
+    persistence::audit_filter f;
+    if (!parse_page(ex, p) || !parse_time(ex, "since", f.since) || !parse_time(ex, "until", f.until))
+      return;
+    f.tenant_id = query_param(ex->req().target(), "tenant_id");
+    f.action = query_param(ex->req().target(), "action");
+    store_call(ex, *exec, [=] { return ops->audit(f, p); },
+               [ex](op_result<persistence::page<persistence::audit_record>> res) {
+                 answer(ex, res, http::status::ok, [](auto& pg) {
+                   return list_json<persistence::audit_record>(pg, tenants::admin_ops::audit_json);
+                 });
+               });
+  });
+}
+
+void add_model_routes(router& r, std::vector<model_info> models) {
+  r.add(http::verb::get, "/v1/models", [models](const exchange_ptr& ex) {
+    auto data = json::array();
+    auto& p = ex->ctx().principal;
+    for (auto& m : models)
+      if (p && p->config.allows(m.id))
+        data.push_back({{"id", m.id}, {"object", "model"}, {"created", m.created},
+                        {"owned_by", m.owned_by}});
+    ex->respond_json(http::status::ok, {{"object", "list"}, {"data", data}});
+  });
+}
+
+} // namespace parley::net

@@ -1,0 +1,147 @@
+#include "parley/net/middlewares.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <array>
+#include <random>
+
+namespace parley::net {
+namespace {
+
+bool sane_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128)
+    return false;
+  return std::all_of(id.begin(), id.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-';
+  });
+}
+
+class request_id_filter final : public middleware {
+public:
+  const char* name() const noexcept override { return "request_id"; }
+
+  filter_status on_request(const exchange_ptr& ex) override {
+    auto incoming = ex->req()["x-request-id"];
+    ex->ctx().request_id =
+      sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+    return filter_status::proceed;
+  }
+
+  void on_response(exchange& ex, response& res) override {
+    // Local replies written before on_request ran (parse errors) still get an id.
+    if (ex.ctx().request_id.empty()) {
+      auto incoming = ex.req()["x-request-id"];
+      ex.ctx().request_id =
+        sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+    }
+    res.set("x-request-id", ex.ctx().request_id);
+  }
+};
+
+class security_headers_filter final : public middleware {
+public:
+  const char* name() const noexcept override { return "security_headers"; }
+  filter_status on_request(const exchange_ptr&) override { return filter_status::proceed; }
+  void on_response(exchange&, response& res) override {
+    res.set("X-Content-Type-Options", "nosniff");
+    res.set("X-Frame-Options", "DENY");
+    res.set("Referrer-Policy", "no-referrer");
+    res.set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+    if (res.find(http::field::cache_control) == res.end())
+      res.set(http::field::cache_control, "no-store");
+    res.set(http::field::server, "parley");
+  }
+};
+
+class cors_filter final : public middleware {
+public:
+  explicit cors_filter(std::vector<std::string> origins) : origins_(std::move(origins)) {
+    any_ = std::find(origins_.begin(), origins_.end(), "*") != origins_.end();
+  }
+
+  const char* name() const noexcept override { return "cors"; }
+
+  filter_status on_request(const exchange_ptr& ex) override {
+    auto& req = ex->req();
+    auto origin = req[http::field::origin];
+    if (origins_.empty() || origin.empty())
+      return filter_status::proceed;
+    bool preflight = req.method() == http::verb::options &&
+                     req.find(http::field::access_control_request_method) != req.end();
+    if (!allowed(origin)) {
+      if (preflight) {
+        ex->respond_error({api_errc::origin_not_allowed, "", ""});
+        return filter_status::stop;
+      }
+      return filter_status::proceed; // no CORS headers: the browser blocks the read
+    }
+    if (!preflight)
+      return filter_status::proceed;
+    response res{http::status::no_content, req.version()};
+    res.set(http::field::access_control_allow_methods, "GET, POST, PATCH, DELETE, OPTIONS");
+    auto requested = req[http::field::access_control_request_headers];
+    // Any request header may be sent: the API authenticates with bearer keys, not cookies.
+    res.set(http::field::access_control_allow_headers,
+            requested.empty() ? std::string_view("authorization, content-type, x-request-id")
+                              : requested);
+    res.set(http::field::access_control_max_age, "600");
+    ex->respond(std::move(res));
+    return filter_status::stop;
+  }
+
+  void on_response(exchange& ex, response& res) override {
+    auto origin = ex.req()[http::field::origin];
+    if (origins_.empty() || origin.empty() || !allowed(origin))
+      return;
+    res.set(http::field::access_control_allow_origin, any_ ? std::string_view("*") : origin);
+    if (!any_)
+      res.set(http::field::vary, "Origin");
+    res.set(http::field::access_control_expose_headers,
+            "x-request-id, retry-after, x-ratelimit-limit-requests, "
+            "x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+            "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, "
+            "x-ratelimit-reset-tokens, x-parley-cache");
+  }
+
+private:
+  bool allowed(std::string_view origin) const {
+    return any_ || std::find(origins_.begin(), origins_.end(), origin) != origins_.end();
+  }
+
+  std::vector<std::string> origins_;
+  bool any_ = false;
+};
+
+} // namespace
+
+std::string generate_request_id() {
+  // A per-thread generator seeded once from the CSPRNG: ids must be unique, not secret.
+  thread_local std::mt19937_64 gen = [] {
+    std::array<unsigned char, 8> seed{};
+    if (RAND_bytes(seed.data(), static_cast<int>(seed.size())) != 1)
+      seed.fill(0x5a);
+    uint64_t s = 0;
+    for (auto b : seed)
+      s = (s << 8) | b;
+    return std::mt19937_64{s ^ static_cast<uint64_t>(std::random_device{}())};
+  }();
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  uint64_t a = gen(), b = gen();
+  for (int i = 0; i < 16; ++i) {
+    out[static_cast<std::size_t>(i)] = hex[(a >> (4 * i)) & 15];
+    out[static_cast<std::size_t>(16 + i)] = hex[(b >> (4 * i)) & 15];
+  }
+  return out;
+}
+
+std::unique_ptr<middleware> make_request_id() { return std::make_unique<request_id_filter>(); }
+std::unique_ptr<middleware> make_security_headers() {
+  return std::make_unique<security_headers_filter>();
+}
+std::unique_ptr<middleware> make_cors(std::vector<std::string> allowed_origins) {
+  return std::make_unique<cors_filter>(std::move(allowed_origins));
+}
+
+} // namespace parley::net

@@ -1,0 +1,60 @@
+#include "parley/net/exchange.hpp"
+
+#include "parley/net/server.hpp"
+#include "server/http_session.hpp"
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <nlohmann/json.hpp>
+
+namespace parley::net {
+
+exchange::exchange(std::shared_ptr<http_session> session, request req,
+                   std::shared_ptr<const pipeline> p)
+  : session_(std::move(session)), pipeline_(std::move(p)), req_(std::move(req)) {}
+
+exchange::~exchange() {
+  if (!responded_.load(std::memory_order_acquire) && session_) {
+    asio::post(session_->executor(), [s = session_, id = ctx_.request_id] { s->abandon(id); });
+  }
+}
+
+asio::any_io_executor exchange::executor() const { return session_->executor(); }
+
+void exchange::respond(response res) {
+  if (responded_.exchange(true, std::memory_order_acq_rel))
+    return;
+  for (auto& [k, v] : extra_headers_)
+    res.set(k, v);
+  extra_headers_.clear();
+  // dispatch: runs inline when already on the strand, else hops onto it.
+  asio::dispatch(session_->executor(), [self = shared_from_this(), res = std::move(res)]() mutable {
+    self->session_->write_response(self, std::move(res));
+  });
+}
+
+void exchange::respond_error(const api_error& e) {
+  response res{status_of(e.code), req_.version() ? req_.version() : 11};
+  res.set(http::field::content_type, "application/json");
+  res.body() = error_body(e);
+  respond(std::move(res));
+}
+
+void exchange::respond_json(http::status status, const nlohmann::json& body) {
+  response res{status, req_.version() ? req_.version() : 11};
+  res.set(http::field::content_type, "application/json");
+  res.body() = body.dump();
+  respond(std::move(res));
+}
+
+void exchange::add_header(std::string name, std::string value) {
+  extra_headers_.emplace_back(std::move(name), std::move(value));
+}
+
+void exchange::resume() {
+  asio::dispatch(session_->executor(), [self = shared_from_this()] {
+    self->pipeline_->run(self);
+  });
+}
+
+} // namespace parley::net

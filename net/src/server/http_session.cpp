@@ -1,0 +1,214 @@
+#include "server/http_session.hpp"
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+namespace parley::net {
+
+http_session::http_session(asio::ip::tcp::socket&& socket,
+                           std::shared_ptr<const config::http_settings> settings,
+                           std::shared_ptr<const pipeline> p,
+                           std::shared_ptr<session_registry> registry)
+  : stream_(std::move(socket)),
+    settings_(std::move(settings)),
+    pipeline_(std::move(p)),
+    registry_(std::move(registry)) {
+  beast::error_code ec;
+  auto ep = stream_.socket().remote_endpoint(ec);
+  if (!ec)
+    peer_ = ep.address().to_string();
+}
+
+http_session::~http_session() { registry_->remove(this); }
+
+void http_session::start() {
+  registry_->add(shared_from_this());
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    if (self->registry_->draining.load())
+      return self->do_close();
+    self->do_read_header();
+  });
+}
+
+void http_session::drain() {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    self->closing_ = true;
+    if (!self->busy_)
+      self->do_close();
+  });
+}
+
+void http_session::do_read_header() {
+  // A fresh parser per request: limits apply per message and no state leaks between them.
+  parser_.emplace();
+  parser_->header_limit(static_cast<std::uint32_t>(settings_->max_header_bytes));
+  parser_->body_limit(settings_->max_body_bytes);
+  // The first request must arrive within the read timeout; a kept-alive connection may sit
+  // idle for the idle timeout before its next request starts.
+  stream_.expires_after(std::chrono::seconds(first_request_ ? settings_->read_timeout_seconds
+                                                            : settings_->idle_timeout_seconds));
+  http::async_read_header(stream_, buffer_, *parser_,
+                          [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                            self->on_read_header(ec, n);
+                          });
+}
+
+void http_session::on_read_header(beast::error_code ec, std::size_t) {
+  if (ec == http::error::header_limit)
+    return reply_parse_error(api_errc::headers_too_large);
+  if (ec == http::error::body_limit)
+    return reply_parse_error(api_errc::payload_too_large);
+  if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
+      ec == beast::error::timeout || ec == asio::error::eof ||
+      ec == asio::error::connection_reset || ec == asio::error::bad_descriptor)
+    return do_close();
+  if (ec)
+    return reply_parse_error(api_errc::invalid_request);
+  first_request_ = false;
+  // From here on a request is in flight: a drain lets it finish instead of cutting it off.
+  busy_ = true;
+  registry_->in_flight.fetch_add(1);
+  registry_->total.fetch_add(1);
+  auto& req = parser_->get();
+  // Say yes to "Expect: 100-continue" only for bodies we will accept (too large: 413 above).
+  auto expect = req[http::field::expect];
+  if (beast::iequals(expect, "100-continue") && !parser_->is_done()) {
+    static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+    asio::async_write(stream_, asio::buffer(continue_line, sizeof continue_line - 1),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        if (ec) {
+                          self->finish_request();
+                          return self->do_close();
+                        }
+                        self->do_read_body();
+                      });
+    return;
+  }
+  do_read_body();
+}
+
+void http_session::do_read_body() {
+  if (parser_->is_done())
+    return start_exchange();
+  stream_.expires_after(std::chrono::seconds(settings_->read_timeout_seconds));
+  http::async_read(stream_, buffer_, *parser_,
+                   [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                     self->on_read_body(ec, n);
+                   });
+}
+
+void http_session::on_read_body(beast::error_code ec, std::size_t) {
+  if (ec == http::error::body_limit)
+    return reply_parse_error(api_errc::payload_too_large);
+  if (ec == asio::error::operation_aborted || ec == beast::error::timeout ||
+      ec == asio::error::eof || ec == http::error::end_of_stream ||
+      ec == asio::error::connection_reset || ec == http::error::partial_message) {
+    finish_request();
+    return do_close();
+  }
+  if (ec)
+    return reply_parse_error(api_errc::invalid_request);
+  start_exchange();
+}
+
+void http_session::start_exchange() {
+  // No timer while the request is processed: handlers bound their own work.
+  stream_.expires_never();
+  auto ex = std::make_shared<exchange>(shared_from_this(), parser_->release(), pipeline_);
+  ex->ctx().client_address = peer_;
+  pipeline_->run(ex);
+}
+
+void http_session::reply_parse_error(api_errc code) {
+  // The message cannot be read to its end, so the connection cannot be reused.
+  closing_ = true;
+  if (!busy_) {
+    busy_ = true;
+    registry_->in_flight.fetch_add(1);
+    registry_->total.fetch_add(1);
+  }
+  request req;
+  if (parser_) {
+    // Keep what was parsed of the header (method, target) for the log line, not the body.
+    auto& h = parser_->get();
+    req.method(h.method());
+    req.target(h.target());
+    req.version(h.version() ? h.version() : 11);
+    if (auto it = h.find(http::field::origin); it != h.end())
+      req.set(http::field::origin, it->value());
+    if (auto it = h.find("x-request-id"); it != h.end())
+      req.set("x-request-id", it->value());
+  }
+  auto ex = std::make_shared<exchange>(shared_from_this(), std::move(req), pipeline_);
+  ex->ctx().client_address = peer_;
+  ex->respond_error({code, "", ""});
+}
+
+void http_session::write_response(const std::shared_ptr<exchange>& ex, response res) {
+  pipeline_->decorate(*ex, res);
+  bool keep = ex->req().keep_alive() && !closing_ && !registry_->draining.load();
+  if (!keep)
+    closing_ = true;
+  res.keep_alive(keep);
+  if (ex->req().method() == http::verb::head)
+    res.body().clear();
+  res.prepare_payload();
+  auto status = res.result_int();
+  auto sp = std::make_shared<response>(std::move(res));
+  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  http::async_write(stream_, *sp,
+                    [self = shared_from_this(), sp, ex, status](beast::error_code ec, std::size_t) {
+                      auto elapsed = std::chrono::steady_clock::now() - ex->ctx().start;
+                      log::event(self->pipeline_->logger(),
+                                 status >= 500 ? spdlog::level::warn : spdlog::level::info,
+                                 "request")
+                        .str("request_id", ex->ctx().request_id)
+                        .str("tenant_id", ex->ctx().tenant_id)
+                        .str("key_id", ex->ctx().key_id)
+                        .str("method", std::string(ex->req().method_string()))
+                        .str("route", ex->ctx().route.empty() ? std::string("-") : ex->ctx().route)
+                        .num("status", status)
+                        .real("latency_ms",
+                              std::chrono::duration<double, std::milli>(elapsed).count())
+                        .str("client", ex->ctx().client_address)
+                        .flag("write_ok", !ec);
+                      self->finish_request();
+                      if (ec || self->closing_)
+                        return self->do_close();
+                      self->do_read_header();
+                    });
+}
+
+void http_session::abandon(const std::string& request_id) {
+  // A bug dropped an exchange without an answer: still answer, and keep the counts right.
+  log::event(pipeline_->logger(), spdlog::level::err, "exchange dropped without a response")
+    .str("request_id", request_id);
+  request req;
+  auto ex = std::make_shared<exchange>(shared_from_this(), std::move(req), pipeline_);
+  ex->ctx().request_id = request_id;
+  // busy_ is still set from the dropped request: this answer's write completes it.
+  closing_ = true;
+  ex->respond_error({api_errc::internal, "", ""});
+}
+
+void http_session::finish_request() {
+  if (busy_) {
+    busy_ = false;
+    registry_->in_flight.fetch_sub(1);
+  }
+}
+
+void http_session::do_close() {
+  if (closed_)
+    return;
+  closed_ = true;
+  beast::error_code ec;
+  stream_.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  stream_.socket().close(ec);
+}
+
+} // namespace parley::net

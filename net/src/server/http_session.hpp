@@ -1,0 +1,65 @@
+#pragma once
+
+#include "parley/config/settings.hpp"
+#include "parley/net/exchange.hpp"
+#include "parley/net/server.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/parser.hpp>
+
+#include <memory>
+#include <optional>
+
+namespace parley::net {
+
+/// One HTTP/1.1 connection: reads requests one at a time (a fresh parser each, with header
+/// and body limits and timeouts), hands each to the pipeline as an exchange, writes the
+/// response, and keeps the connection alive unless told otherwise or draining.
+///
+/// Thread safety: every member function except start() and drain() runs on the
+/// connection's strand. Pending operations and live exchanges hold shared_from_this().
+class http_session : public std::enable_shared_from_this<http_session> {
+public:
+  http_session(asio::ip::tcp::socket&& socket,
+               std::shared_ptr<const config::http_settings> settings,
+               std::shared_ptr<const pipeline> p, std::shared_ptr<session_registry> registry);
+  ~http_session();
+
+  /// Starts reading (any thread).
+  void start();
+  /// Finishes the current request, then closes; closes at once when idle (any thread).
+  void drain();
+
+  /// Writes the response of `ex` (strand only; called by exchange).
+  void write_response(const std::shared_ptr<exchange>& ex, response res);
+  /// An exchange was dropped without answering: answer 500 (strand only).
+  void abandon(const std::string& request_id);
+
+  asio::any_io_executor executor() { return stream_.get_executor(); }
+
+private:
+  void do_read_header();
+  void on_read_header(beast::error_code ec, std::size_t);
+  void do_read_body();
+  void on_read_body(beast::error_code ec, std::size_t);
+  void start_exchange();
+  void reply_parse_error(api_errc code);
+  void finish_request();
+  void do_close();
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<const config::http_settings> settings_;
+  std::shared_ptr<const pipeline> pipeline_;
+  std::shared_ptr<session_registry> registry_;
+  std::string peer_;
+  bool first_request_ = true;
+  bool busy_ = false;     ///< an exchange is in flight
+  bool closing_ = false;  ///< close after the current response
+  bool closed_ = false;
+};
+
+} // namespace parley::net

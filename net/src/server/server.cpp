@@ -1,0 +1,184 @@
+#include "parley/net/server.hpp"
+
+#include "parley/config/loader.hpp"
+#include "server/http_session.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <future>
+
+namespace parley::net {
+
+// -- pipeline ---------------------------------------------------------------------
+
+pipeline::pipeline(std::vector<std::unique_ptr<middleware>> chain, router r,
+                   log::logger_ptr logger)
+  : chain_(std::move(chain)), router_(std::move(r)), logger_(std::move(logger)) {}
+
+void pipeline::run(const exchange_ptr& ex) const {
+  // The error guard: nothing thrown by a filter or handler may unwind into Asio.
+  try {
+    while (ex->next_filter < chain_.size()) {
+      auto& step = chain_[ex->next_filter++];
+      if (step->on_request(ex) == filter_status::stop)
+        return;
+    }
+    ex->next_filter = chain_.size() + 1; // the handler ran; resume() is a no-op after this
+    router_.dispatch(ex);
+  } catch (const std::exception& e) {
+    log::event(logger_, spdlog::level::err, "unhandled exception in request")
+      .str("request_id", ex->ctx().request_id)
+      .str("route", ex->ctx().route)
+      .str("error", e.what());
+    ex->respond_error({api_errc::internal, "", ""});
+  } catch (...) {
+    log::event(logger_, spdlog::level::err, "unhandled non-standard exception in request")
+      .str("request_id", ex->ctx().request_id);
+    ex->respond_error({api_errc::internal, "", ""});
+  }
+}
+
+void pipeline::decorate(exchange& ex, response& res) const {
+  for (auto it = chain_.rbegin(); it != chain_.rend(); ++it) {
+    try {
+      (*it)->on_response(ex, res);
+    } catch (const std::exception& e) {
+      log::event(logger_, spdlog::level::err, "exception in response hook")
+        .str("middleware", (*it)->name())
+        .str("error", e.what());
+    }
+  }
+}
+
+// -- session registry -------------------------------------------------------------
+
+void session_registry::add(const std::shared_ptr<http_session>& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_.insert(s);
+}
+
+void session_registry::remove(http_session* s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // The session is being destroyed: its weak_ptr is expired; drop every expired entry.
+  for (auto it = sessions_.begin(); it != sessions_.end();)
+    it = it->expired() ? sessions_.erase(it) : std::next(it);
+  (void)s;
+}
+
+void session_registry::drain_all() {
+  std::vector<std::shared_ptr<http_session>> live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& w : sessions_)
+      if (auto s = w.lock())
+        live.push_back(std::move(s));
+  }
+  for (auto& s : live)
+    s->drain();
+}
+
+std::size_t session_registry::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::size_t n = 0;
+  for (auto& w : sessions_)
+    n += w.expired() ? 0 : 1;
+  return n;
+}
+
+// -- listener -----------------------------------------------------------------------
+
+class listener : public std::enable_shared_from_this<listener> {
+public:
+  listener(asio::io_context& ioc, std::shared_ptr<const config::http_settings> settings,
+           std::shared_ptr<const pipeline> p, log::logger_ptr logger,
+           std::shared_ptr<session_registry> registry)
+    : ioc_(ioc),
+      acceptor_(asio::make_strand(ioc)),
+      settings_(std::move(settings)),
+      pipeline_(std::move(p)),
+      logger_(std::move(logger)),
+      registry_(std::move(registry)) {}
+
+  uint16_t start() {
+    auto [host, port] = config::split_host_port(settings_->listen, "http.listen");
+    auto address = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host);
+    asio::ip::tcp::endpoint ep{address, port};
+    acceptor_.open(ep.protocol());
+    acceptor_.set_option(asio::socket_base::reuse_address(true));
+    acceptor_.bind(ep);
+    acceptor_.listen(asio::socket_base::max_listen_connections);
+    accepting_ = true;
+    auto bound = acceptor_.local_endpoint().port();
+    asio::dispatch(acceptor_.get_executor(), [self = shared_from_this()] { self->do_accept(); });
+    return bound;
+  }
+
+  void stop() {
+    if (!accepting_.exchange(false))
+      return;
+    // Close on the acceptor's strand so it never races a completing accept, and wait (briefly)
+    // for it: when stop() returns, new connections are refused by the kernel.
+    auto closed = std::make_shared<std::promise<void>>();
+    auto done = closed->get_future();
+    asio::post(acceptor_.get_executor(), [self = shared_from_this(), closed] {
+      beast::error_code ec;
+      self->acceptor_.close(ec);
+      closed->set_value();
+    });
+    done.wait_for(std::chrono::seconds(2));
+  }
+
+private:
+  void do_accept() {
+    // Each connection gets its own strand, so its handlers never run concurrently.
+    acceptor_.async_accept(asio::make_strand(ioc_), [self = shared_from_this()](
+                                                      beast::error_code ec,
+                                                      asio::ip::tcp::socket socket) {
+      if (ec == asio::error::operation_aborted || !self->accepting_.load())
+        return;
+      if (!ec) {
+        socket.set_option(asio::ip::tcp::no_delay(true), ec);
+        std::make_shared<http_session>(std::move(socket), self->settings_, self->pipeline_,
+                                       self->registry_)
+          ->start();
+      } else {
+        log::event(self->logger_, spdlog::level::warn, "accept failed").str("error", ec.message());
+      }
+      self->do_accept();
+    });
+  }
+
+  asio::io_context& ioc_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::shared_ptr<const config::http_settings> settings_;
+  std::shared_ptr<const pipeline> pipeline_;
+  log::logger_ptr logger_;
+  std::shared_ptr<session_registry> registry_;
+  std::atomic<bool> accepting_{false};
+};
+
+// -- server -----------------------------------------------------------------------
+
+server::server(asio::io_context& ioc, const config::http_settings& settings,
+               std::shared_ptr<const pipeline> p, log::logger_ptr logger)
+  : registry_(std::make_shared<session_registry>()),
+    listener_(std::make_shared<listener>(ioc,
+                                         std::make_shared<const config::http_settings>(settings),
+                                         std::move(p), std::move(logger), registry_)) {}
+
+server::~server() { stop_accepting(); }
+
+uint16_t server::start() { return listener_->start(); }
+
+void server::stop_accepting() { listener_->stop(); }
+
+void server::drain() {
+  registry_->draining = true;
+  stop_accepting();
+  registry_->drain_all();
+}
+
+} // namespace parley::net

@@ -1,0 +1,50 @@
+#pragma once
+
+#include "parley/config/logging.hpp"
+#include "parley/config/settings.hpp"
+
+#include <cstdint>
+#include <memory>
+
+namespace parley::runtime {
+
+/// Creates the process logger: JSON lines on stdout (and a rotating file if configured),
+/// written by a background thread so io and actor threads never wait on the terminal.
+/// `async` = false gives a synchronous logger (tests, CLI).
+log::logger_ptr make_logger(const config::log_settings& s, bool async = true);
+
+/// The composition root of one node. Builds and starts every part in order -- secrets,
+/// store, persistence workers, actor system (tenant manager and directory), io threads,
+/// HTTP listener -- and stops them in reverse, so the listener is the first to stop.
+///
+/// Thread safety: start(), begin_shutdown(), stop() are called by one controlling thread
+/// (main, or a test). drained() and port() may be called from any thread.
+class app {
+public:
+  app(config::settings s, log::logger_ptr logger);
+  ~app();
+  app(const app&) = delete;
+  app& operator=(const app&) = delete;
+
+  /// Starts everything; returns the bound HTTP port. Throws std::exception on a start-up
+  /// failure (address in use, store cannot be opened, migrations fail).
+  uint16_t start();
+  /// Graceful shutdown, first step: readiness turns 503, the listener stops accepting, idle
+  /// connections close, busy ones close after their current response.
+  void begin_shutdown();
+  /// True when no request is in flight and no connection is open.
+  bool drained() const;
+  /// Requests still in flight.
+  int64_t in_flight() const;
+  /// Stops every part in reverse start order. Idempotent; the destructor calls it.
+  void stop();
+
+  uint16_t port() const noexcept;
+  const config::settings& settings() const noexcept;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace parley::runtime

@@ -1,0 +1,324 @@
+#include "parley/runtime/app.hpp"
+
+#include "parley/actors/spawn.hpp"
+#include "parley/net/admin_api.hpp"
+#include "parley/net/auth.hpp"
+#include "parley/net/middlewares.hpp"
+#include "parley/net/ops.hpp"
+#include "parley/net/server.hpp"
+#include "parley/persistence/executor.hpp"
+#include "parley/persistence/ids.hpp"
+#include "parley/persistence/open.hpp"
+#include "parley/runtime/secrets.hpp"
+#include "wiring.hpp"
+#include "parley/runtime/version.hpp"
+#include "parley/tenants/admin_ops.hpp"
+#include "parley/tenants/key_cache.hpp"
+#include "parley/tenants/last_used.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <caf/all.hpp>
+#include <spdlog/async.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/rotating_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+
+#include <filesystem>
+#include <thread>
+
+namespace parley::runtime {
+
+log::logger_ptr make_logger(const config::log_settings& s, bool async) {
+  std::vector<spdlog::sink_ptr> sinks;
+  sinks.push_back(std::make_shared<spdlog::sinks::stdout_sink_mt>());
+  if (!s.file.empty())
+    sinks.push_back(std::make_shared<spdlog::sinks::rotating_file_sink_mt>(
+      s.file, s.file_max_bytes, static_cast<std::size_t>(s.file_count)));
+  log::logger_ptr logger;
+  if (async) {
+    // One background thread writes; callers only enqueue. When the queue is full the
+    // caller waits rather than dropping lines (an access log with holes is worse).
+    static std::once_flag once;
+    std::call_once(once, [] { spdlog::init_thread_pool(32768, 1); });
+    logger = std::make_shared<spdlog::async_logger>("parley", sinks.begin(), sinks.end(),
+                                                    spdlog::thread_pool(),
+                                                    spdlog::async_overflow_policy::block);
+  } else {
+    logger = std::make_shared<spdlog::logger>("parley", sinks.begin(), sinks.end());
+  }
+  logger->set_formatter(std::make_unique<spdlog::pattern_formatter>(
+    log::json_pattern, spdlog::pattern_time_type::utc, "\n"));
+  logger->set_level(spdlog::level::from_str(s.level));
+  logger->flush_on(spdlog::level::warn);
+  return logger;
+}
+
+namespace {
+
+/// Readiness of this node: not draining, store reachable, migrations applied. The store
+/// round trip runs on the persistence workers, never on the io thread that asked.
+class node_readiness final : public net::readiness_source {
+public:
+  node_readiness(persistence::store& store, persistence::store_executor& exec,
+                 std::atomic<bool>& draining)
+    : store_(store), exec_(exec), draining_(draining) {}
+
+  void check(std::function<void(std::vector<net::dependency_status>)> done) override {
+    net::dependency_status node{"node", !draining_.load(), draining_.load() ? "draining" : "serving"};
+    auto job = [this, node, done] {
+      std::vector<net::dependency_status> deps{node};
+      auto ping = store_.ping();
+      deps.push_back({"store", ping.ok(),
+                      ping.ok() ? std::string(store_.backend()) + " reachable"
+                                : std::string(store_.backend()) + " " +
+                                    persistence::to_string(ping.code())});
+      if (ping.ok()) {
+        auto pending = store_.pending_migrations();
+        bool ok = pending.ok() && pending->empty();
+        deps.push_back({"migrations", ok,
+                        !pending.ok() ? "unknown"
+                        : ok          ? "up to date"
+                                      : std::to_string(pending->size()) + " pending"});
+      } else {
+        deps.push_back({"migrations", false, "unknown"});
+      }
+      done(std::move(deps));
+    };
+    if (!exec_.try_post(job))
+      done({node, {"store", false, "persistence workers saturated"}, {"migrations", false, "unknown"}});
+  }
+
+private:
+  persistence::store& store_;
+  persistence::store_executor& exec_;
+  std::atomic<bool>& draining_;
+};
+
+} // namespace
+
+struct app::impl {
+  config::settings settings;
+  log::logger_ptr logger;
+  std::atomic<bool> draining{false};
+  bool started = false;
+  bool stopped = false;
+  uint16_t port = 0;
+
+  // Start order (destroyed in reverse): store, workers, actor system, io, listener.
+  std::string admin_key;
+  std::string pepper;
+  std::unique_ptr<persistence::store> store;
+  std::unique_ptr<persistence::store_executor> executor;
+  std::unique_ptr<tenants::key_cache> keys;
+  std::unique_ptr<tenants::failure_throttle> throttle;
+  std::unique_ptr<tenants::last_used_recorder> last_used;
+  std::unique_ptr<tenants::admin_ops> ops;
+  std::unique_ptr<caf::actor_system_config> caf_cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  actors::tenant_manager_actor tenant_manager;
+  actors::tenant_directory_actor tenant_directory;
+  std::unique_ptr<net::asio::io_context> ioc;
+  std::unique_ptr<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
+  std::vector<std::thread> io_threads;
+  std::unique_ptr<net::server> server;
+  std::unique_ptr<net::asio::steady_timer> flush_timer;
+
+  void load_secrets() {
+    std::string generated;
+    admin_key = detail::resolve_admin_key(settings, &generated);
+    if (!generated.empty()) // the path, never the key
+      log::event(logger, spdlog::level::info, "admin key file").str("path", generated);
+    pepper = detail::resolve_pepper(settings);
+  }
+
+  /// Writes the batched last_used_at times (on a persistence worker).
+  void flush_last_used() {
+    auto batch = last_used->take();
+    if (batch.empty())
+      return;
+    auto* st = store.get();
+    auto lg = logger;
+    bool queued = executor->try_post([st, lg, batch = std::move(batch)] {
+      auto r = st->touch_keys(batch);
+      if (!r.ok())
+        log::event(lg, spdlog::level::warn, "last_used_at flush failed")
+          .str("error", r.error().detail);
+    });
+    if (!queued)
+      log::event(logger, spdlog::level::warn, "last_used_at flush skipped: workers saturated");
+  }
+
+  void schedule_flush() {
+    flush_timer->expires_after(std::chrono::seconds(settings.auth.last_used_flush_seconds));
+    flush_timer->async_wait([this](boost::system::error_code ec) {
+      if (ec)
+        return;
+      flush_last_used();
+      schedule_flush();
+    });
+  }
+
+  void open_store() {
+    auto& st = settings.store;
+    store = detail::open_configured_store(settings);
+    log::event(logger, spdlog::level::info, "store opened")
+      .str("backend", store->backend())
+      .str("location", st.backend == "postgres" ? persistence::redact_dsn(st.postgres_dsn)
+                                                : detail::sqlite_path(settings));
+    if (st.migrate_on_start) {
+      auto applied = store->migrate();
+      if (!applied.ok())
+        // Unreachable database: serve anyway and report not-ready; anything else is fatal.
+        if (applied.code() != persistence::persistence_errc::unavailable)
+          throw std::runtime_error(std::string("migrations failed: ") +
+                                   persistence::to_string(applied.code()) + ": " +
+                                   applied.error().detail);
+      if (applied.ok() && !applied->empty())
+        log::event(logger, spdlog::level::info, "migrations applied")
+          .num("count", static_cast<int64_t>(applied->size()))
+          .num("latest", applied->back());
+      if (!applied.ok())
+        log::event(logger, spdlog::level::err, "store unreachable at start; not ready")
+          .str("error", applied.error().detail);
+    }
+  }
+
+  void start_actors() {
+    caf_cfg = std::make_unique<caf::actor_system_config>();
+    caf_cfg->set("scheduler.max-threads", settings.actors.scheduler_threads);
+    caf_cfg->set("scheduler.max-throughput", settings.actors.max_throughput);
+    actors::register_types(*caf_cfg);
+    sys = std::make_unique<caf::actor_system>(*caf_cfg);
+    tenant_manager = actors::spawn_tenant_manager(*sys, logger);
+    tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
+  }
+
+  std::shared_ptr<const net::pipeline> build_pipeline() {
+    // Order matters; each position says why.
+    std::vector<std::unique_ptr<net::middleware>> chain;
+    // 1. Request id first: every later step, log line and error carries it.
+    chain.push_back(net::make_request_id());
+    // 2. Security headers: decorate every response, local replies included.
+    chain.push_back(net::make_security_headers());
+    // 3. CORS before auth: browsers send preflights without credentials.
+    chain.push_back(net::make_cors(settings.http.cors_allowed_origins));
+    // 4. Authentication: admin key for /admin, tenant API keys for /v1.
+    chain.push_back(net::make_auth(net::auth_deps{*store, *executor, *keys, *throttle, *last_used,
+                                                  pepper, admin_key, logger}));
+    net::router routes;
+    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys});
+    auto started_at = persistence::now_millis() / 1000;
+    net::add_model_routes(routes, {{"parley-echo", "parley", started_at}});
+    net::add_ops_routes(routes,
+                        std::make_shared<node_readiness>(*store, *executor, draining),
+                        net::build_info{version_string(), git_commit(), build_type()});
+    return std::make_shared<net::pipeline>(std::move(chain), std::move(routes), logger);
+  }
+
+  void start_http() {
+    ioc = std::make_unique<net::asio::io_context>(settings.http.io_threads);
+    work = std::make_unique<net::asio::executor_work_guard<net::asio::io_context::executor_type>>(
+      ioc->get_executor());
+    server = std::make_unique<net::server>(*ioc, settings.http, build_pipeline(), logger);
+    port = server->start();
+    flush_timer = std::make_unique<net::asio::steady_timer>(*ioc);
+    schedule_flush();
+    for (int i = 0; i < settings.http.io_threads; ++i)
+      io_threads.emplace_back([this] { ioc->run(); });
+  }
+};
+
+app::app(config::settings s, log::logger_ptr logger) : impl_(std::make_unique<impl>()) {
+  impl_->settings = std::move(s);
+  impl_->logger = std::move(logger);
+}
+
+app::~app() { stop(); }
+
+uint16_t app::start() {
+  auto& d = *impl_;
+  d.started = true;
+  d.load_secrets();
+  d.open_store();
+  d.executor = std::make_unique<persistence::store_executor>(d.settings.store.pool_size, 4096);
+  d.keys = std::make_unique<tenants::key_cache>(
+    static_cast<std::size_t>(d.settings.auth.key_cache_size),
+    int64_t{d.settings.auth.key_cache_ttl_seconds} * 1000);
+  d.throttle = std::make_unique<tenants::failure_throttle>(d.settings.auth.failed_auth_per_minute);
+  d.last_used = std::make_unique<tenants::last_used_recorder>();
+  d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper);
+  d.start_actors();
+  d.start_http();
+  log::event(d.logger, spdlog::level::info, "listening")
+    .str("address", d.settings.http.listen)
+    .num("port", d.port)
+    .str("version", version_string());
+  return d.port;
+}
+
+void app::begin_shutdown() {
+  auto& d = *impl_;
+  if (d.draining.exchange(true))
+    return;
+  log::event(d.logger, spdlog::level::info, "draining")
+    .num("in_flight", d.server ? d.server->in_flight() : 0);
+  if (d.server)
+    d.server->drain();
+}
+
+bool app::drained() const {
+  auto& d = *impl_;
+  return !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);
+}
+
+int64_t app::in_flight() const { return impl_->server ? impl_->server->in_flight() : 0; }
+
+void app::stop() {
+  auto& d = *impl_;
+  if (!d.started || d.stopped)
+    return;
+  d.stopped = true;
+  d.draining = true;
+  // Reverse start order. First the listener and io threads, so nothing new comes in; then
+  // the actors and the persistence workers, which may still hold exchanges (and through
+  // them sockets); only then the sockets' io_context, and last the store.
+  if (d.server)
+    d.server->drain();
+  if (d.work)
+    d.work.reset();
+  if (d.ioc)
+    d.ioc->stop();
+  for (auto& t : d.io_threads)
+    t.join();
+  d.io_threads.clear();
+  if (d.sys) {
+    caf::anon_send_exit(d.tenant_directory, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(d.tenant_manager, caf::exit_reason::user_shutdown);
+    d.tenant_directory = nullptr;
+    d.tenant_manager = nullptr;
+    d.sys->await_all_actors_done();
+  }
+  if (d.executor)
+    d.executor->stop();
+  // The last batch of last_used_at times, written on this (controlling) thread.
+  if (d.last_used && d.store) {
+    auto batch = d.last_used->take();
+    if (!batch.empty())
+      (void)d.store->touch_keys(batch);
+  }
+  d.flush_timer.reset();
+  d.server.reset();
+  d.ioc.reset();
+  d.sys.reset();
+  d.caf_cfg.reset();
+  d.executor.reset();
+  d.store.reset();
+  log::event(d.logger, spdlog::level::info, "stopped");
+  d.logger->flush();
+}
+
+uint16_t app::port() const noexcept { return impl_->port; }
+const config::settings& app::settings() const noexcept { return impl_->settings; }
+
+} // namespace parley::runtime

@@ -1,0 +1,91 @@
+#pragma once
+
+#include "parley/persistence/records.hpp"
+#include "parley/tenants/tenant_config.hpp"
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace parley::tenants {
+
+/// What authentication needs to know about a key id: the key row and its tenant. `found` is
+/// false for a key id the store does not know (cached briefly, so guessing costs no queries).
+struct key_principal {
+  bool found = false;
+  persistence::api_key_record key;
+  std::string tenant_status;
+  std::string tenant_slug;
+  tenant_config config;
+};
+
+/// A bounded in-memory LRU of key principals with a TTL: the hot path of authentication
+/// never waits on the database while the cache is warm. Revocation, rotation and tenant
+/// changes invalidate entries at once (this process; cluster-wide invalidation hooks here).
+///
+/// Thread safety: every member is safe to call from any thread (one mutex, O(1) work).
+class key_cache {
+public:
+  key_cache(std::size_t capacity, int64_t ttl_ms);
+
+  /// The cached principal for `key_id`, or nullptr when absent or older than the TTL.
+  std::shared_ptr<const key_principal> find(const std::string& key_id, int64_t now_ms);
+  /// Inserts or replaces; evicts the least recently used entry beyond capacity.
+  void put(const std::string& key_id, std::shared_ptr<const key_principal> p, int64_t now_ms);
+  void invalidate_key(const std::string& key_id);
+  /// Drops every entry of a tenant (status or config changed).
+  void invalidate_tenant(const std::string& tenant_id);
+  std::size_t size() const;
+
+private:
+  struct entry {
+    std::string key_id;
+    std::shared_ptr<const key_principal> principal;
+    int64_t loaded_at;
+  };
+  mutable std::mutex mu_;
+  std::size_t capacity_;
+  int64_t ttl_ms_;
+  std::list<entry> lru_; // front = most recent
+  std::unordered_map<std::string, std::list<entry>::iterator> index_;
+};
+
+/// The outcome of checking a presented secret against a principal.
+enum class auth_outcome {
+  ok,
+  invalid_key,     ///< unknown, wrong secret, revoked, expired, or tenant deleted -> 401
+  tenant_inactive, ///< tenant suspended -> 403
+  missing_scope,   ///< key lacks the scope the route needs -> 403
+};
+
+/// Checks `secret` (constant-time HMAC comparison, rotation grace honoured), expiry,
+/// revocation, tenant status and `required_scope` ("" = any). Pure function.
+auth_outcome authenticate(const key_principal& p, const std::string& secret,
+                          const std::string& pepper, int64_t now_ms,
+                          const std::string& required_scope);
+
+/// Counts failed authentications per client address in one-minute windows, to slow down key
+/// guessing. Bounded memory: beyond `max_tracked` addresses the oldest window is dropped.
+/// Thread-safe.
+class failure_throttle {
+public:
+  failure_throttle(int per_minute, std::size_t max_tracked = 65536);
+  /// True when `address` is over its budget; `retry_after_s` receives the seconds to wait.
+  bool blocked(const std::string& address, int64_t now_ms, int64_t& retry_after_s);
+  void record_failure(const std::string& address, int64_t now_ms);
+
+private:
+  struct window {
+    int64_t start_ms = 0;
+    int count = 0;
+  };
+  std::mutex mu_;
+  int per_minute_;
+  std::size_t max_tracked_;
+  std::unordered_map<std::string, window> windows_;
+};
+
+} // namespace parley::tenants

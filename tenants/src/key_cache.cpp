@@ -1,0 +1,137 @@
+#include "parley/tenants/key_cache.hpp"
+
+#include "parley/tenants/api_key.hpp"
+
+#include <algorithm>
+
+namespace parley::tenants {
+
+key_cache::key_cache(std::size_t capacity, int64_t ttl_ms)
+  : capacity_(std::max<std::size_t>(capacity, 1)), ttl_ms_(ttl_ms) {}
+
+std::shared_ptr<const key_principal> key_cache::find(const std::string& key_id, int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key_id);
+  if (it == index_.end())
+    return nullptr;
+  if (now_ms - it->second->loaded_at >= ttl_ms_) {
+    lru_.erase(it->second);
+    index_.erase(it);
+    return nullptr;
+  }
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->principal;
+}
+
+void key_cache::put(const std::string& key_id, std::shared_ptr<const key_principal> p,
+                    int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key_id);
+  if (it != index_.end()) {
+    it->second->principal = std::move(p);
+    it->second->loaded_at = now_ms;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  lru_.push_front(entry{key_id, std::move(p), now_ms});
+  index_.emplace(key_id, lru_.begin());
+  while (lru_.size() > capacity_) {
+    index_.erase(lru_.back().key_id);
+    lru_.pop_back();
+  }
+}
+
+void key_cache::invalidate_key(const std::string& key_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key_id);
+  if (it == index_.end())
+    return;
+  lru_.erase(it->second);
+  index_.erase(it);
+}
+
+void key_cache::invalidate_tenant(const std::string& tenant_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = lru_.begin(); it != lru_.end();) {
+    if (it->principal && it->principal->found && it->principal->key.tenant_id == tenant_id) {
+      index_.erase(it->key_id);
+      it = lru_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::size_t key_cache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lru_.size();
+}
+
+auth_outcome authenticate(const key_principal& p, const std::string& secret,
+                          const std::string& pepper, int64_t now_ms,
+                          const std::string& required_scope) {
+  if (!p.found)
+    return auth_outcome::invalid_key;
+  auto& k = p.key;
+  auto presented = hash_secret(pepper, secret);
+  bool current = digest_equals(presented, k.secret_hash);
+  bool previous = k.previous_secret_hash && k.previous_valid_until &&
+                  *k.previous_valid_until > now_ms &&
+                  digest_equals(presented, *k.previous_secret_hash);
+  if (!current && !previous)
+    return auth_outcome::invalid_key;
+  if (k.revoked_at && *k.revoked_at <= now_ms)
+    return auth_outcome::invalid_key;
+  if (k.expires_at && *k.expires_at <= now_ms)
+    return auth_outcome::invalid_key;
+  if (p.tenant_status == "deleted")
+    return auth_outcome::invalid_key;
+  if (p.tenant_status != "active")
+    return auth_outcome::tenant_inactive;
+  if (!required_scope.empty() &&
+      std::find(k.scopes.begin(), k.scopes.end(), required_scope) == k.scopes.end())
+    return auth_outcome::missing_scope;
+  return auth_outcome::ok;
+}
+
+failure_throttle::failure_throttle(int per_minute, std::size_t max_tracked)
+  : per_minute_(per_minute), max_tracked_(max_tracked) {}
+
+bool failure_throttle::blocked(const std::string& address, int64_t now_ms,
+                               int64_t& retry_after_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = windows_.find(address);
+  if (it == windows_.end() || now_ms - it->second.start_ms >= 60000)
+    return false;
+  if (it->second.count < per_minute_)
+    return false;
+  retry_after_s = std::max<int64_t>(1, (it->second.start_ms + 60000 - now_ms + 999) / 1000);
+  return true;
+}
+
+void failure_throttle::record_failure(const std::string& address, int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& w = windows_.try_emplace(address, window{now_ms, 0}).first->second;
+  if (now_ms - w.start_ms >= 60000) {
+    w.start_ms = now_ms;
+    w.count = 0;
+  }
+  ++w.count;
+  if (windows_.size() > max_tracked_) {
+    // Forget expired windows; if none expired, forget the oldest one.
+    auto oldest = windows_.begin();
+    for (auto i = windows_.begin(); i != windows_.end();) {
+      if (now_ms - i->second.start_ms >= 60000) {
+        i = windows_.erase(i);
+        continue;
+      }
+      if (i->second.start_ms < oldest->second.start_ms)
+        oldest = i;
+      ++i;
+    }
+    if (windows_.size() > max_tracked_ && oldest != windows_.end())
+      windows_.erase(oldest);
+  }
+}
+
+} // namespace parley::tenants

@@ -1,0 +1,129 @@
+#include "parley/config/loader.hpp"
+#include "support/process.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace parley;
+using parley::test::temp_dir;
+
+namespace {
+std::string error_of(const std::string& toml, std::map<std::string, std::string> env = {}) {
+  temp_dir d;
+  auto path = toml.empty() ? std::string{} : d.write("c.toml", toml);
+  try {
+    config::load(path, env);
+  } catch (const config::config_error& e) {
+    return e.what();
+  }
+  return {};
+}
+} // namespace
+
+TEST_CASE("config loads defaults when there is no file and no environment", "[config][unit]") {
+  auto s = config::load("", {});
+  CHECK(s.http.listen == "127.0.0.1:8080");
+  CHECK(s.store.backend == "sqlite");
+  CHECK(s.log.level == "info");
+  CHECK(s.shutdown.grace_seconds == 20);
+}
+
+TEST_CASE("config reads every section of a TOML file into the typed structs", "[config][unit]") {
+  temp_dir d;
+  auto path = d.write("c.toml", R"(
+[http]
+listen = "0.0.0.0:9000"
+io_threads = 3
+cors_allowed_origins = ["https://app.example.com"]
+[log]
+level = "debug"
+[store]
+backend = "postgres"
+postgres_dsn = "host=db user=parley password=s3cret"
+pool_size = 8
+migrate_on_start = false
+[shutdown]
+grace_seconds = 7
+)");
+  auto s = config::load(path, {});
+  CHECK(s.http.listen == "0.0.0.0:9000");
+  CHECK(s.http.io_threads == 3);
+  REQUIRE(s.http.cors_allowed_origins.size() == 1);
+  CHECK(s.http.cors_allowed_origins[0] == "https://app.example.com");
+  CHECK(s.log.level == "debug");
+  CHECK(s.store.backend == "postgres");
+  CHECK(s.store.pool_size == 8);
+  CHECK_FALSE(s.store.migrate_on_start);
+  CHECK(s.shutdown.grace_seconds == 7);
+}
+
+TEST_CASE("environment variables override the file", "[config][unit]") {
+  temp_dir d;
+  auto path = d.write("c.toml", "[http]\nlisten = \"127.0.0.1:1\"\n[log]\nlevel = \"warn\"\n");
+  auto s = config::load(path, {{"PARLEY_HTTP_LISTEN", "127.0.0.1:2"},
+                               {"PARLEY_LOG_LEVEL", "error"},
+                               {"PARLEY_STORE_MIGRATE_ON_START", "false"},
+                               {"PARLEY_HTTP_CORS_ALLOWED_ORIGINS", "https://a.io,https://b.io"},
+                               {"PARLEY_SOMETHING_UNRELATED", "ignored"}});
+  CHECK(s.http.listen == "127.0.0.1:2");
+  CHECK(s.log.level == "error");
+  CHECK_FALSE(s.store.migrate_on_start);
+  CHECK(s.http.cors_allowed_origins == std::vector<std::string>{"https://a.io", "https://b.io"});
+}
+
+TEST_CASE("an unknown key stops start-up with a line naming it", "[config][unit]") {
+  auto e = error_of("[http]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
+  CHECK(e.find("http.listne") != std::string::npos);
+  CHECK(e.find("unknown key") != std::string::npos);
+  CHECK(e.find('\n') == std::string::npos);
+  CHECK(error_of("[htp]\nlisten = \"x\"\n").find("htp.listen") != std::string::npos);
+}
+
+TEST_CASE("a value of the wrong type or out of range names the key and the reason",
+          "[config][unit]") {
+  CHECK(error_of("[http]\nio_threads = \"four\"\n").find("http.io_threads: expected an integer") !=
+        std::string::npos);
+  CHECK(error_of("[http]\nio_threads = 0\n").find("http.io_threads: 0 is out of range") !=
+        std::string::npos);
+  CHECK(error_of("[log]\nlevel = \"loud\"\n").find("log.level") != std::string::npos);
+  CHECK(error_of("[http]\nlisten = \"nowhere\"\n").find("http.listen") != std::string::npos);
+  CHECK(error_of("[http]\nlisten = \"127.0.0.1:99999\"\n").find("http.listen") != std::string::npos);
+  CHECK(error_of("[store]\nbackend = \"postgres\"\n").find("store.postgres_dsn") !=
+        std::string::npos);
+  CHECK(error_of("[http]\ncors_allowed_origins = [\"evil\"]\n").find("http.cors_allowed_origins") !=
+        std::string::npos);
+  CHECK(error_of("", {{"PARLEY_HTTP_IO_THREADS", "many"}}).find("PARLEY_HTTP_IO_THREADS") !=
+        std::string::npos);
+  CHECK(error_of("[admin]\nkey = \"short\"\n").find("admin.key") != std::string::npos);
+  CHECK(error_of("[http\nlisten=1").find("c.toml:") != std::string::npos);
+}
+
+TEST_CASE("describe shows the effective configuration without secrets", "[config][unit]") {
+  config::settings s;
+  s.store.postgres_dsn = "host=db password=hunter2hunter2";
+  s.admin.key = "an-admin-key-that-is-long-enough-000000";
+  s.auth.pepper = "";
+  std::string all;
+  for (auto& line : config::describe(s))
+    all += line + "\n";
+  CHECK(all.find("hunter2") == std::string::npos);
+  CHECK(all.find("an-admin-key") == std::string::npos);
+  CHECK(all.find("store.postgres_dsn = \"***\"") != std::string::npos);
+  CHECK(all.find("auth.pepper = \"\"") != std::string::npos);
+  CHECK(all.find("http.listen = \"127.0.0.1:8080\"") != std::string::npos);
+}
+
+TEST_CASE("every known key has an environment name, a type and a meaning", "[config][unit]") {
+  for (auto& k : config::known_keys()) {
+    INFO(k.section << "." << k.key);
+    CHECK(k.env.rfind("PARLEY_", 0) == 0);
+    CHECK_FALSE(k.type.empty());
+    CHECK_FALSE(k.meaning.empty());
+  }
+}
+
+TEST_CASE("split_host_port accepts IPv4, names and bracketed IPv6", "[config][unit]") {
+  CHECK(config::split_host_port("127.0.0.1:80", "k") == std::make_pair(std::string("127.0.0.1"), uint16_t{80}));
+  CHECK(config::split_host_port("[::1]:0", "k") == std::make_pair(std::string("::1"), uint16_t{0}));
+  CHECK_THROWS_AS(config::split_host_port("::1", "k"), config::config_error);
+  CHECK_THROWS_AS(config::split_host_port("host:", "k"), config::config_error);
+}
