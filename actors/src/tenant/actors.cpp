@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 
 #include <unordered_map>
+#include <unordered_set>
 
 namespace parley::actors {
 
@@ -45,6 +46,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
 struct manager_state {
   std::unordered_map<std::string, tenant_actor> tenants;
   std::unordered_map<caf::actor_addr, std::string> by_addr;
+  std::unordered_set<caf::actor_addr> children; ///< linked children whose exit is pending
   manager_stats stats;
   log::logger_ptr logger;
   static inline const char* name = "parley.tenant_manager";
@@ -53,6 +55,15 @@ struct manager_state {
 tenant_manager_actor::behavior_type
 manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::logger_ptr logger) {
   self->state.logger = std::move(logger);
+  // Tenants are linked so that they die with their manager; a tenant that dies must not take
+  // the manager (and every other tenant) with it. Exits from tenants are handled by the down
+  // handler below; any other exit request (shutdown) ends the manager.
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    // A linked child's exit arrives exactly once; forget it and carry on.
+    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
+      return;
+    self->quit(em.reason);
+  });
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     auto it = st.by_addr.find(dm.source);
@@ -77,6 +88,7 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
       auto t = self->spawn<caf::linked + caf::monitored>(tenant_impl, tenant_id);
       st.tenants.emplace(tenant_id, t);
       st.by_addr.emplace(t.address(), tenant_id);
+      st.children.insert(t.address());
       ++st.stats.spawned;
       st.stats.active_tenants = st.tenants.size();
       return t;
