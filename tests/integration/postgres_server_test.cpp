@@ -1,4 +1,5 @@
 #include "support/http_client.hpp"
+#include "support/pg_schema.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -7,7 +8,6 @@
 
 #include <csignal>
 #include <cstdlib>
-#include <random>
 
 using namespace parley::test;
 using json = nlohmann::json;
@@ -19,33 +19,6 @@ std::string pg_dsn() {
   REQUIRE(dsn != nullptr); // [pg] tests never pass without a real PostgreSQL
   return dsn;
 }
-
-/// A schema of our own per test, so runs never see each other's rows.
-struct pg_schema {
-  std::string dsn, name;
-  pg_schema() : dsn(pg_dsn()) {
-    std::random_device rd;
-    name = "srv_" + std::to_string(rd()) + std::to_string(rd());
-    pqxx::connection c(dsn);
-    pqxx::work w(c);
-    w.exec("CREATE SCHEMA " + name);
-    w.commit();
-  }
-  ~pg_schema() {
-    try {
-      pqxx::connection c(dsn);
-      pqxx::work w(c);
-      w.exec("DROP SCHEMA " + name + " CASCADE");
-      w.commit();
-    } catch (...) {
-    }
-  }
-  /// The DSN with search_path set to this schema (keyword form appended to a URI works too).
-  std::string scoped_dsn() const {
-    auto sep = dsn.find('?') == std::string::npos ? "?" : "&";
-    return dsn + sep + "options=-csearch_path%3D" + name;
-  }
-};
 
 const std::string admin = "pg-admin-key-0123456789abcdef0123456789";
 
@@ -85,14 +58,14 @@ TEST_CASE("on PostgreSQL a tenant key works end to end, dies on revoke, and no s
   // No table holds the secret.
   auto secret = key.substr(key.rfind('_') + 1);
   {
-    pqxx::connection c(schema.dsn);
+    pqxx::connection c(schema.dsn());
     pqxx::work w(c);
     auto tables = w.exec("SELECT table_name FROM information_schema.tables WHERE table_schema = " +
-                         w.quote(schema.name));
+                         w.quote(schema.name()));
     CHECK(tables.size() >= 6);
     for (auto row : tables) {
       auto name = row[0].as<std::string>();
-      auto rows = w.exec("SELECT t::text FROM " + schema.name + "." + name + " t");
+      auto rows = w.exec("SELECT t::text FROM " + schema.name() + "." + name + " t");
       for (auto r : rows) {
         INFO(name);
         CHECK(r[0].as<std::string>().find(secret) == std::string::npos);
