@@ -242,6 +242,22 @@ const std::vector<field>& fields() {
     make("auth", "last_used_flush_seconds", &settings::auth,
          &auth_settings::last_used_flush_seconds,
          "Period of the batched write-behind of API keys' last_used_at"),
+    make("chat", "echo_enabled", &settings::chat, &chat_settings::echo_enabled,
+         "Serve the built-in parley-echo demo model (repeats the last user message)"),
+    make("chat", "echo_tokens_per_second", &settings::chat, &chat_settings::echo_tokens_per_second,
+         "Pace of parley-echo's stream in tokens per second; 0 = no pacing"),
+    make("chat", "context_tokens", &settings::chat, &chat_settings::context_tokens,
+         "Prompt budget of a model in tokens: conversation history is trimmed to fit"),
+    make("chat", "conversation_idle_seconds", &settings::chat,
+         &chat_settings::conversation_idle_seconds,
+         "An idle conversation actor passivates (frees its memory) after this long"),
+    make("chat", "usage_flush_seconds", &settings::chat, &chat_settings::usage_flush_seconds,
+         "Period of the batched write-behind of usage counters"),
+    make("upstream", "url", &settings::upstream, &upstream_settings::url,
+         "OpenAI-compatible base URL (e.g. https://api.openai.com/v1) that serves every model "
+         "not served otherwise; empty = none"),
+    make("upstream", "key", &settings::upstream, &upstream_settings::key,
+         "Bearer key sent to the upstream (never logged)", true),
   };
   return all;
 }
@@ -332,6 +348,13 @@ void validate(const settings& s) {
   check_range("auth.key_cache_ttl_seconds", s.auth.key_cache_ttl_seconds, 1, 86400);
   check_range("auth.failed_auth_per_minute", s.auth.failed_auth_per_minute, 1, 1000000);
   check_range("auth.last_used_flush_seconds", s.auth.last_used_flush_seconds, 1, 3600);
+  check_range("chat.echo_tokens_per_second", s.chat.echo_tokens_per_second, 0, 1000000);
+  check_range("chat.context_tokens", s.chat.context_tokens, 16, 10000000);
+  check_range("chat.conversation_idle_seconds", s.chat.conversation_idle_seconds, 1, 86400);
+  check_range("chat.usage_flush_seconds", s.chat.usage_flush_seconds, 1, 3600);
+  if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
+      s.upstream.url.rfind("https://", 0) != 0)
+    fail("upstream.url", "must start with http:// or https://");
 }
 
 settings load(const std::string& path, const std::map<std::string, std::string>& env) {

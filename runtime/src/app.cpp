@@ -3,6 +3,7 @@
 #include "parley/actors/spawn.hpp"
 #include "parley/net/admin_api.hpp"
 #include "parley/net/auth.hpp"
+#include "parley/net/chat_api.hpp"
 #include "parley/net/middlewares.hpp"
 #include "parley/net/ops.hpp"
 #include "parley/net/server.hpp"
@@ -15,6 +16,7 @@
 #include "parley/tenants/admin_ops.hpp"
 #include "parley/tenants/key_cache.hpp"
 #include "parley/tenants/last_used.hpp"
+#include "parley/tenants/usage_batcher.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -114,6 +116,8 @@ struct app::impl {
   std::unique_ptr<tenants::failure_throttle> throttle;
   std::unique_ptr<tenants::last_used_recorder> last_used;
   std::unique_ptr<tenants::admin_ops> ops;
+  std::unique_ptr<tenants::usage_batcher> usage;
+  std::shared_ptr<const actors::route_table> routes;
   std::unique_ptr<caf::actor_system_config> caf_cfg;
   std::unique_ptr<caf::actor_system> sys;
   actors::tenant_manager_actor tenant_manager;
@@ -123,6 +127,38 @@ struct app::impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::server> server;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
+  std::unique_ptr<net::asio::steady_timer> usage_timer;
+
+  /// Writes the batched usage counters (on a persistence worker); a failed write is kept for
+  /// the next round, so usage is never lost and never counted twice.
+  void flush_usage() {
+    auto batch = usage->take();
+    if (batch.empty())
+      return;
+    auto* st = store.get();
+    auto* u = usage.get();
+    auto lg = logger;
+    bool queued = executor->try_post([st, u, lg, batch] {
+      auto r = st->add_usage(batch);
+      if (!r.ok()) {
+        u->restore(batch);
+        log::event(lg, spdlog::level::warn, "usage flush failed; kept for retry")
+          .str("error", r.error().detail);
+      }
+    });
+    if (!queued)
+      usage->restore(batch);
+  }
+
+  void schedule_usage_flush() {
+    usage_timer->expires_after(std::chrono::seconds(settings.chat.usage_flush_seconds));
+    usage_timer->async_wait([this](boost::system::error_code ec) {
+      if (ec)
+        return;
+      flush_usage();
+      schedule_usage_flush();
+    });
+  }
 
   void load_secrets() {
     std::string generated;
@@ -190,7 +226,20 @@ struct app::impl {
     caf_cfg->set("scheduler.max-throughput", settings.actors.max_throughput);
     actors::register_types(*caf_cfg);
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
-    tenant_manager = actors::spawn_tenant_manager(*sys, logger);
+    std::vector<actors::route> named;
+    if (settings.chat.echo_enabled)
+      named.push_back({"parley-echo", "parley-echo",
+                       actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second),
+                       settings.chat.context_tokens, "parley"});
+    routes = std::make_shared<actors::route_table>(std::move(named));
+    auto svc = std::make_shared<actors::chat_services>();
+    svc->store = store.get();
+    svc->executor = executor.get();
+    svc->usage = usage.get();
+    svc->routes = routes;
+    svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
+    svc->logger = logger;
+    tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
   }
 
@@ -209,7 +258,13 @@ struct app::impl {
     net::router routes;
     net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys});
     auto started_at = persistence::now_millis() / 1000;
-    net::add_model_routes(routes, {{"parley-echo", "parley", started_at}});
+    std::vector<net::model_info> models;
+    for (auto& r : this->routes->named())
+      models.push_back({r.model, r.owned_by, started_at});
+    net::add_model_routes(routes, std::move(models));
+    net::chat_deps chat{*sys, tenant_directory, *store, *executor};
+    net::add_chat_routes(routes, chat);
+    net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,
                         std::make_shared<node_readiness>(*store, *executor, draining),
                         net::build_info{version_string(), git_commit(), build_type()});
@@ -224,6 +279,8 @@ struct app::impl {
     port = server->start();
     flush_timer = std::make_unique<net::asio::steady_timer>(*ioc);
     schedule_flush();
+    usage_timer = std::make_unique<net::asio::steady_timer>(*ioc);
+    schedule_usage_flush();
     for (int i = 0; i < settings.http.io_threads; ++i)
       io_threads.emplace_back([this] { ioc->run(); });
   }
@@ -247,6 +304,7 @@ uint16_t app::start() {
     int64_t{d.settings.auth.key_cache_ttl_seconds} * 1000);
   d.throttle = std::make_unique<tenants::failure_throttle>(d.settings.auth.failed_auth_per_minute);
   d.last_used = std::make_unique<tenants::last_used_recorder>();
+  d.usage = std::make_unique<tenants::usage_batcher>();
   d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper);
   d.start_actors();
   d.start_http();
@@ -307,7 +365,15 @@ void app::stop() {
     if (!batch.empty())
       (void)d.store->touch_keys(batch);
   }
+  // And the last usage counters: nothing counted is lost at a clean shutdown.
+  if (d.usage && d.store) {
+    auto batch = d.usage->take();
+    if (!batch.empty() && !d.store->add_usage(batch).ok())
+      log::event(d.logger, spdlog::level::err, "final usage flush failed")
+        .num("rows", static_cast<int64_t>(batch.size()));
+  }
   d.flush_timer.reset();
+  d.usage_timer.reset();
   d.server.reset();
   d.ioc.reset();
   d.sys.reset();

@@ -1,4 +1,5 @@
 #include "parley/actors/spawn.hpp"
+#include "internal.hpp"
 
 #include <caf/all.hpp>
 
@@ -19,6 +20,10 @@ const char* to_string(actor_errc code) noexcept {
 
 void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<manager_stats>("parley.manager_stats");
+  cfg.add_message_type<chat_message>("parley.chat_message");
+  cfg.add_message_type<chat_request>("parley.chat_request");
+  cfg.add_message_type<chat_done>("parley.chat_done");
+  cfg.add_message_type<chat_failure>("parley.chat_failure");
   cfg.add_error_category(caf::atom("parley"),
                          [](uint8_t code, caf::atom_value, const caf::message&) -> std::string {
                            return std::string("parley::") +
@@ -31,15 +36,88 @@ namespace {
 struct tenant_state {
   std::string tenant_id;
   std::string config_json;
+  std::shared_ptr<const tenants::tenant_config> cfg = std::make_shared<tenants::tenant_config>();
+  std::shared_ptr<const chat_services> svc;
+  std::unordered_map<std::string, caf::actor> conversations;
+  std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
+  int64_t in_flight = 0;
   static inline const char* name = "parley.tenant";
+
+  void update_config(const std::string& json) {
+    if (json.empty() || json == config_json)
+      return;
+    config_json = json;
+    cfg = std::make_shared<tenants::tenant_config>(tenants::parse_stored_config(json));
+  }
 };
 
+// A typed actor may only send() to typed actors: the relay and conversations are dynamic.
+void fail(const caf::actor& relay, chat_error_kind kind, std::string msg) {
+  caf::anon_send(relay, failed_atom::value, chat_failure{kind, std::move(msg), 0});
+}
+
 tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_state> self,
-                                        std::string tenant_id) {
+                                        std::string tenant_id,
+                                        std::shared_ptr<const chat_services> svc) {
   self->state.tenant_id = std::move(tenant_id);
+  self->state.svc = std::move(svc);
+  // Conversation actors passivate (or crash): forget them; the next turn re-activates.
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& st = self->state;
+    auto it = st.conversation_by_addr.find(dm.source);
+    if (it == st.conversation_by_addr.end())
+      return;
+    st.conversations.erase(it->second);
+    st.conversation_by_addr.erase(it);
+  });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
-    [=](config_atom, std::string config_json) { self->state.config_json = std::move(config_json); },
+    [=](config_atom, std::string config_json) { self->state.update_config(config_json); },
+    [=](chat_atom, chat_request& req, caf::actor relay) -> caf::actor {
+      auto& st = self->state;
+      st.update_config(req.tenant_config);
+      if (!st.svc || !st.svc->routes) {
+        fail(relay, chat_error_kind::unavailable, "chat is not configured on this node");
+        return {};
+      }
+      if (req.model.empty())
+        req.model = st.cfg->default_model;
+      if (req.model.empty()) {
+        fail(relay, chat_error_kind::invalid_request,
+             "you must provide a model parameter");
+        return {};
+      }
+      auto r = st.svc->routes->find(req.model);
+      if (!r || !st.cfg->allows(req.model)) {
+        fail(relay, chat_error_kind::model_not_found,
+             "The model `" + req.model + "` does not exist or you do not have access to it.");
+        return {};
+      }
+      ++st.in_flight;
+      auto me = caf::actor_cast<caf::actor>(self);
+      if (req.conversation_id.empty())
+        return detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg, std::move(relay),
+                                  me, st.svc);
+      auto it = st.conversations.find(req.conversation_id);
+      if (it == st.conversations.end()) {
+        auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id, me, st.svc);
+        self->monitor(conv);
+        st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
+        it = st.conversations.emplace(req.conversation_id, conv).first;
+      }
+      caf::anon_send(it->second, chat_atom::value, std::move(req), std::move(relay));
+      return it->second;
+    },
+    [=](forget_atom, const std::string& conversation_id) {
+      auto& st = self->state;
+      auto it = st.conversations.find(conversation_id);
+      if (it != st.conversations.end())
+        caf::anon_send_exit(it->second, caf::exit_reason::user_shutdown);
+    },
+    [=](ended_atom) {
+      if (self->state.in_flight > 0)
+        --self->state.in_flight;
+    },
   };
 }
 
@@ -53,7 +131,8 @@ struct manager_state {
 };
 
 tenant_manager_actor::behavior_type
-manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::logger_ptr logger) {
+manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::logger_ptr logger,
+             std::shared_ptr<const chat_services> svc) {
   self->state.logger = std::move(logger);
   // Tenants are linked so that they die with their manager; a tenant that dies must not take
   // the manager (and every other tenant) with it. Exits from tenants are handled by the down
@@ -85,7 +164,7 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
         return it->second;
       // Linked: the tenants die with their manager; monitored: the manager learns of
       // every tenant that stops, to forget it (and, with the chat work, restart it).
-      auto t = self->spawn<caf::linked + caf::monitored>(tenant_impl, tenant_id);
+      auto t = self->spawn<caf::linked + caf::monitored>(tenant_impl, tenant_id, svc);
       st.tenants.emplace(tenant_id, t);
       st.by_addr.emplace(t.address(), tenant_id);
       st.children.insert(t.address());
@@ -113,8 +192,9 @@ directory_impl(tenant_directory_actor::stateful_pointer<directory_state> self,
 
 } // namespace
 
-tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger) {
-  return sys.spawn(manager_impl, std::move(logger));
+tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger,
+                                          std::shared_ptr<const chat_services> svc) {
+  return sys.spawn(manager_impl, std::move(logger), std::move(svc));
 }
 
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local) {

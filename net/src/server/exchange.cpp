@@ -51,6 +51,36 @@ void exchange::add_header(std::string name, std::string value) {
   extra_headers_.emplace_back(std::move(name), std::move(value));
 }
 
+void exchange::begin_stream(response header) {
+  if (responded_.exchange(true, std::memory_order_acq_rel))
+    return;
+  for (auto& [k, v] : extra_headers_)
+    header.set(k, v);
+  extra_headers_.clear();
+  asio::dispatch(session_->executor(), [self = shared_from_this(), h = std::move(header)]() mutable {
+    self->session_->begin_stream(self, std::move(h));
+  });
+}
+
+void exchange::stream_write(std::string data) {
+  asio::dispatch(session_->executor(), [self = shared_from_this(), d = std::move(data)]() mutable {
+    self->session_->stream_chunk(std::move(d));
+  });
+}
+
+void exchange::end_stream() {
+  asio::dispatch(session_->executor(), [self = shared_from_this()] { self->session_->end_stream(); });
+}
+
+void exchange::watch(std::function<void()> on_gone, std::function<void()> on_written) {
+  on_gone_ = std::move(on_gone);
+  on_written_ = std::move(on_written);
+  // Start watching the socket for a client that goes away while we work on its answer.
+  asio::dispatch(session_->executor(), [self = shared_from_this()] {
+    self->session_->watch_client(self);
+  });
+}
+
 void exchange::resume() {
   asio::dispatch(session_->executor(), [self = shared_from_this()] {
     self->pipeline_->run(self);

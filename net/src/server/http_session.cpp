@@ -162,25 +162,176 @@ void http_session::write_response(const std::shared_ptr<exchange>& ex, response 
   stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
   http::async_write(stream_, *sp,
                     [self = shared_from_this(), sp, ex, status](beast::error_code ec, std::size_t) {
-                      auto elapsed = std::chrono::steady_clock::now() - ex->ctx().start;
-                      log::event(self->pipeline_->logger(),
-                                 status >= 500 ? spdlog::level::warn : spdlog::level::info,
-                                 "request")
-                        .str("request_id", ex->ctx().request_id)
-                        .str("tenant_id", ex->ctx().tenant_id)
-                        .str("key_id", ex->ctx().key_id)
-                        .str("method", std::string(ex->req().method_string()))
-                        .str("route", ex->ctx().route.empty() ? std::string("-") : ex->ctx().route)
-                        .num("status", status)
-                        .real("latency_ms",
-                              std::chrono::duration<double, std::milli>(elapsed).count())
-                        .str("client", ex->ctx().client_address)
-                        .flag("write_ok", !ec);
+                      self->log_access(*ex, status, !ec);
+                      if (ec)
+                        self->client_gone();
                       self->finish_request();
                       if (ec || self->closing_)
                         return self->do_close();
                       self->do_read_header();
                     });
+}
+
+void http_session::log_access(const exchange& ex, unsigned status, bool ok) {
+  auto elapsed = std::chrono::steady_clock::now() - ex.ctx().start;
+  log::event(pipeline_->logger(), status >= 500 ? spdlog::level::warn : spdlog::level::info,
+             "request")
+    .str("request_id", ex.ctx().request_id)
+    .str("tenant_id", ex.ctx().tenant_id)
+    .str("key_id", ex.ctx().key_id)
+    .str("method", std::string(ex.req().method_string()))
+    .str("route", ex.ctx().route.empty() ? std::string("-") : ex.ctx().route)
+    .num("status", status)
+    .real("latency_ms", std::chrono::duration<double, std::milli>(elapsed).count())
+    .str("client", ex.ctx().client_address)
+    .flag("write_ok", ok);
+}
+
+// -- streaming ----------------------------------------------------------------------
+
+namespace {
+/// A client that does not read its stream may make us hold at most this much.
+constexpr std::size_t max_stream_queue_bytes = 4u << 20;
+} // namespace
+
+void http_session::begin_stream(const std::shared_ptr<exchange>& ex, response header) {
+  pipeline_->decorate(*ex, header);
+  bool keep = ex->req().keep_alive() && !closing_ && !registry_->draining.load();
+  if (!keep)
+    closing_ = true;
+  stream_header_ = std::make_shared<http::response<http::empty_body>>();
+  static_cast<http::response_header<>&>(*stream_header_) = header.base();
+  stream_header_->keep_alive(keep);
+  stream_header_->chunked(true);
+  stream_ex_ = ex;
+  stream_queue_.clear();
+  stream_queued_bytes_ = 0;
+  stream_ending_ = false;
+  stream_writing_ = true; // the header goes first
+  stream_sr_ = std::make_shared<http::response_serializer<http::empty_body>>(*stream_header_);
+  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  http::async_write_header(stream_, *stream_sr_,
+                           [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                             if (ec)
+                               return self->finish_stream(false);
+                             self->write_next_chunk();
+                           });
+}
+
+void http_session::stream_chunk(std::string data) {
+  if (!stream_ex_ || stream_ending_)
+    return;
+  stream_queued_bytes_ += data.size();
+  if (stream_queued_bytes_ > max_stream_queue_bytes) {
+    log::event(pipeline_->logger(), spdlog::level::warn, "stream aborted: client not reading")
+      .str("request_id", stream_ex_->ctx().request_id)
+      .num("queued_bytes", static_cast<int64_t>(stream_queued_bytes_));
+    return finish_stream(false);
+  }
+  stream_queue_.push_back(std::move(data));
+  if (!stream_writing_)
+    write_next_chunk();
+}
+
+void http_session::end_stream() {
+  if (!stream_ex_)
+    return;
+  stream_ending_ = true;
+  if (!stream_writing_)
+    write_next_chunk();
+}
+
+void http_session::write_next_chunk() {
+  if (!stream_ex_)
+    return;
+  if (stream_queue_.empty()) {
+    if (!stream_ending_) {
+      stream_writing_ = false;
+      return;
+    }
+    stream_writing_ = true;
+    stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+    asio::async_write(stream_, http::make_chunk_last(),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        self->finish_stream(!ec);
+                      });
+    return;
+  }
+  stream_writing_ = true;
+  // The front string stays in the queue (and alive) until its write completes.
+  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  asio::async_write(stream_, http::make_chunk(asio::buffer(stream_queue_.front())),
+                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                      if (ec)
+                        return self->finish_stream(false);
+                      self->stream_queued_bytes_ -= self->stream_queue_.front().size();
+                      self->stream_queue_.pop_front();
+                      if (self->stream_ex_ && self->stream_ex_->on_written_)
+                        self->stream_ex_->on_written_();
+                      self->write_next_chunk();
+                    });
+}
+
+void http_session::finish_stream(bool ok) {
+  auto ex = std::move(stream_ex_);
+  stream_ex_.reset();
+  stream_queue_.clear();
+  stream_queued_bytes_ = 0;
+  stream_writing_ = false;
+  stream_sr_.reset();
+  if (!ex)
+    return;
+  log_access(*ex, stream_header_ ? stream_header_->result_int() : 200, ok);
+  stream_header_.reset();
+  if (!ok) {
+    if (ex->on_gone_) {
+      auto gone = std::move(ex->on_gone_);
+      ex->on_gone_ = nullptr;
+      gone();
+    }
+    closing_ = true;
+  }
+  finish_request();
+  if (closing_)
+    return do_close();
+  do_read_header();
+}
+
+void http_session::watch_client(const std::shared_ptr<exchange>& ex) {
+  watched_ = ex;
+  if (watching_ || closed_)
+    return;
+  watching_ = true;
+  stream_.socket().async_wait(
+    asio::ip::tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      self->watching_ = false;
+      auto ex = self->watched_.lock();
+      if (ec || !ex || self->closed_)
+        return;
+      // Readable while we owe an answer: either the client closed (EOF) or it pipelined its
+      // next request (data stays in the socket for the next read).
+      char c;
+      beast::error_code pec;
+      auto& sock = self->stream_.socket();
+      sock.non_blocking(true, pec);
+      auto n = sock.receive(asio::buffer(&c, 1), asio::socket_base::message_peek, pec);
+      sock.non_blocking(false, pec);
+      if (pec == asio::error::would_block || pec == asio::error::try_again)
+        return self->watch_client(ex);
+      if (n == 0 || pec)
+        self->client_gone();
+    });
+}
+
+void http_session::client_gone() {
+  std::shared_ptr<exchange> ex = stream_ex_ ? stream_ex_ : watched_.lock();
+  if (!ex || !ex->on_gone_)
+    return;
+  auto gone = std::move(ex->on_gone_);
+  ex->on_gone_ = nullptr;
+  log::event(pipeline_->logger(), spdlog::level::info, "client went away")
+    .str("request_id", ex->ctx().request_id);
+  gone();
 }
 
 void http_session::abandon(const std::string& request_id) {
@@ -196,6 +347,7 @@ void http_session::abandon(const std::string& request_id) {
 }
 
 void http_session::finish_request() {
+  watched_.reset();
   if (busy_) {
     busy_ = false;
     registry_->in_flight.fetch_sub(1);

@@ -7,8 +7,11 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/serializer.hpp>
 
+#include <deque>
 #include <memory>
 #include <optional>
 
@@ -34,6 +37,13 @@ public:
 
   /// Writes the response of `ex` (strand only; called by exchange).
   void write_response(const std::shared_ptr<exchange>& ex, response res);
+  /// Streaming (strand only; called by exchange).
+  void begin_stream(const std::shared_ptr<exchange>& ex, response header);
+  void stream_chunk(std::string data);
+  void end_stream();
+  /// Watches the idle socket for EOF while `ex` is processed (strand only).
+  void watch_client(const std::shared_ptr<exchange>& ex);
+
   /// An exchange was dropped without answering: answer 500 (strand only).
   void abandon(const std::string& request_id);
 
@@ -48,6 +58,10 @@ private:
   void reply_parse_error(api_errc code);
   void finish_request();
   void do_close();
+  void write_next_chunk();
+  void finish_stream(bool ok);
+  void client_gone();
+  void log_access(const exchange& ex, unsigned status, bool ok);
 
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
@@ -60,6 +74,18 @@ private:
   bool busy_ = false;     ///< an exchange is in flight
   bool closing_ = false;  ///< close after the current response
   bool closed_ = false;
+
+  // The streamed response in progress, if any.
+  std::shared_ptr<exchange> stream_ex_;
+  std::shared_ptr<http::response<http::empty_body>> stream_header_;
+  std::shared_ptr<http::response_serializer<http::empty_body>> stream_sr_;
+  std::deque<std::string> stream_queue_;
+  std::size_t stream_queued_bytes_ = 0;
+  bool stream_writing_ = false;
+  bool stream_ending_ = false;
+  // The exchange being processed, watched for a client disconnect.
+  std::weak_ptr<exchange> watched_;
+  bool watching_ = false;
 };
 
 } // namespace parley::net

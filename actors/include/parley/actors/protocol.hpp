@@ -1,5 +1,8 @@
 #pragma once
 
+#include "parley/actors/chat.hpp"
+
+#include <caf/actor.hpp>
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
 #include <caf/replies_to.hpp>
@@ -47,7 +50,15 @@ using tenant_actor = caf::typed_actor<
   /// The tenant id this actor owns.
   caf::replies_to<caf::get_atom>::with<std::string>,
   /// Replaces the tenant's config (JSON text) after an admin change.
-  caf::reacts_to<config_atom, std::string>>;
+  caf::reacts_to<config_atom, std::string>,
+  /// Starts a completion whose events (delta/done/failed) go to the relay actor; answers
+  /// with the actor producing them (send it cancel_atom when the client goes away), or a
+  /// null handle when the request failed at once (the failure was sent to the relay).
+  caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor>,
+  /// A conversation was deleted: stop its actor.
+  caf::reacts_to<forget_atom, std::string>,
+  /// A turn ended (from the tenant's own turn and conversation actors).
+  caf::reacts_to<ended_atom>>;
 
 /// Supervises the tenant actors of this node: spawns one on first use, monitors it.
 using tenant_manager_actor = caf::typed_actor<

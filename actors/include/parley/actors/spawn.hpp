@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/actors/protocol.hpp"
+#include "parley/actors/services.hpp"
 #include "parley/config/logging.hpp"
 
 #include <caf/actor_system.hpp>
@@ -13,7 +14,13 @@ namespace parley::actors {
 void register_types(caf::actor_system_config& cfg);
 
 /// Spawns this node's tenant manager. Thread-safe (any thread, typically runtime at start).
-tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger);
+/// `svc` may be null for tests that exercise supervision only.
+tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger,
+                                          std::shared_ptr<const chat_services> svc = nullptr);
+
+/// The built-in `parley-echo` provider (streams the last user message back word by word,
+/// `tokens_per_second` per second; 0 = as fast as possible).
+std::shared_ptr<provider_port> make_echo_provider(caf::actor_system& sys, int tokens_per_second);
 
 /// Spawns the tenant directory for a single node: every tenant is owned by `local`.
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local);

@@ -71,6 +71,22 @@ struct auth_settings {
   int last_used_flush_seconds = 10;        ///< write-behind period of keys' last_used_at
 };
 
+/// [chat]: models served by this node and conversation behaviour.
+struct chat_settings {
+  bool echo_enabled = true;                ///< serve the built-in `parley-echo` demo model
+  int echo_tokens_per_second = 50;         ///< pace of parley-echo's stream (0 = no pacing)
+  int context_tokens = 8192;               ///< default prompt budget of a model, in tokens
+  int conversation_idle_seconds = 300;     ///< an idle conversation actor passivates after this
+  int usage_flush_seconds = 2;             ///< write-behind period of usage counters
+};
+
+/// [upstream]: quick start -- forward every model not served otherwise to one
+/// OpenAI-compatible endpoint.
+struct upstream_settings {
+  std::string url;                         ///< e.g. "https://api.openai.com/v1"; "" = none
+  std::string key;                         ///< bearer key sent upstream (secret)
+};
+
 /// The whole tree. Only runtime holds it.
 struct settings {
   http_settings http;
@@ -81,6 +97,8 @@ struct settings {
   shutdown_settings shutdown;
   admin_settings admin;
   auth_settings auth;
+  chat_settings chat;
+  upstream_settings upstream;
 };
 
 } // namespace parley::config

@@ -50,6 +50,23 @@ public:
   /// example after an asynchronous key lookup). Any thread.
   void resume();
 
+  // -- streaming (SSE) ------------------------------------------------------------
+  /// Starts a streamed response: writes `header` with chunked transfer encoding (any thread).
+  /// Counts as the exchange's one response; later chunks follow with stream_write().
+  void begin_stream(response header);
+  /// Queues one chunk of the streamed body, in order (any thread). When the session's queue
+  /// grows over its bound (a client that does not read), the stream is aborted and the
+  /// `on_gone` callback fires: memory per stream stays bounded.
+  void stream_write(std::string data);
+  /// Ends the streamed body (the last chunk), then the connection serves its next request.
+  void end_stream();
+
+  /// Callbacks for whoever produces the response; both run on the session's strand and must
+  /// only hand off (e.g. send a message to an actor). `on_gone`: the client disconnected or
+  /// a write failed, before the response completed. `on_written`: one stream chunk was
+  /// written to the socket (flow-control credit). Set them before responding.
+  void watch(std::function<void()> on_gone, std::function<void()> on_written = {});
+
   /// Index of the next middleware to run (used by the pipeline).
   std::size_t next_filter = 0;
 
@@ -64,6 +81,8 @@ private:
   request req_;
   request_context ctx_;
   std::vector<std::pair<std::string, std::string>> extra_headers_;
+  std::function<void()> on_gone_;
+  std::function<void()> on_written_;
   std::atomic<bool> responded_{false};
 };
 

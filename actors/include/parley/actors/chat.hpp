@@ -1,0 +1,111 @@
+#pragma once
+
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/atom.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/optional.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+/// The chat message types exchanged between the relay (net), the tenant actor, the
+/// conversation and turn actors, and providers.
+namespace parley::actors {
+
+using chat_atom = caf::atom_constant<caf::atom("chat")>;
+using delta_atom = caf::atom_constant<caf::atom("delta")>;
+using done_atom = caf::atom_constant<caf::atom("done")>;
+using failed_atom = caf::atom_constant<caf::atom("failed")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using loaded_atom = caf::atom_constant<caf::atom("loaded")>;
+using saved_atom = caf::atom_constant<caf::atom("saved")>;
+using idle_atom = caf::atom_constant<caf::atom("idle")>;
+using forget_atom = caf::atom_constant<caf::atom("forget")>;
+/// A turn (stateless or conversation) ended; sent to the tenant actor to settle its counts.
+using ended_atom = caf::atom_constant<caf::atom("ended")>;
+
+/// One chat message: role and the OpenAI message object as JSON text (content may be a
+/// string or an array of parts; tool fields pass through).
+struct chat_message {
+  std::string role;
+  std::string json;   ///< the whole message object
+  std::string text;   ///< its text content, for token estimates and the echo model
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_message& x) {
+  return f(caf::meta::type_name("chat_message"), x.role, x.json, x.text);
+}
+
+/// A validated chat completion request, as the tenant actor receives it.
+struct chat_request {
+  std::string request_id;
+  std::string tenant_id;
+  std::string key_id;
+  std::string model;            ///< as the client named it
+  std::vector<chat_message> messages;
+  bool stream = false;
+  bool include_usage = false;
+  int64_t max_tokens = 0;       ///< 0 = not set
+  std::string conversation_id;  ///< "" = stateless
+  std::string extra_json;       ///< other OpenAI fields to pass through ("{}" when none)
+  std::string tenant_config;    ///< the tenant's config (JSON text) as authentication saw it
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
+  return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
+           x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
+           x.tenant_config);
+}
+
+/// The end of a completion.
+struct chat_done {
+  std::string finish_reason;    ///< "stop", "length", ...
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  std::string model;            ///< the model that served it (as the client named it)
+  std::string conversation_id;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_done& x) {
+  return f(caf::meta::type_name("chat_done"), x.finish_reason, x.prompt_tokens,
+           x.completion_tokens, x.model, x.conversation_id);
+}
+
+/// Why a completion failed. `kind` maps to an HTTP error in net's error table.
+enum class chat_error_kind : uint8_t {
+  invalid_request = 1, ///< 400 (e.g. prompt over the model's context)
+  model_not_found,     ///< 404
+  not_found,           ///< 404 (conversation)
+  overloaded,          ///< 503
+  upstream_error,      ///< 502
+  upstream_timeout,    ///< 504
+  unavailable,         ///< 503 (store or tenant isolated)
+  internal,            ///< 500
+  cancelled,           ///< the client went away
+};
+
+struct chat_failure {
+  chat_error_kind kind = chat_error_kind::internal;
+  std::string message;   ///< client-safe
+  int upstream_status = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_failure& x) {
+  return f(caf::meta::type_name("chat_failure"), x.kind, x.message, x.upstream_status);
+}
+
+} // namespace parley::actors
+
+namespace parley::actors {
+
+/// Builds a chat_message from an OpenAI message object (JSON text): role, the JSON as is, and
+/// its text (a string content, or the `text` of its text parts joined by newlines).
+chat_message to_chat_message(const std::string& json_text);
+
+} // namespace parley::actors

@@ -1,0 +1,31 @@
+#pragma once
+
+#include "parley/actors/protocol.hpp"
+#include "parley/net/router.hpp"
+#include "parley/persistence/executor.hpp"
+#include "parley/persistence/store.hpp"
+
+#include <caf/actor_system.hpp>
+
+namespace parley::net {
+
+/// What the chat and conversation routes need; owned by runtime, outlives the server.
+struct chat_deps {
+  caf::actor_system& sys;
+  actors::tenant_directory_actor directory;
+  persistence::store& store;
+  persistence::store_executor& executor;
+};
+
+/// Adds POST /v1/chat/completions: validates the body, spawns a relay actor (the only bridge
+/// between Asio and CAF) that asks the tenant's actor to run the completion and writes its
+/// events back as one JSON body or as an SSE stream. A client that goes away cancels the
+/// upstream call.
+void add_chat_routes(router& r, chat_deps deps);
+
+/// Adds the server-side conversations API: POST/GET /v1/conversations,
+/// GET/DELETE /v1/conversations/{id}, GET /v1/conversations/{id}/items. Every id is looked
+/// up within the caller's tenant: another tenant's id answers 404 like a missing one.
+void add_conversation_routes(router& r, chat_deps deps);
+
+} // namespace parley::net

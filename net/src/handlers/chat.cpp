@@ -1,0 +1,325 @@
+#include "parley/net/chat_api.hpp"
+
+#include "parley/persistence/ids.hpp"
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <set>
+
+namespace parley::net {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using actors::chat_error_kind;
+
+constexpr std::size_t max_messages = 4096;
+const std::set<std::string>& valid_roles() {
+  static const std::set<std::string> roles{"system", "developer", "user", "assistant", "tool",
+                                           "function"};
+  return roles;
+}
+
+api_error to_api(const actors::chat_failure& f) {
+  switch (f.kind) {
+    case chat_error_kind::invalid_request: return {api_errc::invalid_request, f.message, "messages"};
+    case chat_error_kind::model_not_found: return {api_errc::model_not_found, f.message, "model"};
+    case chat_error_kind::not_found: return {api_errc::not_found, f.message, "conversation"};
+    case chat_error_kind::overloaded: return {api_errc::overloaded, f.message, ""};
+    case chat_error_kind::upstream_error: return {api_errc::bad_gateway, f.message, ""};
+    case chat_error_kind::upstream_timeout: return {api_errc::gateway_timeout, f.message, ""};
+    case chat_error_kind::unavailable: return {api_errc::unavailable, f.message, ""};
+    case chat_error_kind::cancelled:
+    case chat_error_kind::internal: break;
+  }
+  return {api_errc::internal, "", ""};
+}
+
+/// Validates the body into a chat_request; answers 400 and returns false when it is bad.
+bool parse_chat(const exchange_ptr& ex, actors::chat_request& out) {
+  auto body = json::parse(ex->req().body(), nullptr, false);
+  auto bad = [&](std::string msg, std::string param) {
+    ex->respond_error({api_errc::invalid_request, std::move(msg), std::move(param)});
+    return false;
+  };
+  if (body.is_discarded()) {
+    ex->respond_error({api_errc::invalid_json, "We could not parse the JSON body of your request.", ""});
+    return false;
+  }
+  if (!body.is_object())
+    return bad("The request body must be a JSON object.", "");
+  if (auto m = body.find("model"); m != body.end()) {
+    if (!m->is_string() || m->get<std::string>().size() > 256)
+      return bad("model must be a string.", "model");
+    out.model = m->get<std::string>();
+  }
+  auto msgs = body.find("messages");
+  if (msgs == body.end())
+    return bad("Missing required parameter: 'messages'.", "messages");
+  if (!msgs->is_array() || msgs->empty())
+    return bad("messages must be a non-empty array.", "messages");
+  if (msgs->size() > max_messages)
+    return bad("Too many messages (at most 4096).", "messages");
+  for (std::size_t i = 0; i < msgs->size(); ++i) {
+    auto& m = (*msgs)[i];
+    auto param = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object())
+      return bad(param + " must be an object.", param);
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string() || !valid_roles().count(role->get<std::string>()))
+      return bad(param + ".role must be one of system, developer, user, assistant, tool.",
+                 param + ".role");
+    auto content = m.find("content");
+    bool may_omit = *role == "assistant" && (m.contains("tool_calls") || m.contains("function_call"));
+    if (content == m.end() || content->is_null()) {
+      if (!may_omit)
+        return bad(param + ".content is required.", param + ".content");
+    } else if (content->is_array()) {
+      for (auto& part : *content)
+        if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+          return bad(param + ".content parts must be objects with a type.", param + ".content");
+        else if (part["type"] == "text" && (!part.contains("text") || !part["text"].is_string()))
+          return bad(param + ".content text parts need a string text.", param + ".content");
+    } else if (!content->is_string()) {
+      return bad(param + ".content must be a string or an array of content parts.",
+                 param + ".content");
+    }
+    out.messages.push_back(actors::to_chat_message(m.dump()));
+  }
+  if (auto n = body.find("n"); n != body.end() && !n->is_null()) {
+    if (!n->is_number_integer() || n->get<int64_t>() != 1)
+      return bad("Only n = 1 is supported.", "n");
+  }
+  if (auto s = body.find("stream"); s != body.end() && !s->is_null()) {
+    if (!s->is_boolean())
+      return bad("stream must be a boolean.", "stream");
+    out.stream = s->get<bool>();
+  }
+  if (auto so = body.find("stream_options"); so != body.end() && !so->is_null()) {
+    if (!so->is_object())
+      return bad("stream_options must be an object.", "stream_options");
+    if (!out.stream)
+      return bad("stream_options is only allowed when stream is true.", "stream_options");
+    if (auto iu = so->find("include_usage"); iu != so->end()) {
+      if (!iu->is_boolean())
+        return bad("stream_options.include_usage must be a boolean.", "stream_options.include_usage");
+      out.include_usage = iu->get<bool>();
+    }
+  }
+  for (const char* name : {"max_tokens", "max_completion_tokens"}) {
+    auto mt = body.find(name);
+    if (mt == body.end() || mt->is_null())
+      continue;
+    if (!mt->is_number_integer() || mt->get<int64_t>() < 1 || mt->get<int64_t>() > 10'000'000)
+      return bad(std::string(name) + " must be a positive integer.", name);
+    out.max_tokens = mt->get<int64_t>();
+  }
+  if (auto c = body.find("conversation"); c != body.end() && !c->is_null()) {
+    if (!c->is_string() || c->get<std::string>().empty() || c->get<std::string>().size() > 64)
+      return bad("conversation must be a conversation id.", "conversation");
+    out.conversation_id = c->get<std::string>();
+  }
+  if (auto t = body.find("temperature"); t != body.end() && !t->is_null()) {
+    if (!t->is_number() || t->get<double>() < 0 || t->get<double>() > 2)
+      return bad("temperature must be a number between 0 and 2.", "temperature");
+  }
+  // Everything else is passed to the upstream as is.
+  json extra = json::object();
+  for (auto& [k, v] : body.items())
+    if (k != "model" && k != "messages" && k != "stream" && k != "stream_options" &&
+        k != "max_tokens" && k != "max_completion_tokens" && k != "n" && k != "conversation")
+      extra[k] = v;
+  out.extra_json = extra.dump();
+  return true;
+}
+
+// -- the relay actor ------------------------------------------------------------------
+
+struct relay_state {
+  exchange_ptr ex;
+  actors::chat_request req; // messages dropped after hand-off; ids and flags kept
+  caf::actor producer;
+  std::string content;
+  bool streaming = false;
+  bool cancelled = false;
+  int64_t created = 0;
+  static inline const char* name = "parley.relay";
+
+  std::string id() const { return "chatcmpl-" + req.request_id; }
+
+  json chunk(json delta, json finish) const {
+    json c = {{"id", id()},
+              {"object", "chat.completion.chunk"},
+              {"created", created},
+              {"model", req.model},
+              {"system_fingerprint", nullptr},
+              {"choices",
+               json::array({{{"index", 0},
+                             {"delta", std::move(delta)},
+                             {"logprobs", nullptr},
+                             {"finish_reason", std::move(finish)}}})}};
+    if (req.include_usage)
+      c["usage"] = nullptr;
+    return c;
+  }
+
+  void send_event(const json& j) { ex->stream_write("data: " + j.dump() + "\n\n"); }
+
+  void start_stream() {
+    if (streaming)
+      return;
+    streaming = true;
+    response h{http::status::ok, ex->req().version()};
+    h.set(http::field::content_type, "text/event-stream");
+    h.set(http::field::cache_control, "no-cache");
+    h.set("X-Accel-Buffering", "no");
+    if (!req.conversation_id.empty())
+      h.set("x-parley-conversation-id", req.conversation_id);
+    ex->begin_stream(std::move(h));
+    send_event(chunk({{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}, nullptr));
+  }
+};
+
+caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex,
+                         actors::chat_request req, actors::tenant_directory_actor dir) {
+  auto& st = self->state;
+  st.ex = std::move(ex);
+  st.created = persistence::now_millis() / 1000;
+  auto me = caf::actor_cast<caf::actor>(self);
+  // The client going away reaches us as a message; from then on nobody reads our output.
+  st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
+  auto tenant_id = req.tenant_id;
+  st.req = req;
+  st.req.messages.clear();
+  auto fail_now = [=](const caf::error& e) {
+    auto& s = self->state;
+    s.ex->respond_error({api_errc::unavailable, "The tenant is unavailable; retry later.", ""});
+    self->quit();
+  };
+  self->request(dir, 5s, actors::locate_atom::value, tenant_id)
+    .then(
+      [=](actors::tenant_manager_actor mgr) mutable {
+        self->request(mgr, 5s, actors::tenant_atom::value, tenant_id)
+          .then(
+            [=](actors::tenant_actor t) mutable {
+              self->request(t, 10s, actors::chat_atom::value, std::move(req), me)
+                .then(
+                  [=](caf::actor producer) {
+                    auto& s = self->state;
+                    s.producer = producer;
+                    if (s.cancelled) {
+                      if (producer)
+                        self->send(producer, actors::cancel_atom::value, s.req.request_id);
+                      self->quit();
+                    }
+                  },
+                  fail_now);
+            },
+            fail_now);
+      },
+      fail_now);
+  return {
+    [=](actors::delta_atom, const std::string& content) {
+      auto& s = self->state;
+      if (s.cancelled)
+        return;
+      if (s.req.stream) {
+        s.start_stream();
+        s.send_event(s.chunk({{"content", content}}, nullptr));
+      } else {
+        s.content += content;
+      }
+    },
+    [=](actors::done_atom, const actors::chat_done& d) {
+      auto& s = self->state;
+      if (!s.cancelled) {
+        json usage = {{"prompt_tokens", d.prompt_tokens},
+                      {"completion_tokens", d.completion_tokens},
+                      {"total_tokens", d.prompt_tokens + d.completion_tokens}};
+        if (s.req.stream) {
+          s.start_stream();
+          s.send_event(s.chunk(json::object(), d.finish_reason));
+          if (s.req.include_usage) {
+            json u = {{"id", s.id()},       {"object", "chat.completion.chunk"},
+                      {"created", s.created}, {"model", s.req.model},
+                      {"system_fingerprint", nullptr},
+                      {"choices", json::array()}, {"usage", usage}};
+            s.send_event(u);
+          }
+          s.ex->stream_write("data: [DONE]\n\n");
+          s.ex->end_stream();
+        } else {
+          json body = {{"id", s.id()},
+                       {"object", "chat.completion"},
+                       {"created", s.created},
+                       {"model", s.req.model},
+                       {"system_fingerprint", nullptr},
+                       {"choices",
+                        json::array({{{"index", 0},
+                                      {"message", {{"role", "assistant"},
+                                                   {"content", s.content},
+                                                   {"refusal", nullptr}}},
+                                      {"logprobs", nullptr},
+                                      {"finish_reason", d.finish_reason}}})},
+                       {"usage", usage}};
+          if (!s.req.conversation_id.empty())
+            s.ex->add_header("x-parley-conversation-id", s.req.conversation_id);
+          s.ex->respond_json(http::status::ok, body);
+        }
+      }
+      self->quit();
+    },
+    [=](actors::failed_atom, const actors::chat_failure& f) {
+      auto& s = self->state;
+      if (!s.cancelled) {
+        auto err = to_api(f);
+        if (s.streaming) {
+          // Mid-stream: the status is already sent; end with an error event, then [DONE].
+          json e = {{"error", {{"message", err.message.empty() ? "upstream error" : err.message},
+                               {"type", type_of(err.code)},
+                               {"param", nullptr},
+                               {"code", code_of(err.code)}}}};
+          s.send_event(e);
+          s.ex->stream_write("data: [DONE]\n\n");
+          s.ex->end_stream();
+        } else {
+          s.ex->respond_error(err);
+        }
+      }
+      self->quit();
+    },
+    [=](actors::cancel_atom, const std::string&) {
+      auto& s = self->state;
+      s.cancelled = true;
+      if (s.producer) {
+        self->send(s.producer, actors::cancel_atom::value, s.req.request_id);
+        self->quit();
+      }
+      // Else: we do not know the producer yet; the tenant's answer will tell us, then we
+      // cancel it (see above) and quit when its failure or end arrives.
+    },
+  };
+}
+
+} // namespace
+
+void add_chat_routes(router& r, chat_deps d) {
+  auto* sys = &d.sys;
+  auto dir = d.directory;
+  r.add(http::verb::post, "/v1/chat/completions", [sys, dir](const exchange_ptr& ex) {
+    actors::chat_request req;
+    if (!parse_chat(ex, req))
+      return;
+    auto& ctx = ex->ctx();
+    req.request_id = ctx.request_id;
+    req.tenant_id = ctx.tenant_id;
+    req.key_id = ctx.key_id;
+    req.tenant_config = ctx.principal ? tenants::to_json_text(ctx.principal->config) : "";
+    // The relay is the only bridge: it holds the exchange and answers through it.
+    sys->spawn(relay_impl, ex, std::move(req), dir);
+  });
+}
+
+} // namespace parley::net
