@@ -5,6 +5,7 @@
 #include "parley/net/auth.hpp"
 #include "parley/net/chat_api.hpp"
 #include "parley/net/middlewares.hpp"
+#include "parley/net/openai_provider.hpp"
 #include "parley/net/ops.hpp"
 #include "parley/net/server.hpp"
 #include "parley/persistence/executor.hpp"
@@ -231,7 +232,16 @@ struct app::impl {
       named.push_back({"parley-echo", "parley-echo",
                        actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second),
                        settings.chat.context_tokens, "parley"});
-    routes = std::make_shared<actors::route_table>(std::move(named));
+    // Quick start: every other model goes to one OpenAI-compatible upstream.
+    std::shared_ptr<actors::provider_port> fallback;
+    if (!settings.upstream.url.empty()) {
+      fallback = net::make_openai_provider(*ioc, settings.upstream.url, settings.upstream.key,
+                                           net::upstream_client_settings{}, logger);
+      log::event(logger, spdlog::level::info, "upstream configured")
+        .str("url", settings.upstream.url); // the URL, never the key
+    }
+    routes = std::make_shared<actors::route_table>(std::move(named), std::move(fallback),
+                                                   settings.chat.context_tokens);
     auto svc = std::make_shared<actors::chat_services>();
     svc->store = store.get();
     svc->executor = executor.get();
@@ -272,7 +282,6 @@ struct app::impl {
   }
 
   void start_http() {
-    ioc = std::make_unique<net::asio::io_context>(settings.http.io_threads);
     work = std::make_unique<net::asio::executor_work_guard<net::asio::io_context::executor_type>>(
       ioc->get_executor());
     server = std::make_unique<net::server>(*ioc, settings.http, build_pipeline(), logger);
@@ -306,6 +315,9 @@ uint16_t app::start() {
   d.last_used = std::make_unique<tenants::last_used_recorder>();
   d.usage = std::make_unique<tenants::usage_batcher>();
   d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper);
+  // The io_context exists before the actors (upstream clients live on it); its threads
+  // start with the listener.
+  d.ioc = std::make_unique<net::asio::io_context>(d.settings.http.io_threads);
   d.start_actors();
   d.start_http();
   log::event(d.logger, spdlog::level::info, "listening")

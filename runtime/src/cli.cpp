@@ -22,12 +22,14 @@ namespace asio = boost::asio;
 constexpr int exit_usage = 2;
 
 /// Loads settings from file and environment, then applies command-line overrides.
-config::settings load_settings(const std::string& file, const std::string& listen) {
+config::settings load_settings(const std::string& file, const std::string& listen,
+                               const std::string& upstream = {}) {
   auto s = config::load(file, config::process_environment());
-  if (!listen.empty()) {
+  if (!listen.empty())
     s.http.listen = listen;
-    config::validate(s);
-  }
+  if (!upstream.empty())
+    s.upstream.url = upstream;
+  config::validate(s);
   return s;
 }
 
@@ -94,11 +96,14 @@ int run_cli(int argc, char** argv) {
   cli.require_subcommand(1);
   cli.set_version_flag("--version", std::string(version_string()));
 
-  std::string config_file, listen;
+  std::string config_file, listen, upstream;
   auto* serve_cmd = cli.add_subcommand("serve", "Run the server (HTTP API, actors, store)");
   serve_cmd->add_option("-c,--config", config_file, "TOML configuration file")
     ->check(CLI::ExistingFile);
   serve_cmd->add_option("-l,--listen", listen, "Listen address HOST:PORT (overrides http.listen)");
+  serve_cmd->add_option("-u,--upstream", upstream,
+                        "OpenAI-compatible base URL serving every model not served otherwise "
+                        "(overrides upstream.url; key from PARLEY_UPSTREAM_KEY)");
 
   auto* version_cmd = cli.add_subcommand("version", "Print version, commit and build type");
 
@@ -134,7 +139,7 @@ int run_cli(int argc, char** argv) {
 
   try {
     if (*serve_cmd)
-      return serve(load_settings(config_file, listen));
+      return serve(load_settings(config_file, listen, upstream));
     if (*migrate_cmd)
       return detail::run_migrate(load_settings(config_file, {}));
     if (*admin_cmd)

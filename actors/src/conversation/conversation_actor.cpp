@@ -307,7 +307,8 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
 caf::actor spawn_conversation(caf::local_actor* parent, std::string tenant_id,
                               std::string conversation_id, caf::actor tenant,
                               std::shared_ptr<const chat_services> svc) {
-  return parent->spawn(conversation_impl, std::move(tenant_id), std::move(conversation_id),
+  // Linked: a conversation dies with its tenant (shutdown); the tenant traps children's exits.
+  return parent->spawn<caf::linked>(conversation_impl, std::move(tenant_id), std::move(conversation_id),
                        std::move(tenant), std::move(svc));
 }
 

@@ -40,6 +40,7 @@ struct tenant_state {
   std::shared_ptr<const chat_services> svc;
   std::unordered_map<std::string, caf::actor> conversations;
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
+  std::unordered_set<caf::actor_addr> children; ///< linked turns and conversations alive
   int64_t in_flight = 0;
   static inline const char* name = "parley.tenant";
 
@@ -61,6 +62,14 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
                                         std::shared_ptr<const chat_services> svc) {
   self->state.tenant_id = std::move(tenant_id);
   self->state.svc = std::move(svc);
+  // Turns and conversations are linked to us so that they stop with us. One of them failing
+  // must not take the tenant down: exits from anyone but ourselves (shutdown) are ignored here
+  // and handled by the down handler (conversations) or the ended message (turns).
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
+      return;
+    self->quit(em.reason);
+  });
   // Conversation actors passivate (or crash): forget them; the next turn re-activates.
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
@@ -69,6 +78,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       return;
     st.conversations.erase(it->second);
     st.conversation_by_addr.erase(it);
+    st.children.erase(dm.source);
   });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
@@ -95,13 +105,17 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       }
       ++st.in_flight;
       auto me = caf::actor_cast<caf::actor>(self);
-      if (req.conversation_id.empty())
-        return detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg, std::move(relay),
-                                  me, st.svc);
+      if (req.conversation_id.empty()) {
+        auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
+                                       std::move(relay), me, st.svc);
+        st.children.insert(turn.address());
+        return turn;
+      }
       auto it = st.conversations.find(req.conversation_id);
       if (it == st.conversations.end()) {
         auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id, me, st.svc);
         self->monitor(conv);
+        st.children.insert(conv.address());
         st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
         it = st.conversations.emplace(req.conversation_id, conv).first;
       }
@@ -111,12 +125,23 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
     [=](forget_atom, const std::string& conversation_id) {
       auto& st = self->state;
       auto it = st.conversations.find(conversation_id);
-      if (it != st.conversations.end())
-        caf::anon_send_exit(it->second, caf::exit_reason::user_shutdown);
+      if (it == st.conversations.end())
+        return;
+      // Forget it now, not at its down message: a turn arriving meanwhile must not be sent
+      // to the dying actor, but to a fresh one that finds the conversation gone.
+      auto conv = it->second;
+      st.conversation_by_addr.erase(conv.address());
+      st.conversations.erase(it);
+      caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
     },
     [=](ended_atom) {
-      if (self->state.in_flight > 0)
-        --self->state.in_flight;
+      auto& st = self->state;
+      if (st.in_flight > 0)
+        --st.in_flight;
+      // A turn actor ends right after this message; a conversation lives on.
+      if (auto sender = self->current_sender();
+          sender && st.conversation_by_addr.count(sender->address()) == 0)
+        st.children.erase(sender->address());
     },
   };
 }

@@ -159,7 +159,8 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
 caf::actor spawn_turn(caf::local_actor* parent, chat_request req, route r,
                       std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,
                       caf::actor tenant, std::shared_ptr<const chat_services> svc) {
-  return parent->spawn(turn_impl, std::move(req), std::move(r), std::move(cfg), std::move(relay),
+  // Linked: a turn dies with its tenant (shutdown); the tenant traps its children's exits.
+  return parent->spawn<caf::linked>(turn_impl, std::move(req), std::move(r), std::move(cfg), std::move(relay),
                        std::move(tenant), std::move(svc));
 }
 

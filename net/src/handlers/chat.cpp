@@ -190,6 +190,20 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
   auto me = caf::actor_cast<caf::actor>(self);
   // The client going away reaches us as a message; from then on nobody reads our output.
   st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& s = self->state;
+    if (dm.source != s.producer.address() || s.cancelled)
+      return;
+    if (s.streaming) {
+      s.send_event({{"error", {{"message", "The completion ended unexpectedly."},
+                               {"type", "server_error"}, {"param", nullptr}, {"code", "internal_error"}}}});
+      s.ex->stream_write("data: [DONE]\n\n");
+      s.ex->end_stream();
+    } else {
+      s.ex->respond_error({api_errc::internal, "The completion ended unexpectedly.", ""});
+    }
+    self->quit();
+  });
   auto tenant_id = req.tenant_id;
   st.req = req;
   st.req.messages.clear();
@@ -209,6 +223,9 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
                   [=](caf::actor producer) {
                     auto& s = self->state;
                     s.producer = producer;
+                    // If the producer dies without a word (a crash), we must still answer.
+                    if (producer)
+                      self->monitor(producer);
                     if (s.cancelled) {
                       if (producer)
                         self->send(producer, actors::cancel_atom::value, s.req.request_id);
@@ -317,6 +334,8 @@ void add_chat_routes(router& r, chat_deps d) {
     req.tenant_id = ctx.tenant_id;
     req.key_id = ctx.key_id;
     req.tenant_config = ctx.principal ? tenants::to_json_text(ctx.principal->config) : "";
+    if (req.model.empty() && ctx.principal)
+      req.model = ctx.principal->config.default_model;
     // The relay is the only bridge: it holds the exchange and answers through it.
     sys->spawn(relay_impl, ex, std::move(req), dir);
   });

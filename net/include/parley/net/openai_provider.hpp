@@ -1,0 +1,33 @@
+#pragma once
+
+#include "parley/actors/provider.hpp"
+#include "parley/config/logging.hpp"
+#include "parley/net/http.hpp"
+
+#include <memory>
+#include <string>
+
+namespace parley::net {
+
+/// Timeouts and pool bounds of an upstream client.
+struct upstream_client_settings {
+  int connect_timeout_ms = 10000;      ///< DNS + TCP connect + TLS handshake
+  int first_byte_timeout_ms = 120000;  ///< request written -> response header
+  int idle_timeout_ms = 120000;        ///< longest gap between two reads of a stream
+  std::size_t max_idle_connections = 64;
+};
+
+/// A provider for any OpenAI-compatible endpoint (OpenAI, Azure OpenAI, vLLM, llama.cpp
+/// server, Ollama): `base_url` like "https://api.openai.com/v1". Beast asynchronous client on
+/// `ioc`, keep-alive connection pool, HTTPS with the system CA store, certificate and host
+/// name verification and SNI; the upstream is always called in streaming mode and its SSE
+/// body parsed incrementally, so tokens flow to the client as they arrive. The API key goes
+/// only into the upstream's Authorization header: never into logs, errors or responses.
+/// Throws std::invalid_argument for a URL that is not http(s)://host[:port][/path].
+///
+/// Thread safety: start() and the returned handles' cancel() may be called from any thread.
+std::shared_ptr<actors::provider_port>
+make_openai_provider(asio::io_context& ioc, const std::string& base_url, std::string api_key,
+                     upstream_client_settings settings, log::logger_ptr logger);
+
+} // namespace parley::net

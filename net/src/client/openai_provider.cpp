@@ -1,0 +1,445 @@
+// The OpenAI-compatible upstream client. One call = one operation object on its own strand:
+// take a pooled connection (or resolve, connect, TLS-handshake a new one), write the request,
+// read the response header, then read the streamed body in 16 KiB slices through the SSE
+// parser, sending each delta to the listening actor. Every step has a timeout.
+#include "parley/net/openai_provider.hpp"
+#include "parley/net/sse_parser.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <regex>
+
+namespace parley::net {
+namespace {
+
+using json = nlohmann::json;
+using tcp = asio::ip::tcp;
+using actors::chat_error_kind;
+
+struct endpoint {
+  bool tls = false;
+  std::string host;
+  std::string port;
+  std::string base_path; ///< without trailing slash
+};
+
+endpoint parse_url(const std::string& url) {
+  static const std::regex re(R"(^(https?)://([^/:]+|\[[^\]]+\])(?::([0-9]{1,5}))?(/.*)?$)",
+                             std::regex::icase);
+  std::smatch m;
+  if (!std::regex_match(url, m, re))
+    throw std::invalid_argument("upstream URL must be http(s)://host[:port][/path]");
+  endpoint e;
+  e.tls = beast::iequals(m[1].str(), "https");
+  e.host = m[2].str();
+  if (e.host.front() == '[')
+    e.host = e.host.substr(1, e.host.size() - 2);
+  e.port = m[3].matched ? m[3].str() : (e.tls ? "443" : "80");
+  e.base_path = m[4].matched ? m[4].str() : "";
+  while (!e.base_path.empty() && e.base_path.back() == '/')
+    e.base_path.pop_back();
+  return e;
+}
+
+/// Shared by all calls of one upstream: where it is, credentials, TLS context, idle pool.
+template <class Stream>
+struct upstream {
+  upstream(asio::io_context& io, endpoint e, std::string key, upstream_client_settings s,
+           log::logger_ptr lg)
+    : ioc(io), ep(std::move(e)), api_key(std::move(key)), settings(s), logger(std::move(lg)) {}
+
+  asio::io_context& ioc;
+  endpoint ep;
+  std::string api_key;
+  upstream_client_settings settings;
+  log::logger_ptr logger;
+  std::unique_ptr<asio::ssl::context> tls;
+  std::mutex mu;
+  std::vector<std::unique_ptr<Stream>> idle;
+
+  std::unique_ptr<Stream> take_idle() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (idle.empty())
+      return nullptr;
+    auto s = std::move(idle.back());
+    idle.pop_back();
+    return s;
+  }
+  void give_back(std::unique_ptr<Stream> s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (idle.size() < settings.max_idle_connections)
+      idle.push_back(std::move(s));
+  }
+};
+
+tcp::socket& lowest_socket(beast::tcp_stream& s) { return s.socket(); }
+tcp::socket& lowest_socket(beast::ssl_stream<beast::tcp_stream>& s) {
+  return beast::get_lowest_layer(s).socket();
+}
+beast::tcp_stream& tcp_layer(beast::tcp_stream& s) { return s; }
+beast::tcp_stream& tcp_layer(beast::ssl_stream<beast::tcp_stream>& s) {
+  return beast::get_lowest_layer(s);
+}
+
+template <class Stream>
+class call_op : public actors::call_handle,
+                public std::enable_shared_from_this<call_op<Stream>> {
+public:
+  call_op(std::shared_ptr<upstream<Stream>> up, actors::upstream_call call, caf::actor listener)
+    : up_(std::move(up)),
+      strand_(asio::make_strand(up_->ioc)),
+      resolver_(strand_),
+      listener_(std::move(listener)),
+      request_id_(call.request_id) {
+    json body = json::object();
+    auto extra = json::parse(call.extra_json, nullptr, false);
+    if (extra.is_object())
+      body = std::move(extra);
+    body["model"] = call.model;
+    json msgs = json::array();
+    for (auto& m : call.messages) {
+      auto j = json::parse(m.json, nullptr, false);
+      msgs.push_back(j.is_discarded() ? json{{"role", m.role}, {"content", m.text}} : j);
+      prompt_estimate_ += actors::estimate_tokens(m.text) + 4;
+    }
+    body["messages"] = std::move(msgs);
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    if (call.max_tokens > 0)
+      body["max_tokens"] = call.max_tokens;
+    req_.method(http::verb::post);
+    req_.target(up_->ep.base_path + "/chat/completions");
+    req_.version(11);
+    req_.set(http::field::host, up_->ep.host);
+    req_.set(http::field::user_agent, "parley/0.1");
+    req_.set(http::field::content_type, "application/json");
+    req_.set(http::field::accept, "text/event-stream");
+    req_.set("x-request-id", request_id_);
+    if (!up_->api_key.empty())
+      req_.set(http::field::authorization, "Bearer " + up_->api_key);
+    req_.keep_alive(true);
+    req_.body() = body.dump();
+    req_.prepare_payload();
+  }
+
+  void start() {
+    asio::post(strand_, [self = this->shared_from_this()] { self->acquire(); });
+  }
+
+  void cancel() override {
+    asio::post(strand_, [self = this->shared_from_this()] {
+      if (self->finished_)
+        return;
+      self->finished_ = true; // the listener wants nothing more
+      self->resolver_.cancel();
+      if (self->stream_) {
+        beast::error_code ec;
+        lowest_socket(*self->stream_).close(ec);
+      }
+    });
+  }
+
+private:
+  // -- connection -----------------------------------------------------------------
+  void acquire() {
+    if (finished_)
+      return;
+    if (auto s = up_->take_idle()) {
+      stream_ = std::move(s);
+      reused_ = true;
+      return write();
+    }
+    connect_new();
+  }
+
+  void connect_new() {
+    reused_ = false;
+    resolver_.async_resolve(up_->ep.host, up_->ep.port,
+                            [self = this->shared_from_this()](beast::error_code ec,
+                                                              tcp::resolver::results_type r) {
+                              if (ec)
+                                return self->fail(chat_error_kind::upstream_error,
+                                                  "could not resolve the upstream", ec);
+                              self->make_stream();
+                              auto& tcp = tcp_layer(*self->stream_);
+                              tcp.expires_after(std::chrono::milliseconds(self->up_->settings.connect_timeout_ms));
+                              tcp.async_connect(r, [self](beast::error_code ec2, tcp::endpoint) {
+                                if (ec2)
+                                  return self->fail(ec2 == beast::error::timeout
+                                                      ? chat_error_kind::upstream_timeout
+                                                      : chat_error_kind::upstream_error,
+                                                    "could not connect to the upstream", ec2);
+                                tcp_layer(*self->stream_).socket().set_option(tcp::no_delay(true), ec2);
+                                self->handshake();
+                              });
+                            });
+  }
+
+  void make_stream();
+  void handshake();
+
+  // -- request and response --------------------------------------------------------
+  void write() {
+    tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.first_byte_timeout_ms));
+    http::async_write(*stream_, req_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) {
+        // A pooled connection the upstream closed meanwhile: one fresh try.
+        if (self->reused_ && !self->finished_)
+          return self->connect_new();
+        return self->fail(chat_error_kind::upstream_error, "could not send to the upstream", ec);
+      }
+      self->read_header();
+    });
+  }
+
+  void read_header() {
+    parser_.emplace();
+    // A stream is as long as the upstream talks; reads are bounded by time instead. (Not
+    // boost::none: Beast 1.74 compares a Content-Length against an empty optional as "over".)
+    parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+    tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.first_byte_timeout_ms));
+    http::async_read_header(*stream_, buffer_, *parser_,
+                            [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                              if (ec) {
+                                if (self->reused_ && !self->finished_ &&
+                                    (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
+                                     ec == asio::error::eof))
+                                  return self->connect_new();
+                                return self->fail(ec == beast::error::timeout
+                                                    ? chat_error_kind::upstream_timeout
+                                                    : chat_error_kind::upstream_error,
+                                                  "the upstream did not answer", ec);
+                              }
+                              self->status_ = self->parser_->get().result_int();
+                              self->read_body();
+                            });
+  }
+
+  void read_body() {
+    if (finished_)
+      return;
+    if (parser_->is_done())
+      return on_body_end();
+    auto& body = parser_->get().body();
+    body.data = slice_;
+    body.size = sizeof slice_;
+    tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.idle_timeout_ms));
+    http::async_read(*stream_, buffer_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                       if (ec == http::error::need_buffer)
+                         ec = {};
+                       if (ec)
+                         return self->fail(ec == beast::error::timeout
+                                             ? chat_error_kind::upstream_timeout
+                                             : chat_error_kind::upstream_error,
+                                           "the upstream stream broke off", ec);
+                       auto n = sizeof self->slice_ - self->parser_->get().body().size;
+                       self->on_bytes(std::string_view(self->slice_, n));
+                       self->read_body();
+                     });
+  }
+
+  void on_bytes(std::string_view bytes) {
+    if (status_ != 200) {
+      // An error body: keep a bounded prefix for the message.
+      if (error_body_.size() < 16384)
+        error_body_.append(bytes.substr(0, 16384 - error_body_.size()));
+      return;
+    }
+    std::vector<std::string> events;
+    if (!sse_.feed(bytes, events))
+      return fail(chat_error_kind::upstream_error, "the upstream sent an oversized event", {});
+    for (auto& data : events)
+      on_event(data);
+  }
+
+  void on_event(const std::string& data) {
+    if (finished_)
+      return;
+    if (data == "[DONE]") {
+      done_seen_ = true;
+      return;
+    }
+    auto j = json::parse(data, nullptr, false);
+    if (!j.is_object())
+      return;
+    if (j.contains("error")) {
+      auto msg = j["error"].is_object() ? j["error"].value("message", "") : "";
+      return fail(chat_error_kind::upstream_error,
+                  "the upstream reported an error" + (msg.empty() ? "" : ": " + msg.substr(0, 300)),
+                  {});
+    }
+    if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
+      prompt_tokens_ = u->value("prompt_tokens", prompt_tokens_);
+      completion_tokens_ = u->value("completion_tokens", completion_tokens_);
+      have_usage_ = true;
+    }
+    auto choices = j.find("choices");
+    if (choices == j.end() || !choices->is_array() || choices->empty())
+      return;
+    auto& c0 = (*choices)[0];
+    if (auto d = c0.find("delta"); d != c0.end() && d->is_object()) {
+      auto content = d->find("content");
+      if (content != d->end() && content->is_string() && !content->get<std::string>().empty()) {
+        completion_estimate_ += actors::estimate_tokens(content->template get<std::string>());
+        caf::anon_send(listener_, actors::delta_atom::value, content->template get<std::string>());
+      }
+    }
+    if (auto f = c0.find("finish_reason"); f != c0.end() && f->is_string())
+      finish_reason_ = f->get<std::string>();
+  }
+
+  void on_body_end() {
+    if (finished_)
+      return;
+    bool keep = parser_->get().keep_alive();
+    if (status_ != 200)
+      return fail_status();
+    if (finish_reason_.empty() && !done_seen_)
+      return fail(chat_error_kind::upstream_error, "the upstream ended the stream early", {});
+    finished_ = true;
+    actors::chat_done d;
+    d.finish_reason = finish_reason_.empty() ? "stop" : finish_reason_;
+    d.prompt_tokens = have_usage_ ? prompt_tokens_ : prompt_estimate_;
+    d.completion_tokens = have_usage_ ? completion_tokens_ : completion_estimate_;
+    caf::anon_send(listener_, actors::done_atom::value, d);
+    if (keep && buffer_.size() == 0) {
+      tcp_layer(*stream_).expires_never();
+      up_->give_back(std::move(stream_));
+    }
+  }
+
+  /// Maps an upstream error status. Client errors keep the upstream's message (it explains
+  /// the request); everything else gets a generic one: no upstream detail reaches clients.
+  void fail_status() {
+    std::string msg;
+    auto j = json::parse(error_body_, nullptr, false);
+    if (j.is_object() && j.contains("error") && j["error"].is_object())
+      msg = j["error"].value("message", "");
+    if (status_ == 400 || status_ == 422)
+      return fail(chat_error_kind::invalid_request,
+                  msg.empty() ? "the upstream rejected the request" : msg.substr(0, 500), {});
+    if (status_ == 404)
+      return fail(chat_error_kind::model_not_found, "the upstream does not serve this model", {});
+    if (status_ == 429)
+      return fail(chat_error_kind::overloaded, "the upstream is rate limiting; retry later", {});
+    if (status_ == 401 || status_ == 403)
+      return fail(chat_error_kind::upstream_error, "the upstream refused parley's credentials", {});
+    if (status_ == 504 || status_ == 408)
+      return fail(chat_error_kind::upstream_timeout, "the upstream timed out", {});
+    fail(chat_error_kind::upstream_error,
+         "the upstream failed with status " + std::to_string(status_), {});
+  }
+
+  void fail(chat_error_kind kind, std::string message, beast::error_code ec) {
+    if (finished_)
+      return;
+    finished_ = true;
+    log::event(up_->logger, spdlog::level::warn, "upstream call failed")
+      .str("request_id", request_id_)
+      .str("upstream_host", up_->ep.host)
+      .num("status", status_)
+      .str("error", ec ? ec.message() : message);
+    caf::anon_send(listener_, actors::failed_atom::value,
+                   actors::chat_failure{kind, std::move(message), status_});
+    if (stream_) {
+      beast::error_code ignored;
+      lowest_socket(*stream_).close(ignored);
+    }
+  }
+
+  std::shared_ptr<upstream<Stream>> up_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  tcp::resolver resolver_;
+  std::unique_ptr<Stream> stream_;
+  caf::actor listener_;
+  std::string request_id_;
+  http::request<http::string_body> req_;
+  std::optional<http::response_parser<http::buffer_body>> parser_;
+  beast::flat_buffer buffer_;
+  char slice_[16384];
+  sse_parser sse_;
+  std::string error_body_;
+  int status_ = 0;
+  bool reused_ = false;
+  bool finished_ = false;
+  bool done_seen_ = false;
+  bool have_usage_ = false;
+  std::string finish_reason_;
+  int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
+  int64_t prompt_estimate_ = 0, completion_estimate_ = 0;
+};
+
+template <>
+void call_op<beast::tcp_stream>::make_stream() {
+  stream_ = std::make_unique<beast::tcp_stream>(strand_);
+}
+template <>
+void call_op<beast::tcp_stream>::handshake() {
+  write();
+}
+
+template <>
+void call_op<beast::ssl_stream<beast::tcp_stream>>::make_stream() {
+  stream_ = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(strand_, *up_->tls);
+  // SNI, and verification of the certificate against the host name.
+  SSL_set_tlsext_host_name(stream_->native_handle(), up_->ep.host.c_str());
+  stream_->set_verify_callback(asio::ssl::host_name_verification(up_->ep.host));
+}
+template <>
+void call_op<beast::ssl_stream<beast::tcp_stream>>::handshake() {
+  tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.connect_timeout_ms));
+  stream_->async_handshake(asio::ssl::stream_base::client,
+                           [self = shared_from_this()](beast::error_code ec) {
+                             if (ec)
+                               return self->fail(chat_error_kind::upstream_error,
+                                                 "TLS handshake with the upstream failed", ec);
+                             self->write();
+                           });
+}
+
+template <class Stream>
+class openai_provider final : public actors::provider_port {
+public:
+  explicit openai_provider(std::shared_ptr<upstream<Stream>> up) : up_(std::move(up)) {}
+  std::shared_ptr<actors::call_handle> start(actors::upstream_call call, caf::actor listener) override {
+    auto op = std::make_shared<call_op<Stream>>(up_, std::move(call), std::move(listener));
+    op->start();
+    return op;
+  }
+
+private:
+  std::shared_ptr<upstream<Stream>> up_;
+};
+
+} // namespace
+
+std::shared_ptr<actors::provider_port>
+make_openai_provider(asio::io_context& ioc, const std::string& base_url, std::string api_key,
+                     upstream_client_settings settings, log::logger_ptr logger) {
+  auto ep = parse_url(base_url);
+  if (ep.tls) {
+    auto up = std::make_shared<upstream<beast::ssl_stream<beast::tcp_stream>>>(
+      ioc, ep, std::move(api_key), settings, std::move(logger));
+    up->tls = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+    up->tls->set_default_verify_paths();
+    up->tls->set_verify_mode(asio::ssl::verify_peer);
+    return std::make_shared<openai_provider<beast::ssl_stream<beast::tcp_stream>>>(std::move(up));
+  }
+  auto up = std::make_shared<upstream<beast::tcp_stream>>(ioc, ep, std::move(api_key), settings,
+                                                          std::move(logger));
+  return std::make_shared<openai_provider<beast::tcp_stream>>(std::move(up));
+}
+
+} // namespace parley::net
