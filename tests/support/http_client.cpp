@@ -3,6 +3,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 
 namespace parley::test {
 
@@ -53,6 +54,19 @@ http_reply http_client::read_reply() {
   r.status = r.raw.result_int();
   r.body = r.raw.body();
   return r;
+}
+
+std::string http_client::read_some_raw() {
+  std::string out;
+  if (buffer_.size() > 0) {
+    out = beast::buffers_to_string(buffer_.data());
+    buffer_.consume(buffer_.size());
+    return out;
+  }
+  char buf[4096];
+  stream_.expires_after(std::chrono::seconds(10));
+  auto n = stream_.read_some(asio::buffer(buf));
+  return std::string(buf, n);
 }
 
 bool http_client::closed_by_peer(std::chrono::milliseconds wait) {

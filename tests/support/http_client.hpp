@@ -46,6 +46,8 @@ public:
   void send_raw(const std::string& bytes);
   /// Reads one response (after send_raw).
   http_reply read_reply();
+  /// Reads whatever bytes arrive next (raw, for observing streams as they flow).
+  std::string read_some_raw();
   /// True when the server closed the connection (reads EOF within the timeout).
   bool closed_by_peer(std::chrono::milliseconds wait = std::chrono::milliseconds(2000));
 

@@ -131,4 +131,19 @@ std::unique_ptr<child_process> start_parley(const temp_dir& dir, const std::stri
   return proc;
 }
 
+std::unique_ptr<child_process> start_fake_upstream(const temp_dir& dir, uint16_t& port) {
+  auto proc = std::make_unique<child_process>(
+    std::vector<std::string>{PARLEY_FAKE_UPSTREAM, "--listen", "127.0.0.1:0", "--max-seconds", "300"},
+    std::map<std::string, std::string>{}, dir.path() + "/fake-upstream.out");
+  if (!proc->wait_for_output("\"listening\"", std::chrono::seconds(10)))
+    throw std::runtime_error("fake upstream did not start: " + proc->output());
+  static const std::regex re("\"listening\":([0-9]+)");
+  std::smatch m;
+  auto out = proc->output();
+  if (!std::regex_search(out, m, re))
+    throw std::runtime_error("no port from fake upstream: " + out);
+  port = static_cast<uint16_t>(std::stoi(m[1].str()));
+  return proc;
+}
+
 } // namespace parley::test

@@ -56,4 +56,7 @@ std::unique_ptr<child_process> start_parley(const temp_dir& dir, const std::stri
                                             uint16_t& port,
                                             std::map<std::string, std::string> env = {});
 
+/// Starts the scripted fake upstream (tests/fake_upstream) on a free loopback port.
+std::unique_ptr<child_process> start_fake_upstream(const temp_dir& dir, uint16_t& port);
+
 } // namespace parley::test

@@ -235,7 +235,8 @@ private:
     body.data = slice_;
     body.size = sizeof slice_;
     tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.idle_timeout_ms));
-    http::async_read(*stream_, buffer_, *parser_,
+    // read_some: return as soon as any body bytes arrived, so tokens flow as they come.
+    http::async_read_some(*stream_, buffer_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                        if (ec == http::error::need_buffer)
                          ec = {};
