@@ -154,7 +154,6 @@ struct relay_state {
               {"object", "chat.completion.chunk"},
               {"created", created},
               {"model", req.model},
-              {"system_fingerprint", nullptr},
               {"choices",
                json::array({{{"index", 0},
                              {"delta", std::move(delta)},
@@ -261,8 +260,7 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
           if (s.req.include_usage) {
             json u = {{"id", s.id()},       {"object", "chat.completion.chunk"},
                       {"created", s.created}, {"model", s.req.model},
-                      {"system_fingerprint", nullptr},
-                      {"choices", json::array()}, {"usage", usage}};
+                              {"choices", json::array()}, {"usage", usage}};
             s.send_event(u);
           }
           s.ex->stream_write("data: [DONE]\n\n");
@@ -272,8 +270,7 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
                        {"object", "chat.completion"},
                        {"created", s.created},
                        {"model", s.req.model},
-                       {"system_fingerprint", nullptr},
-                       {"choices",
+                                {"choices",
                         json::array({{{"index", 0},
                                       {"message", {{"role", "assistant"},
                                                    {"content", s.content},

@@ -1,0 +1,69 @@
+// The official openai SDK through parley to an OpenAI-compatible upstream (the scripted fake
+// upstream process): parley's own provider client, SSE parser and relay on the path.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { conforms, startFakeUpstream, startParley } from './helpers.js';
+
+let upstream;
+let node;
+let client;
+
+before(async () => {
+  upstream = await startFakeUpstream();
+  node = await startParley({ PARLEY_UPSTREAM_URL: upstream.url, PARLEY_UPSTREAM_KEY: 'sk-e2e-upstream' });
+  const tenant = await node.tenantKey('e2e-upstream');
+  client = new OpenAI({ apiKey: tenant.key, baseURL: node.baseURL, maxRetries: 0, timeout: 15000 });
+});
+
+after(async () => {
+  await node?.stop();
+  upstream?.stop();
+});
+
+describe('parley relaying an upstream to the official openai SDK', { timeout: 60000 }, () => {
+  test('a non-streaming completion comes back from the upstream', async () => {
+    const res = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'via upstream' }],
+    });
+    conforms('CreateChatCompletionResponse', res);
+    assert.equal(res.choices[0].message.content, 'echo: via upstream');
+    assert.equal(res.model, 'fake-model');
+    assert.equal(res.usage.completion_tokens, 3);
+  });
+
+  test('a streamed completion from the upstream conforms chunk by chunk', async () => {
+    const stream = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'SCRIPT:{"tokens_per_second":100} streamed upstream words' }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let usage = 0;
+    for await (const chunk of stream) {
+      conforms('CreateChatCompletionStreamResponse', chunk);
+      if (chunk.usage) usage += 1;
+      for (const c of chunk.choices) text += c.delta?.content ?? '';
+    }
+    assert.equal(text, 'echo: streamed upstream words');
+    assert.equal(usage, 1);
+  });
+
+  test('the stream helper and an upstream error class both work', async () => {
+    const final = await client.chat.completions
+      .stream({ model: 'fake-model', messages: [{ role: 'user', content: 'helper path' }] })
+      .finalChatCompletion();
+    assert.equal(final.choices[0].message.content, 'echo: helper path');
+    await assert.rejects(
+      client.chat.completions.create({ model: 'fake-model', messages: [{ role: 'user', content: 'SCRIPT:{"status":500}' }] }),
+      (err) => {
+        assert.ok(err instanceof OpenAI.InternalServerError);
+        assert.equal(err.status, 502);
+        conforms('Error', err.error);
+        return true;
+      },
+    );
+  });
+});
