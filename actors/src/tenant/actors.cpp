@@ -3,6 +3,7 @@
 
 #include <caf/all.hpp>
 
+#include <deque>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -32,6 +33,10 @@ void register_types(caf::actor_system_config& cfg) {
 }
 
 namespace {
+
+/// Restarts allowed per window before a tenant is isolated for one window.
+constexpr std::size_t restart_budget = 5;
+constexpr std::chrono::seconds restart_window{60};
 
 struct tenant_state {
   std::string tenant_id;
@@ -146,8 +151,16 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   };
 }
 
+/// A tenant whose actor crashed: crash times within the budget window, and until when it is
+/// isolated once the budget is spent.
+struct crash_record {
+  std::deque<caf::timestamp> crashes;
+  caf::timestamp isolated_until{};
+};
+
 struct manager_state {
   std::unordered_map<std::string, tenant_actor> tenants;
+  std::unordered_map<std::string, crash_record> crashed;
   std::unordered_map<caf::actor_addr, std::string> by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked children whose exit is pending
   manager_stats stats;
@@ -177,16 +190,41 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
                "tenant actor stopped")
       .str("tenant_id", it->second)
       .str("reason", to_string(dm.reason));
-    st.tenants.erase(it->second);
+    auto tenant_id = it->second;
+    st.tenants.erase(tenant_id);
     st.by_addr.erase(it);
     st.stats.active_tenants = st.tenants.size();
+    if (!dm.reason || dm.reason == caf::exit_reason::user_shutdown)
+      return;
+    // A crash: the next request restarts the tenant, within a budget of restarts per window;
+    // a tenant that keeps crashing is isolated for a window (503 for it, others unharmed).
+    auto now = caf::make_timestamp();
+    auto& rec = st.crashed[tenant_id];
+    rec.crashes.push_back(now);
+    while (!rec.crashes.empty() && now - rec.crashes.front() > restart_window)
+      rec.crashes.pop_front();
+    if (rec.crashes.size() > restart_budget) {
+      rec.isolated_until = now + restart_window;
+      rec.crashes.clear();
+      log::event(st.logger, spdlog::level::err, "tenant isolated after repeated crashes")
+        .str("tenant_id", tenant_id)
+        .num("isolated_seconds", std::chrono::duration_cast<std::chrono::seconds>(restart_window).count());
+    }
   });
   return {
-    [=](tenant_atom, const std::string& tenant_id) -> tenant_actor {
+    [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
       auto& st = self->state;
       auto it = st.tenants.find(tenant_id);
       if (it != st.tenants.end())
         return it->second;
+      if (auto c = st.crashed.find(tenant_id); c != st.crashed.end()) {
+        if (caf::make_timestamp() < c->second.isolated_until)
+          return caf::make_error(actor_errc::tenant_isolated);
+        if (c->second.crashes.empty())
+          st.crashed.erase(c);
+        else
+          ++st.stats.restarts;
+      }
       // Linked: the tenants die with their manager; monitored: the manager learns of
       // every tenant that stops, to forget it (and, with the chat work, restart it).
       auto t = self->spawn<caf::linked + caf::monitored>(tenant_impl, tenant_id, svc);

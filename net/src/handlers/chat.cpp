@@ -208,7 +208,11 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
   st.req.messages.clear();
   auto fail_now = [=](const caf::error& e) {
     auto& s = self->state;
-    s.ex->respond_error({api_errc::unavailable, "The tenant is unavailable; retry later.", ""});
+    s.ex->respond_error({api_errc::unavailable,
+                         e == actors::actor_errc::tenant_isolated
+                           ? "This tenant is temporarily isolated after repeated failures; retry later."
+                           : "The tenant is unavailable; retry later.",
+                         ""});
     self->quit();
   };
   self->request(dir, 5s, actors::locate_atom::value, tenant_id)

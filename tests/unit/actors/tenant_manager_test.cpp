@@ -87,3 +87,51 @@ TEST_CASE("actor error codes render with their names", "[actors][unit]") {
   CHECK(d.sys->render(e).find("overloaded") != std::string::npos);
   CHECK(e == actor_errc::overloaded);
 }
+
+TEST_CASE("a tenant that keeps crashing is restarted within its budget, then isolated",
+          "[actors][unit]") {
+  deterministic d;
+  auto mgr = spawn_tenant_manager(*d.sys, nullptr);
+  caf::scoped_actor self{*d.sys};
+  // A request (not a send): an error answer comes back as the response.
+  auto ask = [&](const std::string& tenant, caf::error* err = nullptr) {
+    tenant_actor out;
+    auto h = self->request(mgr, caf::infinite, tenant_atom::value, tenant);
+    d.sched->run();
+    std::move(h).receive([&](tenant_actor& t) { out = t; },
+                         [&](caf::error& e) {
+                           if (err)
+                             *err = e;
+                         });
+    return out;
+  };
+  // A crash as an exception in a handler ends an actor: with sec::runtime_error.
+  auto crash = [&](const tenant_actor& t) {
+    caf::anon_send(caf::actor_cast<caf::actor>(t), caf::exit_msg{t.address(), caf::make_error(caf::sec::runtime_error)});
+    d.sched->run();
+  };
+  auto other = ask("ten_calm");
+  // Five crashes are restarted on the next request...
+  for (int i = 0; i < 5; ++i) {
+    caf::error e;
+    auto t = ask("ten_crashy", &e);
+    INFO("round " << i << ": " << d.sys->render(e));
+    REQUIRE(t);
+    crash(t);
+  }
+  auto sixth = ask("ten_crashy");
+  REQUIRE(sixth);
+  // ...the sixth within the window spends the budget: the tenant is isolated.
+  crash(sixth);
+  caf::error err;
+  CHECK_FALSE(ask("ten_crashy", &err));
+  CHECK(err == actor_errc::tenant_isolated);
+  // Other tenants are unharmed.
+  CHECK(ask("ten_calm") == other);
+  self->send(mgr, stats_atom::value);
+  d.sched->run();
+  self->receive([&](const manager_stats& s) { CHECK(s.restarts == 5); },
+                [&](caf::error& e) { FAIL(d.sys->render(e)); });
+  caf::anon_send_exit(mgr, caf::exit_reason::user_shutdown);
+  d.sched->run();
+}
