@@ -113,6 +113,7 @@ struct app::impl {
   std::string pepper;
   std::unique_ptr<persistence::store> store;
   std::unique_ptr<persistence::store_executor> executor;
+  std::unique_ptr<persistence::message_writer> writer;
   std::unique_ptr<tenants::key_cache> keys;
   std::unique_ptr<tenants::failure_throttle> throttle;
   std::unique_ptr<tenants::last_used_recorder> last_used;
@@ -245,6 +246,7 @@ struct app::impl {
     auto svc = std::make_shared<actors::chat_services>();
     svc->store = store.get();
     svc->executor = executor.get();
+    svc->writer = writer.get();
     svc->usage = usage.get();
     svc->routes = routes;
     svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
@@ -308,6 +310,7 @@ uint16_t app::start() {
   d.load_secrets();
   d.open_store();
   d.executor = std::make_unique<persistence::store_executor>(d.settings.store.pool_size, 4096);
+  d.writer = std::make_unique<persistence::message_writer>(*d.store);
   d.keys = std::make_unique<tenants::key_cache>(
     static_cast<std::size_t>(d.settings.auth.key_cache_size),
     int64_t{d.settings.auth.key_cache_ttl_seconds} * 1000);
@@ -371,6 +374,8 @@ void app::stop() {
   }
   if (d.executor)
     d.executor->stop();
+  if (d.writer)
+    d.writer->stop();
   // The last batch of last_used_at times, written on this (controlling) thread.
   if (d.last_used && d.store) {
     auto batch = d.last_used->take();
@@ -391,6 +396,7 @@ void app::stop() {
   d.sys.reset();
   d.caf_cfg.reset();
   d.executor.reset();
+  d.writer.reset();
   d.store.reset();
   log::event(d.logger, spdlog::level::info, "stopped");
   d.logger->flush();

@@ -126,9 +126,8 @@ void save(state_ptr self, std::vector<chat_message> msgs, std::vector<int64_t> t
     batch.push_back(std::move(r));
   }
   auto me = caf::actor_cast<caf::actor>(self);
-  auto svc = st.svc;
-  bool queued = svc->executor->try_post([=] {
-    auto r = svc->store->append_messages(batch);
+  // Group commit: the writer combines appends of many conversations into one transaction.
+  bool queued = st.svc->writer->append(std::move(batch), [me, assistant](persistence::status r) {
     caf::anon_send(me, saved_atom::value, assistant, r.ok(),
                    r.ok() ? std::string() : std::string(persistence::to_string(r.code())));
   });

@@ -1,6 +1,7 @@
 // One contract suite for the store interfaces, run against SQLite (always) and PostgreSQL
 // (the [pg] cluster of scripts/test). Every SECTION runs on a fresh, empty store.
 #include "parley/persistence/executor.hpp"
+#include "parley/persistence/message_writer.hpp"
 #include "parley/persistence/ids.hpp"
 #include "parley/persistence/open.hpp"
 #include "pool.hpp"
@@ -10,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -379,4 +381,48 @@ TEST_CASE("the store executor runs jobs, refuses when full and drains on stop",
   ex.stop();
   CHECK(ran == 6);
   CHECK_FALSE(ex.try_post([&] { ++ran; }));
+}
+
+TEST_CASE("the message writer commits appends of many conversations together", "[persistence][unit]") {
+  temp_dir d;
+  auto s = open_sqlite_store(d.path() + "/w.db", small_pool());
+  REQUIRE(s->migrate().ok());
+  auto t = s->create_tenant(tenant("writer"));
+  REQUIRE(t.ok());
+  std::vector<conversation_record> convs;
+  for (int i = 0; i < 20; ++i) {
+    conversation_record c{new_id("conv_"), t->id, "{}", 1000, 1000};
+    REQUIRE(s->create_conversation(c).ok());
+    convs.push_back(c);
+  }
+  message_writer w(*s);
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 20; ++i)
+    threads.emplace_back([&, i] {
+      for (int seq = 1; seq <= 10; ++seq) {
+        std::promise<status> p;
+        auto f = p.get_future();
+        REQUIRE(w.append({msg(convs[static_cast<std::size_t>(i)], seq, "m")},
+                         [&p](status r) { p.set_value(r); }));
+        (f.get().ok() ? ok : failed)++;
+      }
+    });
+  for (auto& th : threads)
+    th.join();
+  CHECK(ok == 200);
+  CHECK(failed == 0);
+  CHECK(w.batches() < 200); // appends that arrived together were committed together
+  for (auto& c : convs)
+    CHECK(s->list_messages(t->id, c.id, 0, 100)->size() == 10);
+
+  // One caller's conflict does not fail the others in its batch.
+  std::promise<status> bad, good;
+  auto fb = bad.get_future(), fg = good.get_future();
+  REQUIRE(w.append({msg(convs[0], 5, "dup")}, [&](status r) { bad.set_value(r); }));
+  REQUIRE(w.append({msg(convs[1], 11, "next")}, [&](status r) { good.set_value(r); }));
+  CHECK(fb.get().code() == persistence_errc::conflict);
+  CHECK(fg.get().ok());
+  w.stop();
+  CHECK_FALSE(w.append({msg(convs[2], 11, "late")}, [](status) {}));
 }

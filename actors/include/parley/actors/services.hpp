@@ -3,6 +3,7 @@
 #include "parley/actors/provider.hpp"
 #include "parley/config/logging.hpp"
 #include "parley/persistence/executor.hpp"
+#include "parley/persistence/message_writer.hpp"
 #include "parley/persistence/store.hpp"
 #include "parley/tenants/usage_batcher.hpp"
 
@@ -37,6 +38,7 @@ private:
 struct chat_services {
   persistence::store* store = nullptr;
   persistence::store_executor* executor = nullptr;
+  persistence::message_writer* writer = nullptr; ///< group commit of conversation messages
   tenants::usage_batcher* usage = nullptr;
   std::shared_ptr<const route_table> routes;
   std::chrono::milliseconds conversation_idle{std::chrono::minutes(5)};
