@@ -268,6 +268,32 @@ void check_range(const std::string& name, int64_t v, int64_t lo, int64_t hi) {
                  std::to_string(hi) + "]");
 }
 
+/// [[routes]]: an array of tables, each a route_settings.
+void read_routes(const toml::node& node, std::vector<route_settings>& out) {
+  auto* arr = node.as_array();
+  if (!arr)
+    fail("routes", "expected [[routes]] tables");
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    auto name = "routes[" + std::to_string(i) + "]";
+    auto* t = (*arr)[i].as_table();
+    if (!t)
+      fail(name, "expected a table");
+    route_settings r;
+    for (auto& [key, value] : *t) {
+      std::string k(key.str());
+      auto field = name + "." + k;
+      if (k == "model") read_toml(field, value, r.model);
+      else if (k == "provider") read_toml(field, value, r.provider);
+      else if (k == "upstream_model") read_toml(field, value, r.upstream_model);
+      else if (k == "base_url") read_toml(field, value, r.base_url);
+      else if (k == "api_key_env") read_toml(field, value, r.api_key_env);
+      else if (k == "context_tokens") read_toml(field, value, r.context_tokens);
+      else fail(field, "unknown key (model, provider, upstream_model, base_url, api_key_env, context_tokens)");
+    }
+    out.push_back(std::move(r));
+  }
+}
+
 } // namespace
 
 const std::vector<key_info>& known_keys() {
@@ -352,6 +378,30 @@ void validate(const settings& s) {
   check_range("chat.context_tokens", s.chat.context_tokens, 16, 10000000);
   check_range("chat.conversation_idle_seconds", s.chat.conversation_idle_seconds, 1, 86400);
   check_range("chat.usage_flush_seconds", s.chat.usage_flush_seconds, 1, 3600);
+  std::vector<std::string> models;
+  for (std::size_t i = 0; i < s.routes.size(); ++i) {
+    auto& r = s.routes[i];
+    auto name = "routes[" + std::to_string(i) + "]";
+    if (r.model.empty() || r.model.size() > 128)
+      fail(name + ".model", "must be a model name of 1-128 characters");
+    if (std::find(models.begin(), models.end(), r.model) != models.end())
+      fail(name + ".model", "'" + r.model + "' is routed twice");
+    models.push_back(r.model);
+    if (r.provider != "openai" && r.provider != "builtin")
+      fail(name + ".provider", "'" + r.provider + "' is not openai or builtin");
+    if (r.provider == "openai" && r.base_url.rfind("http://", 0) != 0 &&
+        r.base_url.rfind("https://", 0) != 0)
+      fail(name + ".base_url", "an openai route needs an http:// or https:// base_url");
+    if (r.provider == "builtin" &&
+        (r.upstream_model.empty() ? r.model : r.upstream_model) != "parley-echo")
+      fail(name + ".upstream_model", "the builtin provider serves only parley-echo");
+    if (!std::all_of(r.api_key_env.begin(), r.api_key_env.end(), [](unsigned char c) {
+          return std::isupper(c) || std::isdigit(c) || c == '_';
+        }))
+      fail(name + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
+    if (r.context_tokens < 0 || r.context_tokens > 10000000)
+      fail(name + ".context_tokens", "must be between 0 and 10000000");
+  }
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)
     fail("upstream.url", "must start with http:// or https://");
@@ -371,6 +421,10 @@ settings load(const std::string& path, const std::map<std::string, std::string>&
     }
     for (auto& [sec_key, sec_node] : root) {
       std::string section(sec_key.str());
+      if (section == "routes") {
+        read_routes(sec_node, s.routes);
+        continue;
+      }
       auto* table = sec_node.as_table();
       if (!table)
         fail(section, "expected a [" + section + "] table");

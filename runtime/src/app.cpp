@@ -27,7 +27,10 @@
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <thread>
 
 namespace parley::runtime {
@@ -229,10 +232,45 @@ struct app::impl {
     actors::register_types(*caf_cfg);
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
     std::vector<actors::route> named;
+    auto echo = actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second);
     if (settings.chat.echo_enabled)
-      named.push_back({"parley-echo", "parley-echo",
-                       actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second),
-                       settings.chat.context_tokens, "parley"});
+      named.push_back({"parley-echo", "parley-echo", echo, settings.chat.context_tokens, "parley"});
+    // [[routes]]: one provider (and connection pool) per distinct base URL and key.
+    std::map<std::pair<std::string, std::string>, std::shared_ptr<actors::provider_port>> clients;
+    for (auto& rs : settings.routes) {
+      actors::route r;
+      r.model = rs.model;
+      r.upstream_model = rs.upstream_model.empty() ? rs.model : rs.upstream_model;
+      r.context_tokens = rs.context_tokens > 0 ? rs.context_tokens : settings.chat.context_tokens;
+      if (rs.provider == "builtin") {
+        r.provider = echo;
+        r.owned_by = "parley";
+      } else {
+        std::string key;
+        if (!rs.api_key_env.empty()) {
+          const char* v = std::getenv(rs.api_key_env.c_str());
+          if (!v)
+            throw std::runtime_error("route " + rs.model + ": environment variable " +
+                                     rs.api_key_env + " is not set");
+          key = v;
+        }
+        auto& client = clients[{rs.base_url, key}];
+        if (!client)
+          client = net::make_openai_provider(*ioc, rs.base_url, key, net::upstream_client_settings{},
+                                             logger);
+        r.provider = client;
+        r.owned_by = "upstream";
+      }
+      // A configured route replaces the built-in one of the same name.
+      named.erase(std::remove_if(named.begin(), named.end(),
+                                 [&](const actors::route& x) { return x.model == r.model; }),
+                  named.end());
+      named.push_back(std::move(r));
+      log::event(logger, spdlog::level::info, "route")
+        .str("model", rs.model)
+        .str("provider", rs.provider)
+        .str("base_url", rs.base_url); // never the key
+    }
     // Quick start: every other model goes to one OpenAI-compatible upstream.
     std::shared_ptr<actors::provider_port> fallback;
     if (!settings.upstream.url.empty()) {

@@ -194,3 +194,39 @@ TEST_CASE("upstream tokens reach the client as they are produced", "[upstream][i
   CHECK(first < std::chrono::milliseconds(500));
   CHECK(all > std::chrono::milliseconds(800));
 }
+
+TEST_CASE("a configured route maps a model name to its upstream, model and key", "[upstream][integration]") {
+  temp_dir dir;
+  uint16_t fake_port = 0;
+  auto fake = start_fake_upstream(dir, fake_port);
+  ::setenv("PARLEY_TEST_ROUTE_KEY", "sk-route-key-abcdef0123456789", 1);
+  static std::string base;
+  base = "http://127.0.0.1:" + std::to_string(fake_port) + "/v1";
+  server_fixture srv([](parley::config::settings& s) {
+    parley::config::route_settings r;
+    r.model = "team-model";
+    r.upstream_model = "fake-model";
+    r.base_url = base;
+    r.api_key_env = "PARLEY_TEST_ROUTE_KEY";
+    s.routes.push_back(r);
+  });
+  auto t = create_tenant(srv.port(), "routed", {{"config", {{"allowed_models", {"team-model"}}}}});
+  std::string key = create_key(srv.port(), t["id"])["key"];
+  auto models = json::parse(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(key)).body);
+  REQUIRE(models["data"].size() == 1);
+  CHECK(models["data"][0]["id"] == "team-model");
+  auto r = fetch(srv.port(), http::verb::post, "/v1/chat/completions",
+                 json{{"model", "team-model"}, {"messages", msg("routed call")}}.dump(), bearer(key));
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["model"] == "team-model");
+  CHECK(json::parse(r.body)["choices"][0]["message"]["content"] == "echo: routed call");
+  auto st = json::parse(fetch(fake_port, http::verb::get, "/_stats").body);
+  CHECK(st["last_request"]["model"] == "fake-model");
+  CHECK(st["last_headers"]["authorization"] == "Bearer sk-route-key-abcdef0123456789");
+  CHECK(srv.logs().find("sk-route-key") == std::string::npos);
+  // Without the fallback upstream, an unrouted model is unknown.
+  auto nope = fetch(srv.port(), http::verb::post, "/v1/chat/completions",
+                    json{{"model", "fake-model"}, {"messages", msg("x")}}.dump(), bearer(key));
+  CHECK(nope.status == 404);
+}

@@ -127,3 +127,42 @@ TEST_CASE("split_host_port accepts IPv4, names and bracketed IPv6", "[config][un
   CHECK_THROWS_AS(config::split_host_port("::1", "k"), config::config_error);
   CHECK_THROWS_AS(config::split_host_port("host:", "k"), config::config_error);
 }
+
+TEST_CASE("routes are read from [[routes]] tables and validated", "[config][unit]") {
+  temp_dir d;
+  auto ok = d.write("r.toml", R"(
+[[routes]]
+model = "gpt-4o-mini"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+context_tokens = 128000
+
+[[routes]]
+model = "local"
+upstream_model = "llama3"
+base_url = "http://127.0.0.1:11434/v1"
+
+[[routes]]
+model = "demo"
+provider = "builtin"
+upstream_model = "parley-echo"
+)");
+  auto s = config::load(ok, {});
+  REQUIRE(s.routes.size() == 3);
+  CHECK(s.routes[0].model == "gpt-4o-mini");
+  CHECK(s.routes[0].provider == "openai");
+  CHECK(s.routes[0].api_key_env == "OPENAI_API_KEY");
+  CHECK(s.routes[0].context_tokens == 128000);
+  CHECK(s.routes[1].upstream_model == "llama3");
+  CHECK(s.routes[2].provider == "builtin");
+
+  CHECK(error_of("[[routes]]\nmodel = \"a\"\n").find("routes[0].base_url") != std::string::npos);
+  CHECK(error_of("[[routes]]\nmodel = \"a\"\nbase_url = \"http://x\"\n[[routes]]\nmodel = \"a\"\nbase_url = \"http://x\"\n")
+          .find("routed twice") != std::string::npos);
+  CHECK(error_of("[[routes]]\nmodel = \"a\"\nprovider = \"magic\"\n").find("routes[0].provider") != std::string::npos);
+  CHECK(error_of("[[routes]]\nmodel = \"a\"\nbase_url = \"http://x\"\napi_key = \"sk-secret\"\n")
+          .find("routes[0].api_key") != std::string::npos);
+  CHECK(error_of("[[routes]]\nmodel = \"a\"\nbase_url = \"http://x\"\napi_key_env = \"lower\"\n")
+          .find("routes[0].api_key_env") != std::string::npos);
+  CHECK(error_of("[[routes]]\nmodel = \"x\"\nprovider = \"builtin\"\n").find("parley-echo") != std::string::npos);
+}

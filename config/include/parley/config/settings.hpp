@@ -87,6 +87,16 @@ struct upstream_settings {
   std::string key;                         ///< bearer key sent upstream (secret)
 };
 
+/// One [[routes]] entry: a model name this node serves and where it goes.
+struct route_settings {
+  std::string model;            ///< client-facing model name (unique)
+  std::string provider = "openai"; ///< "openai" (any OpenAI-compatible endpoint) or "builtin"
+  std::string upstream_model;   ///< name sent upstream; "" = model
+  std::string base_url;         ///< e.g. "https://api.openai.com/v1" (openai provider)
+  std::string api_key_env;      ///< environment variable holding the upstream key; "" = none
+  int context_tokens = 0;       ///< prompt budget; 0 = chat.context_tokens
+};
+
 /// The whole tree. Only runtime holds it.
 struct settings {
   http_settings http;
@@ -99,6 +109,7 @@ struct settings {
   auth_settings auth;
   chat_settings chat;
   upstream_settings upstream;
+  std::vector<route_settings> routes;
 };
 
 } // namespace parley::config
