@@ -12,8 +12,13 @@ import addFormats from 'ajv-formats';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..', '..');
 
-/// The official schemas (JSON Schema 2020-12, `$defs`), beside the repository in shared/.
-const schemaFile = path.resolve(repoRoot, '..', 'shared', 'spec', 'openai-schemas.json');
+/// The official schemas (JSON Schema 2020-12, `$defs`): in shared/ beside the repository (as
+/// CI lays it out), or wherever PARLEY_OPENAI_SCHEMAS points.
+const schemaFile = process.env.PARLEY_OPENAI_SCHEMAS ||
+  path.resolve(repoRoot, '..', 'shared', 'spec', 'openai-schemas.json');
+if (!fs.existsSync(schemaFile)) {
+  throw new Error(`OpenAI schemas not found at ${schemaFile} (set PARLEY_OPENAI_SCHEMAS)`);
+}
 const ajv = new Ajv2020({ strict: false, allErrors: true });
 addFormats(ajv);
 const spec = JSON.parse(fs.readFileSync(schemaFile, 'utf8'));
