@@ -57,6 +57,18 @@ struct tenant_state {
   }
 };
 
+/// Supervisor exit handling, shared by the tenant manager and tenant actors: the exit of a
+/// linked child (listed in state.children) is absorbed -- its down message or `ended` does the
+/// bookkeeping -- and any other exit request (shutdown) ends the supervisor.
+template <class Self>
+void absorb_child_exits(Self* self) {
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
+      return;
+    self->quit(em.reason);
+  });
+}
+
 // A typed actor may only send() to typed actors: the relay and conversations are dynamic.
 void fail(const caf::actor& relay, chat_error_kind kind, std::string msg) {
   caf::anon_send(relay, failed_atom::value, chat_failure{kind, std::move(msg), 0});
@@ -67,14 +79,9 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
                                         std::shared_ptr<const chat_services> svc) {
   self->state.tenant_id = std::move(tenant_id);
   self->state.svc = std::move(svc);
-  // Turns and conversations are linked to us so that they stop with us. One of them failing
-  // must not take the tenant down: exits from anyone but ourselves (shutdown) are ignored here
-  // and handled by the down handler (conversations) or the ended message (turns).
-  self->set_exit_handler([=](caf::exit_msg& em) {
-    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
-      return;
-    self->quit(em.reason);
-  });
+  // Turns and conversations are linked to us so that they stop with us; one of them failing
+  // must not take the tenant down.
+  absorb_child_exits(self);
   // Conversation actors passivate (or crash): forget them; the next turn re-activates.
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
@@ -173,14 +180,9 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
              std::shared_ptr<const chat_services> svc) {
   self->state.logger = std::move(logger);
   // Tenants are linked so that they die with their manager; a tenant that dies must not take
-  // the manager (and every other tenant) with it. Exits from tenants are handled by the down
-  // handler below; any other exit request (shutdown) ends the manager.
-  self->set_exit_handler([=](caf::exit_msg& em) {
-    // A linked child's exit arrives exactly once; forget it and carry on.
-    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
-      return;
-    self->quit(em.reason);
-  });
+  // the manager (and every other tenant) with it. (A child ending with exit_reason::kill
+  // cannot be trapped by anyone in CAF: nothing in parley sends kill to a tenant.)
+  absorb_child_exits(self);
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     auto it = st.by_addr.find(dm.source);

@@ -351,6 +351,8 @@ TEST_CASE("new ids are time-ordered, prefixed and free of underscores", "[persis
     CHECK(id.size() == 4 + 26);
     CHECK(id.find('_', 4) == std::string::npos);
     CHECK(seen.insert(id).second);
+    CHECK(id.substr(4) > prev);
+    prev = id.substr(4);
     if (i % 500 == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
       auto later = new_id("ten_");
