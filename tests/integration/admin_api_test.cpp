@@ -316,7 +316,7 @@ TEST_CASE("no key secret is stored in the database or written to the logs",
     auto t = create_tenant(srv.port(), "secretive");
     auto k = create_key(srv.port(), t["id"]);
     key = k["key"];
-    tail = key.substr(key.rfind('_') + 1);
+    tail = key.substr(key.find('_', 5) + 1);
     CHECK(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(key)).status == 200);
     auto rot = admin_call(srv.port(), http::verb::post,
                           "/admin/v1/tenants/" + t["id"].get<std::string>() + "/keys/" +
@@ -324,7 +324,7 @@ TEST_CASE("no key secret is stored in the database or written to the logs",
     std::string rotated = json::parse(rot.body)["key"];
     auto logs = srv.logs();
     CHECK(logs.find(tail) == std::string::npos);
-    CHECK(logs.find(rotated.substr(rotated.rfind('_') + 1)) == std::string::npos);
+    CHECK(logs.find(rotated.substr(rotated.find('_', 5) + 1)) == std::string::npos);
     CHECK(logs.find(parley::test::server_fixture::admin_key) == std::string::npos);
   }
   int files = 0;

@@ -53,7 +53,7 @@ void end_turn(state_ptr self, const chat_done& d, bool failed) {
   st.reply.clear();
   st.fresh.clear();
   record_usage(*st.svc, turn.req, d, failed);
-  self->send(st.tenant, ended_atom::value);
+  self->send(st.tenant, ended_atom::value, turn.req.request_id, d.prompt_tokens + d.completion_tokens);
   process_next(self);
 }
 
@@ -287,8 +287,9 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
           end_turn(self, chat_done{"cancelled", s.prompt_estimate, estimate_tokens(s.reply), "", ""},
                    true);
         } else {
+          auto request_id = it->req.request_id;
           s.queue.erase(it);
-          self->send(s.tenant, ended_atom::value);
+          self->send(s.tenant, ended_atom::value, request_id, int64_t{0});
         }
         return;
       }

@@ -1,5 +1,7 @@
 #include "parley/actors/spawn.hpp"
 #include "internal.hpp"
+#include "parley/persistence/ids.hpp"
+#include "parley/tenants/rate_limiter.hpp"
 
 #include <caf/all.hpp>
 
@@ -25,6 +27,7 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<chat_request>("parley.chat_request");
   cfg.add_message_type<chat_done>("parley.chat_done");
   cfg.add_message_type<chat_failure>("parley.chat_failure");
+  cfg.add_message_type<rate_snapshot>("parley.rate_snapshot");
   cfg.add_error_category(caf::atom("parley"),
                          [](uint8_t code, caf::atom_value, const caf::message&) -> std::string {
                            return std::string("parley::") +
@@ -47,31 +50,64 @@ struct tenant_state {
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked turns and conversations alive
   int64_t in_flight = 0;
+  // The tenant's limits: this actor is their single owner, so they are exact.
+  tenants::rate_limiter requests;
+  tenants::rate_limiter tokens;
+  std::unordered_map<std::string, int64_t> estimates; ///< request id -> tokens taken at admission
   static inline const char* name = "parley.tenant";
 
   void update_config(const std::string& json) {
     if (json.empty() || json == config_json)
       return;
     config_json = json;
-    cfg = std::make_shared<tenants::tenant_config>(tenants::parse_stored_config(json));
+    auto next = std::make_shared<tenants::tenant_config>(tenants::parse_stored_config(json));
+    // A changed limit starts afresh; an unchanged one keeps its state.
+    if (next->limits.requests_per_minute != cfg->limits.requests_per_minute ||
+        requests.limit() != next->limits.requests_per_minute)
+      requests = tenants::rate_limiter(next->limits.requests_per_minute, 60000);
+    if (next->limits.tokens_per_minute != cfg->limits.tokens_per_minute ||
+        tokens.limit() != next->limits.tokens_per_minute)
+      tokens = tenants::rate_limiter(next->limits.tokens_per_minute, 60000);
+    cfg = std::move(next);
+  }
+
+  rate_snapshot snapshot(const tenants::rate_limiter::decision& r,
+                         const tenants::rate_limiter::decision& t) const {
+    return {r.limit, r.remaining, r.reset_ms, t.limit, t.remaining, t.reset_ms};
   }
 };
 
-/// Supervisor exit handling, shared by the tenant manager and tenant actors: the exit of a
-/// linked child (listed in state.children) is absorbed -- its down message or `ended` does the
-/// bookkeeping -- and any other exit request (shutdown) ends the supervisor.
+/// Tokens a request may use, estimated before the call: its prompt plus its max_tokens (or a
+/// default completion allowance when it sets none); settled with the real usage afterwards.
+constexpr int64_t default_completion_allowance = 256;
+int64_t admission_estimate(const chat_request& req) {
+  int64_t n = 0;
+  for (auto& m : req.messages)
+    n += estimate_tokens(m.text) + 4;
+  return n + (req.max_tokens > 0 ? req.max_tokens : default_completion_allowance);
+}
+
+/// Supervisor exit handling, shared by the tenant manager and tenant actors. Every linked
+/// child's exit (normal or not) arrives here exactly once and only removes it from
+/// state.children -- the down message or `ended` does the rest of the bookkeeping, in any
+/// order. An exit request for ourselves or a non-normal exit of anyone else (our supervisor
+/// shutting down) ends us.
 template <class Self>
 void absorb_child_exits(Self* self) {
   self->set_exit_handler([=](caf::exit_msg& em) {
-    if (em.source != self->address() && self->state.children.erase(em.source) > 0)
-      return;
+    if (em.source != self->address()) {
+      if (self->state.children.erase(em.source) > 0 || !em.reason)
+        return;
+    }
     self->quit(em.reason);
   });
 }
 
-// A typed actor may only send() to typed actors: the relay and conversations are dynamic.
-void fail(const caf::actor& relay, chat_error_kind kind, std::string msg) {
-  caf::anon_send(relay, failed_atom::value, chat_failure{kind, std::move(msg), 0});
+using admission = std::tuple<caf::actor, rate_snapshot, chat_failure>;
+
+admission refuse(chat_error_kind kind, std::string msg, rate_snapshot snap = {},
+                 int64_t retry_after_ms = 0) {
+  return {caf::actor{}, snap, chat_failure{kind, std::move(msg), 0, retry_after_ms}};
 }
 
 tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_state> self,
@@ -90,38 +126,61 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       return;
     st.conversations.erase(it->second);
     st.conversation_by_addr.erase(it);
-    st.children.erase(dm.source);
   });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
     [=](config_atom, std::string config_json) { self->state.update_config(config_json); },
-    [=](chat_atom, chat_request& req, caf::actor relay) -> caf::actor {
+    [=](chat_atom, chat_request& req, caf::actor relay) -> admission {
       auto& st = self->state;
       st.update_config(req.tenant_config);
-      if (!st.svc || !st.svc->routes) {
-        fail(relay, chat_error_kind::unavailable, "chat is not configured on this node");
-        return {};
-      }
+      if (!st.svc || !st.svc->routes)
+        return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
       if (req.model.empty())
         req.model = st.cfg->default_model;
-      if (req.model.empty()) {
-        fail(relay, chat_error_kind::invalid_request,
-             "you must provide a model parameter");
-        return {};
-      }
+      if (req.model.empty())
+        return refuse(chat_error_kind::invalid_request, "you must provide a model parameter");
       auto r = st.svc->routes->find(req.model);
-      if (!r || !st.cfg->allows(req.model)) {
-        fail(relay, chat_error_kind::model_not_found,
-             "The model `" + req.model + "` does not exist or you do not have access to it.");
-        return {};
+      if (!r || !st.cfg->allows(req.model))
+        return refuse(chat_error_kind::model_not_found,
+                      "The model `" + req.model + "` does not exist or you do not have access to it.");
+      // Admission: concurrency, then requests per minute, then tokens per minute. A refused
+      // request takes nothing from any limit.
+      auto now = persistence::now_millis();
+      auto& lim = st.cfg->limits;
+      auto est = admission_estimate(req);
+      if (lim.max_request_tokens > 0 && est > lim.max_request_tokens)
+        return refuse(chat_error_kind::invalid_request,
+                      "This request may use up to " + std::to_string(est) +
+                        " tokens (prompt plus max_tokens); the limit is " +
+                        std::to_string(lim.max_request_tokens) + ".");
+      if (lim.max_concurrent > 0 && st.in_flight >= lim.max_concurrent)
+        return refuse(chat_error_kind::rate_limited,
+                      "Too many concurrent requests (limit " + std::to_string(lim.max_concurrent) + ").",
+                      st.snapshot(st.requests.peek(now), st.tokens.peek(now)), 1000);
+      if (st.tokens.limit() > 0 && st.tokens.peek(now).remaining < est) {
+        auto t = st.tokens.take(now, est); // denied: computes retry-after, takes nothing
+        if (!t.allowed)
+          return refuse(chat_error_kind::rate_limited,
+                        "Rate limit reached for tokens per minute (limit " +
+                          std::to_string(lim.tokens_per_minute) + ").",
+                        st.snapshot(st.requests.peek(now), t), t.retry_after_ms);
       }
+      auto rq = st.requests.take(now, 1);
+      if (!rq.allowed)
+        return refuse(chat_error_kind::rate_limited,
+                      "Rate limit reached for requests per minute (limit " +
+                        std::to_string(lim.requests_per_minute) + ").",
+                      st.snapshot(rq, st.tokens.peek(now)), rq.retry_after_ms);
+      auto tk = st.tokens.take(now, est);
+      st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
+      auto snap = st.snapshot(rq, tk);
       ++st.in_flight;
       auto me = caf::actor_cast<caf::actor>(self);
       if (req.conversation_id.empty()) {
         auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
                                        std::move(relay), me, st.svc);
         st.children.insert(turn.address());
-        return turn;
+        return {turn, snap, chat_failure{}};
       }
       auto it = st.conversations.find(req.conversation_id);
       if (it == st.conversations.end()) {
@@ -132,7 +191,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
         it = st.conversations.emplace(req.conversation_id, conv).first;
       }
       caf::anon_send(it->second, chat_atom::value, std::move(req), std::move(relay));
-      return it->second;
+      return {it->second, snap, chat_failure{}};
     },
     [=](forget_atom, const std::string& conversation_id) {
       auto& st = self->state;
@@ -146,14 +205,16 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.conversations.erase(it);
       caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
     },
-    [=](ended_atom) {
+    [=](ended_atom, const std::string& request_id, int64_t actual_tokens) {
       auto& st = self->state;
       if (st.in_flight > 0)
         --st.in_flight;
-      // A turn actor ends right after this message; a conversation lives on.
-      if (auto sender = self->current_sender();
-          sender && st.conversation_by_addr.count(sender->address()) == 0)
-        st.children.erase(sender->address());
+      // Settle the admission estimate with what the call really used.
+      if (auto e = st.estimates.find(request_id); e != st.estimates.end()) {
+        if (e->second > 0)
+          st.tokens.adjust(persistence::now_millis(), actual_tokens - e->second);
+        st.estimates.erase(e);
+      }
     },
   };
 }

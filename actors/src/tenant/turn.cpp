@@ -96,7 +96,7 @@ struct turn_state {
       return;
     finished = true;
     record_usage(*svc, req, d, failed);
-    self->send(tenant, ended_atom::value);
+    self->send(tenant, ended_atom::value, req.request_id, d.prompt_tokens + d.completion_tokens);
     self->quit();
   }
 };

@@ -31,6 +31,8 @@ api_error to_api(const actors::chat_failure& f) {
     case chat_error_kind::upstream_error: return {api_errc::bad_gateway, f.message, ""};
     case chat_error_kind::upstream_timeout: return {api_errc::gateway_timeout, f.message, ""};
     case chat_error_kind::unavailable: return {api_errc::unavailable, f.message, ""};
+    case chat_error_kind::rate_limited: return {api_errc::rate_limited, f.message, ""};
+    case chat_error_kind::quota_exceeded: return {api_errc::quota_exceeded, f.message, ""};
     case chat_error_kind::cancelled:
     case chat_error_kind::internal: break;
   }
@@ -135,6 +137,39 @@ bool parse_chat(const exchange_ptr& ex, actors::chat_request& out) {
   return true;
 }
 
+/// A duration as OpenAI's rate-limit headers write it: "250ms", "6s", "1m0s".
+std::string go_duration(int64_t ms) {
+  if (ms < 1000)
+    return std::to_string(ms) + "ms";
+  auto s = (ms + 999) / 1000;
+  if (s < 60)
+    return std::to_string(s) + "s";
+  return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
+}
+
+/// OpenAI's x-ratelimit-* headers and the IETF draft's RateLimit-Policy / RateLimit, for the
+/// limits the tenant has configured.
+void add_rate_headers(exchange& ex, const actors::rate_snapshot& r) {
+  std::string policy, current;
+  auto add = [&](const char* name, int64_t limit, int64_t remaining, int64_t reset_ms) {
+    if (limit <= 0)
+      return;
+    std::string n(name);
+    ex.add_header("x-ratelimit-limit-" + n, std::to_string(limit));
+    ex.add_header("x-ratelimit-remaining-" + n, std::to_string(remaining));
+    ex.add_header("x-ratelimit-reset-" + n, go_duration(reset_ms));
+    policy += (policy.empty() ? "" : ", ") + std::string("\"") + n + "\";q=" + std::to_string(limit) + ";w=60";
+    current += (current.empty() ? "" : ", ") + std::string("\"") + n + "\";r=" +
+               std::to_string(remaining) + ";t=" + std::to_string((reset_ms + 999) / 1000);
+  };
+  add("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
+  add("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
+  if (!policy.empty()) {
+    ex.add_header("RateLimit-Policy", policy);
+    ex.add_header("RateLimit", current);
+  }
+}
+
 // -- the relay actor ------------------------------------------------------------------
 
 struct relay_state {
@@ -223,8 +258,20 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
             [=](actors::tenant_actor t) mutable {
               self->request(t, 10s, actors::chat_atom::value, std::move(req), me)
                 .then(
-                  [=](caf::actor producer) {
+                  [=](caf::actor producer, const actors::rate_snapshot& limits,
+                      const actors::chat_failure& refused) {
                     auto& s = self->state;
+                    add_rate_headers(*s.ex, limits);
+                    if (!producer) {
+                      // Refused at admission (model, limits): answer now.
+                      if (refused.retry_after_ms > 0)
+                        s.ex->add_header("Retry-After",
+                                         std::to_string((refused.retry_after_ms + 999) / 1000));
+                      if (!s.cancelled)
+                        s.ex->respond_error(to_api(refused));
+                      self->quit();
+                      return;
+                    }
                     s.producer = producer;
                     // If the producer dies without a word (a crash), we must still answer.
                     if (producer)

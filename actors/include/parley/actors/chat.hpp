@@ -87,17 +87,38 @@ enum class chat_error_kind : uint8_t {
   unavailable,         ///< 503 (store or tenant isolated)
   internal,            ///< 500
   cancelled,           ///< the client went away
+  rate_limited,        ///< 429 rate_limit_exceeded (requests/tokens per minute, concurrency)
+  quota_exceeded,      ///< 429 insufficient_quota
 };
 
 struct chat_failure {
   chat_error_kind kind = chat_error_kind::internal;
   std::string message;   ///< client-safe
   int upstream_status = 0;
+  int64_t retry_after_ms = 0; ///< for 429s: when to retry
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_failure& x) {
-  return f(caf::meta::type_name("chat_failure"), x.kind, x.message, x.upstream_status);
+  return f(caf::meta::type_name("chat_failure"), x.kind, x.message, x.upstream_status,
+           x.retry_after_ms);
+}
+
+/// A tenant's rate-limit state after admitting (or refusing) a request, for the response
+/// headers. A limit of 0 means that limit is not configured.
+struct rate_snapshot {
+  int64_t limit_requests = 0;
+  int64_t remaining_requests = 0;
+  int64_t reset_requests_ms = 0;
+  int64_t limit_tokens = 0;
+  int64_t remaining_tokens = 0;
+  int64_t reset_tokens_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rate_snapshot& x) {
+  return f(caf::meta::type_name("rate_snapshot"), x.limit_requests, x.remaining_requests,
+           x.reset_requests_ms, x.limit_tokens, x.remaining_tokens, x.reset_tokens_ms);
 }
 
 } // namespace parley::actors

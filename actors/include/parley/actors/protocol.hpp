@@ -51,14 +51,16 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<caf::get_atom>::with<std::string>,
   /// Replaces the tenant's config (JSON text) after an admin change.
   caf::reacts_to<config_atom, std::string>,
-  /// Starts a completion whose events (delta/done/failed) go to the relay actor; answers
-  /// with the actor producing them (send it cancel_atom when the client goes away), or a
-  /// null handle when the request failed at once (the failure was sent to the relay).
-  caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor>,
+  /// Admits a completion (model, limits) and starts it; its events (delta/done/failed) go to
+  /// the relay actor. Answers with the actor producing them (send it cancel_atom when the
+  /// client goes away) and the tenant's rate-limit state -- or a null actor and the reason
+  /// the request was refused.
+  caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor, rate_snapshot, chat_failure>,
   /// A conversation was deleted: stop its actor.
   caf::reacts_to<forget_atom, std::string>,
-  /// A turn ended (from the tenant's own turn and conversation actors).
-  caf::reacts_to<ended_atom>>;
+  /// A turn ended (from the tenant's own turn and conversation actors): its request id and
+  /// the tokens it really used, to settle the estimate taken at admission.
+  caf::reacts_to<ended_atom, std::string, int64_t>>;
 
 /// Supervises the tenant actors of this node: spawns one on first use, monitors it.
 using tenant_manager_actor = caf::typed_actor<

@@ -1,0 +1,122 @@
+#include "support/admin_client.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+using namespace parley::test;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string provision(uint16_t port, const std::string& slug, const json& limits) {
+  auto t = create_tenant(port, slug, {{"config", {{"limits", limits}}}});
+  return create_key(port, t["id"])["key"];
+}
+
+http_reply chat(uint16_t port, const std::string& key, const std::string& text, int max_tokens = 0) {
+  json body = {{"model", "parley-echo"}, {"messages", {{{"role", "user"}, {"content", text}}}}};
+  if (max_tokens > 0)
+    body["max_tokens"] = max_tokens;
+  return fetch(port, http::verb::post, "/v1/chat/completions", body.dump(), bearer(key));
+}
+
+void fast(parley::config::settings& s) { s.chat.echo_tokens_per_second = 0; }
+
+} // namespace
+
+TEST_CASE("with requests_per_minute = 10 a burst of 20 gets exactly 10 successes and 10 429s",
+          "[limits][integration]") {
+  server_fixture srv(fast);
+  auto key = provision(srv.port(), "rpm", {{"requests_per_minute", 10}});
+  int ok = 0, limited = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto r = chat(srv.port(), key, "hi");
+    INFO(r.body);
+    CHECK(r.header("x-ratelimit-limit-requests") == "10");
+    CHECK_FALSE(r.header("x-ratelimit-remaining-requests").empty());
+    CHECK_FALSE(r.header("x-ratelimit-reset-requests").empty());
+    CHECK(r.header("ratelimit-policy") == "\"requests\";q=10;w=60");
+    CHECK(r.header("ratelimit").rfind("\"requests\";r=", 0) == 0);
+    if (r.status == 200) {
+      ++ok;
+      CHECK(r.header("x-ratelimit-remaining-requests") == std::to_string(10 - ok));
+    } else {
+      ++limited;
+      REQUIRE(r.status == 429);
+      auto j = json::parse(r.body);
+      CHECK(j["error"]["code"] == "rate_limit_exceeded");
+      CHECK(j["error"]["type"] == "requests");
+      auto retry = std::stoi(r.header("retry-after"));
+      CHECK(retry >= 1);
+      CHECK(retry <= 6);
+      CHECK(r.header("x-ratelimit-remaining-requests") == "0");
+    }
+  }
+  CHECK(ok == 10);
+  CHECK(limited == 10);
+}
+
+TEST_CASE("the request limit is exact under concurrency", "[limits][integration]") {
+  server_fixture srv(fast);
+  auto key = provision(srv.port(), "rpm-par", {{"requests_per_minute", 10}});
+  std::atomic<int> ok{0}, limited{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 20; ++i)
+    threads.emplace_back([&] {
+      auto st = chat(srv.port(), key, "parallel").status;
+      (st == 200 ? ok : limited)++;
+    });
+  for (auto& t : threads)
+    t.join();
+  CHECK(ok == 10);
+  CHECK(limited == 10);
+  // Another tenant is not affected by this one's limit.
+  auto other = provision(srv.port(), "rpm-other", json::object());
+  CHECK(chat(srv.port(), other, "free").status == 200);
+}
+
+TEST_CASE("token limits take an estimate at admission and settle with the real usage",
+          "[limits][integration]") {
+  server_fixture srv(fast);
+  auto key = provision(srv.port(), "tpm", {{"tokens_per_minute", 1000}});
+  auto r1 = chat(srv.port(), key, "a b", 300);
+  REQUIRE(r1.status == 200);
+  auto rem1 = std::stoi(r1.header("x-ratelimit-remaining-tokens"));
+  auto used1 = json::parse(r1.body)["usage"]["total_tokens"].get<int>();
+  CHECK(rem1 <= 1000 - 300); // the estimate covered max_tokens
+  auto r2 = chat(srv.port(), key, "c d", 300);
+  REQUIRE(r2.status == 200);
+  auto rem2 = std::stoi(r2.header("x-ratelimit-remaining-tokens"));
+  // After settling, request 1 counts only what it used: far more is left than two estimates.
+  CHECK(rem2 > 1000 - 2 * 300);
+  CHECK(rem2 >= 1000 - used1 - (1000 - rem1) - 2);
+  // A request whose estimate does not fit is refused with tokens headers and Retry-After.
+  auto big = chat(srv.port(), key, "x", 999); // prompt + 999 can never fit in 1000
+  REQUIRE(big.status == 429);
+  CHECK(json::parse(big.body)["error"]["message"].get<std::string>().find("tokens per minute") !=
+        std::string::npos);
+  CHECK(std::stoi(big.header("retry-after")) >= 1);
+}
+
+TEST_CASE("max_concurrent bounds a tenant's requests in flight", "[limits][integration]") {
+  server_fixture srv([](parley::config::settings& s) { s.chat.echo_tokens_per_second = 10; });
+  auto key = provision(srv.port(), "conc", {{"max_concurrent", 1}});
+  std::thread slow([&] { CHECK(chat(srv.port(), key, "one two three four five six seven eight").status == 200); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto second = chat(srv.port(), key, "second");
+  CHECK(second.status == 429);
+  CHECK(json::parse(second.body)["error"]["message"].get<std::string>().find("concurrent") != std::string::npos);
+  slow.join();
+  // Once the first ended, the slot is free again.
+  CHECK(chat(srv.port(), key, "third").status == 200);
+}
+
+TEST_CASE("max_request_tokens refuses a request that may be too large", "[limits][integration]") {
+  server_fixture srv(fast);
+  auto key = provision(srv.port(), "maxreq", {{"max_request_tokens", 100}});
+  auto r = chat(srv.port(), key, "small", 500);
+  CHECK(r.status == 400);
+  CHECK(chat(srv.port(), key, "small", 20).status == 200);
+}

@@ -1,0 +1,54 @@
+#include "parley/tenants/rate_limiter.hpp"
+
+#include <catch2/catch.hpp>
+
+using parley::tenants::rate_limiter;
+
+TEST_CASE("a rate limiter allows exactly its limit in a burst", "[tenants][unit]") {
+  for (int64_t limit : {1, 7, 10, 60, 1000}) {
+    rate_limiter r(limit, 60000);
+    int allowed = 0;
+    for (int i = 0; i < limit * 2; ++i)
+      allowed += r.take(1000, 1).allowed ? 1 : 0;
+    INFO("limit " << limit);
+    CHECK(allowed == limit);
+  }
+}
+
+TEST_CASE("a rate limiter refills at limit per period and says when to retry", "[tenants][unit]") {
+  rate_limiter r(10, 60000); // one unit every 6 s
+  for (int i = 0; i < 10; ++i)
+    REQUIRE(r.take(0, 1).allowed);
+  auto denied = r.take(0, 1);
+  CHECK_FALSE(denied.allowed);
+  CHECK(denied.remaining == 0);
+  CHECK(denied.retry_after_ms == 6000);
+  CHECK(denied.reset_ms == 60000);
+  CHECK_FALSE(r.take(5999, 1).allowed);
+  auto later = r.take(6000, 1);
+  CHECK(later.allowed);
+  CHECK(later.remaining == 0);
+  CHECK(r.peek(66000).remaining == 10);
+}
+
+TEST_CASE("a rate limiter takes costs and reconciles them afterwards", "[tenants][unit]") {
+  rate_limiter tokens(1000, 60000);
+  auto d = tokens.take(0, 600); // estimate
+  CHECK(d.allowed);
+  CHECK(d.remaining == 400);
+  CHECK_FALSE(tokens.take(0, 500).allowed); // over what is left
+  tokens.adjust(0, -450);                   // the call used 150, not 600
+  CHECK(tokens.peek(0).remaining == 850);
+  tokens.adjust(0, 1000);                   // a call that overran: debt
+  CHECK(tokens.peek(0).remaining == 0);
+  CHECK_FALSE(tokens.take(0, 1).allowed);
+  tokens.adjust(0, -100000);                // giving back never goes below empty
+  CHECK(tokens.peek(0).remaining == 1000);
+}
+
+TEST_CASE("a limit of zero means unlimited", "[tenants][unit]") {
+  rate_limiter r(0);
+  for (int i = 0; i < 1000; ++i)
+    CHECK(r.take(0, 1000).allowed);
+  CHECK(r.peek(0).limit == 0);
+}
