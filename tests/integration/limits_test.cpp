@@ -120,3 +120,122 @@ TEST_CASE("max_request_tokens refuses a request that may be too large", "[limits
   CHECK(r.status == 400);
   CHECK(chat(srv.port(), key, "small", 20).status == 200);
 }
+
+namespace {
+std::string twenty_words() {
+  std::string s;
+  for (int i = 0; i < 20; ++i)
+    s += i ? " w" : "w";
+  return s; // 39 characters: a prompt estimate of 10 + 4 tokens
+}
+
+int64_t usage_total(server_fixture& srv, const std::string& slug) {
+  // The usage rows of that tenant, once the write-behind has flushed them.
+  auto tenants = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/tenants?limit=100").body);
+  std::string tid;
+  for (auto& t : tenants["data"])
+    if (t["slug"] == slug)
+      tid = t["id"];
+  int64_t total = 0;
+  for (int i = 0; i < 40; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto rows = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/tenants/" + tid + "/usage").body);
+    total = 0;
+    for (auto& r : rows["data"])
+      total += r["prompt_tokens"].get<int64_t>() + r["completion_tokens"].get<int64_t>();
+    if (total > 0 && i > 12)
+      break;
+  }
+  return total;
+}
+
+void flush_fast(parley::config::settings& s) {
+  s.chat.echo_tokens_per_second = 0;
+  s.chat.usage_flush_seconds = 1;
+}
+} // namespace
+
+TEST_CASE("a stream that would exceed the daily budget stops cleanly at the budget",
+          "[limits][integration]") {
+  server_fixture srv(flush_fast);
+  auto key = provision(srv.port(), "budget-cut", {{"tokens_per_day", 30}});
+  auto r = fetch(srv.port(), http::verb::post, "/v1/chat/completions",
+                 json{{"model", "parley-echo"}, {"stream", true}, {"stream_options", {{"include_usage", true}}},
+                      {"messages", {{{"role", "user"}, {"content", twenty_words()}}}}}.dump(),
+                 bearer(key));
+  REQUIRE(r.status == 200);
+  std::string finish;
+  json usage;
+  int deltas = 0;
+  std::size_t pos = 0;
+  while ((pos = r.body.find("data: ", pos)) != std::string::npos) {
+    auto end = r.body.find("\n\n", pos);
+    auto data = r.body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]")
+      continue;
+    auto c = json::parse(data);
+    if (!c["usage"].is_null())
+      usage = c["usage"];
+    if (!c["choices"].empty()) {
+      if (c["choices"][0]["delta"].contains("content") && !c["choices"][0]["delta"]["content"].get<std::string>().empty())
+        ++deltas;
+      if (!c["choices"][0]["finish_reason"].is_null())
+        finish = c["choices"][0]["finish_reason"];
+    }
+  }
+  CHECK(r.body.rfind("data: [DONE]\n\n") == r.body.size() - 14);
+  CHECK(finish == "length");
+  CHECK(deltas == 16);
+  CHECK(usage["total_tokens"] == 30); // exactly the budget
+  auto next = chat(srv.port(), key, "more");
+  CHECK(next.status == 429);
+  CHECK(json::parse(next.body)["error"]["code"] == "insufficient_quota");
+  CHECK(std::stoi(next.header("retry-after")) >= 1);
+  CHECK(usage_total(srv, "budget-cut") == 30);
+}
+
+TEST_CASE("50 parallel streams never overspend a small daily budget by more than one reservation",
+          "[limits][integration]") {
+  server_fixture srv([](parley::config::settings& s) {
+    s.chat.echo_tokens_per_second = 200;
+    s.chat.usage_flush_seconds = 1;
+  });
+  const int64_t budget = 500, reservation = 9 + 256; // prompt estimate + completion allowance
+  auto key = provision(srv.port(), "budget-par", {{"tokens_per_day", budget}});
+  std::atomic<int> ok{0}, quota{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 50; ++i)
+    threads.emplace_back([&] {
+      auto r = fetch(srv.port(), http::verb::post, "/v1/chat/completions",
+                     json{{"model", "parley-echo"}, {"stream", true},
+                          {"messages", {{{"role", "user"}, {"content", "a b c d e f g h i j"}}}}}.dump(),
+                     bearer(key));
+      if (r.status == 200)
+        ++ok;
+      else if (r.status == 429 && json::parse(r.body)["error"]["code"] == "insufficient_quota")
+        ++quota;
+    });
+  for (auto& t : threads)
+    t.join();
+  CHECK(ok >= 1);
+  CHECK(quota >= 1);
+  CHECK(ok + quota == 50);
+  auto spent = usage_total(srv, "budget-par");
+  CHECK(spent > 0);
+  CHECK(spent <= budget + reservation);
+}
+
+TEST_CASE("the daily budget survives a restart", "[limits][integration]") {
+  temp_dir data;
+  std::string key;
+  {
+    server_fixture srv(flush_fast, data.path());
+    key = provision(srv.port(), "budget-restart", {{"tokens_per_day", 30}});
+    REQUIRE(chat(srv.port(), key, twenty_words()).status == 200); // spends the whole budget
+  } // a clean shutdown writes the last usage batch
+  server_fixture again(flush_fast, data.path());
+  auto r = chat(again.port(), key, "anything");
+  CHECK(r.status == 429);
+  CHECK(json::parse(r.body)["error"]["code"] == "insufficient_quota");
+}

@@ -32,6 +32,7 @@ struct conversation_state {
   bool busy = false;              ///< the front turn is running
   std::shared_ptr<call_handle> call;
   std::string reply;              ///< assistant text of the running turn
+  int64_t produced = 0;           ///< deltas of the running turn
   std::vector<chat_message> fresh;///< the running turn's new messages (committed)
   int64_t prompt_estimate = 0;
   chat_done pending_done;         ///< the upstream finished; waiting for the reply's commit
@@ -51,6 +52,7 @@ void end_turn(state_ptr self, const chat_done& d, bool failed) {
   st.busy = false;
   st.call.reset();
   st.reply.clear();
+  st.produced = 0;
   st.fresh.clear();
   record_usage(*st.svc, turn.req, d, failed);
   self->send(st.tenant, ended_atom::value, turn.req.request_id, d.prompt_tokens + d.completion_tokens);
@@ -186,6 +188,17 @@ void call_upstream(state_ptr self) {
   st.call = r->provider->start(std::move(call), caf::actor_cast<caf::actor>(self));
 }
 
+/// The upstream finished (or was cut off): commit the reply, then tell the client.
+void complete(state_ptr self, chat_done d) {
+  auto& s = self->state;
+  d.model = s.queue.front().req.model;
+  d.conversation_id = s.conversation_id;
+  s.pending_done = d;
+  s.pending_reply = to_chat_message(nlohmann::json{{"role", "assistant"}, {"content", s.reply}}.dump());
+  s.call.reset();
+  save(self, {s.pending_reply}, {d.completion_tokens}, true);
+}
+
 caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::string conversation_id,
                                 caf::actor tenant, std::shared_ptr<const chat_services> svc) {
   auto& st = self->state;
@@ -248,22 +261,24 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
     },
     [=](delta_atom, std::string& content) {
       auto& s = self->state;
-      if (!s.busy || s.queue.empty())
+      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
         return;
       s.reply += content;
+      ++s.produced;
       self->send(s.queue.front().relay, delta_atom::value, std::move(content));
+      auto cap = s.queue.front().req.completion_cap;
+      if (cap > 0 && s.produced >= cap) {
+        // The tenant's daily budget ends here: stop the upstream, keep what was said.
+        if (s.call)
+          s.call->cancel();
+        complete(self, chat_done{"length", s.prompt_estimate, s.produced, "", ""});
+      }
     },
     [=](done_atom, chat_done& d) {
       auto& s = self->state;
-      if (!s.busy || s.queue.empty())
+      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
         return;
-      d.model = s.queue.front().req.model;
-      d.conversation_id = s.conversation_id;
-      s.pending_done = d;
-      s.pending_reply = to_chat_message(
-        nlohmann::json{{"role", "assistant"}, {"content", s.reply}}.dump());
-      s.call.reset();
-      save(self, {s.pending_reply}, {d.completion_tokens}, true);
+      complete(self, std::move(d));
     },
     [=](failed_atom, chat_failure& f) {
       auto& s = self->state;

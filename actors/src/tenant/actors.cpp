@@ -2,6 +2,7 @@
 #include "internal.hpp"
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/rate_limiter.hpp"
+#include "parley/tenants/token_budget.hpp"
 
 #include <caf/all.hpp>
 
@@ -54,6 +55,15 @@ struct tenant_state {
   tenants::rate_limiter requests;
   tenants::rate_limiter tokens;
   std::unordered_map<std::string, int64_t> estimates; ///< request id -> tokens taken at admission
+  tenants::token_budget budget;
+  std::unordered_map<std::string, int64_t> reservations; ///< request id -> budget reserved
+  enum class budget_phase { unloaded, loading, loaded } budget_state = budget_phase::unloaded;
+  struct waiting {
+    chat_request req;
+    caf::actor relay;
+    caf::typed_response_promise<caf::actor, rate_snapshot, chat_failure> promise;
+  };
+  std::vector<waiting> waiting_for_budget;
   static inline const char* name = "parley.tenant";
 
   void update_config(const std::string& json) {
@@ -68,6 +78,11 @@ struct tenant_state {
     if (next->limits.tokens_per_minute != cfg->limits.tokens_per_minute ||
         tokens.limit() != next->limits.tokens_per_minute)
       tokens = tenants::rate_limiter(next->limits.tokens_per_minute, 60000);
+    if (budget.limit() != next->limits.tokens_per_day) {
+      budget = tenants::token_budget(next->limits.tokens_per_day);
+      reservations.clear();
+      budget_state = budget_phase::unloaded; // today's spending is read again
+    }
     cfg = std::move(next);
   }
 
@@ -80,11 +95,16 @@ struct tenant_state {
 /// Tokens a request may use, estimated before the call: its prompt plus its max_tokens (or a
 /// default completion allowance when it sets none); settled with the real usage afterwards.
 constexpr int64_t default_completion_allowance = 256;
-int64_t admission_estimate(const chat_request& req) {
-  int64_t n = 0;
+int64_t prompt_estimate(const chat_request& req, const tenants::tenant_config& cfg) {
+  int64_t n = cfg.system_prompt.empty() ? 0 : estimate_tokens(cfg.system_prompt) + 4;
   for (auto& m : req.messages)
     n += estimate_tokens(m.text) + 4;
-  return n + (req.max_tokens > 0 ? req.max_tokens : default_completion_allowance);
+  return n;
+}
+
+int64_t admission_estimate(const chat_request& req, const tenants::tenant_config& cfg) {
+  return prompt_estimate(req, cfg) +
+         (req.max_tokens > 0 ? req.max_tokens : default_completion_allowance);
 }
 
 /// Supervisor exit handling, shared by the tenant manager and tenant actors. Every linked
@@ -110,6 +130,108 @@ admission refuse(chat_error_kind kind, std::string msg, rate_snapshot snap = {},
   return {caf::actor{}, snap, chat_failure{kind, std::move(msg), 0, retry_after_ms}};
 }
 
+admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request& req,
+            caf::actor relay) {
+  auto& st = self->state;
+  if (!st.svc || !st.svc->routes)
+    return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
+  if (req.model.empty())
+    req.model = st.cfg->default_model;
+  if (req.model.empty())
+    return refuse(chat_error_kind::invalid_request, "you must provide a model parameter");
+  auto r = st.svc->routes->find(req.model);
+  if (!r || !st.cfg->allows(req.model))
+    return refuse(chat_error_kind::model_not_found,
+                  "The model `" + req.model + "` does not exist or you do not have access to it.");
+  // Admission: concurrency, then requests per minute, then tokens per minute. A refused
+  // request takes nothing from any limit.
+  auto now = persistence::now_millis();
+  auto& lim = st.cfg->limits;
+  auto est = admission_estimate(req, *st.cfg);
+  if (lim.max_request_tokens > 0 && est > lim.max_request_tokens)
+    return refuse(chat_error_kind::invalid_request,
+                  "This request may use up to " + std::to_string(est) +
+                    " tokens (prompt plus max_tokens); the limit is " +
+                    std::to_string(lim.max_request_tokens) + ".");
+  if (lim.max_concurrent > 0 && st.in_flight >= lim.max_concurrent)
+    return refuse(chat_error_kind::rate_limited,
+                  "Too many concurrent requests (limit " + std::to_string(lim.max_concurrent) + ").",
+                  st.snapshot(st.requests.peek(now), st.tokens.peek(now)), 1000);
+  if (st.tokens.limit() > 0 && st.tokens.peek(now).remaining < est) {
+    auto t = st.tokens.take(now, est); // denied: computes retry-after, takes nothing
+    if (!t.allowed)
+      return refuse(chat_error_kind::rate_limited,
+                    "Rate limit reached for tokens per minute (limit " +
+                      std::to_string(lim.tokens_per_minute) + ").",
+                    st.snapshot(st.requests.peek(now), t), t.retry_after_ms);
+  }
+  // The daily budget: reserve what this call may spend; refused when even its prompt
+  // does not fit. The reservation caps the completion (the stream is cut off there).
+  auto prompt = prompt_estimate(req, *st.cfg);
+  auto grant = st.budget.reserve(now, est, prompt + 1);
+  if (!grant.allowed)
+    return refuse(chat_error_kind::quota_exceeded,
+                  "You exceeded your daily token budget (" +
+                    std::to_string(lim.tokens_per_day) + " tokens); it resets at 00:00 UTC.",
+                  st.snapshot(st.requests.peek(now), st.tokens.peek(now)), grant.retry_after_ms);
+  auto rq = st.requests.take(now, 1);
+  if (!rq.allowed) {
+    st.budget.settle(now, grant.reserved, 0); // refused: give the reservation back
+    return refuse(chat_error_kind::rate_limited,
+                  "Rate limit reached for requests per minute (limit " +
+                    std::to_string(lim.requests_per_minute) + ").",
+                  st.snapshot(rq, st.tokens.peek(now)), rq.retry_after_ms);
+  }
+  if (grant.reserved > 0) {
+    st.reservations[req.request_id] = grant.reserved;
+    req.completion_cap = std::max<int64_t>(1, grant.reserved - prompt);
+  }
+  auto tk = st.tokens.take(now, est);
+  st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
+  auto snap = st.snapshot(rq, tk);
+  ++st.in_flight;
+  auto me = caf::actor_cast<caf::actor>(self);
+  if (req.conversation_id.empty()) {
+    auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
+                                   std::move(relay), me, st.svc);
+    st.children.insert(turn.address());
+    return {turn, snap, chat_failure{}};
+  }
+  auto it = st.conversations.find(req.conversation_id);
+  if (it == st.conversations.end()) {
+    auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id, me, st.svc);
+    self->monitor(conv);
+    st.children.insert(conv.address());
+    st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
+    it = st.conversations.emplace(req.conversation_id, conv).first;
+  }
+  caf::anon_send(it->second, chat_atom::value, std::move(req), std::move(relay));
+  return {it->second, snap, chat_failure{}};
+    }
+
+/// Reads today's spent tokens from the usage table off the scheduler; the answer comes back as
+/// a budget_atom message.
+void load_budget(tenant_actor::stateful_pointer<tenant_state> self) {
+  auto& st = self->state;
+  st.budget_state = tenant_state::budget_phase::loading;
+  auto me = caf::actor_cast<tenant_actor>(self);
+  auto svc = st.svc;
+  auto tenant_id = st.tenant_id;
+  auto day = tenants::utc_day_start(persistence::now_millis());
+  bool queued = svc->executor->try_post([=] {
+    int64_t spent = 0;
+    auto rows = svc->store->query_usage(tenant_id, day, day + 86400000);
+    if (!rows.ok())
+      spent = -1;
+    else
+      for (auto& r : *rows)
+        spent += r.prompt_tokens + r.completion_tokens;
+    caf::anon_send(me, budget_atom::value, day, spent);
+  });
+  if (!queued)
+    caf::anon_send(me, budget_atom::value, day, int64_t{-1});
+}
+
 tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_state> self,
                                         std::string tenant_id,
                                         std::shared_ptr<const chat_services> svc) {
@@ -130,68 +252,42 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
     [=](config_atom, std::string config_json) { self->state.update_config(config_json); },
-    [=](chat_atom, chat_request& req, caf::actor relay) -> admission {
+    [=](chat_atom, chat_request& req, caf::actor relay)
+      -> caf::result<caf::actor, rate_snapshot, chat_failure> {
       auto& st = self->state;
       st.update_config(req.tenant_config);
-      if (!st.svc || !st.svc->routes)
-        return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
-      if (req.model.empty())
-        req.model = st.cfg->default_model;
-      if (req.model.empty())
-        return refuse(chat_error_kind::invalid_request, "you must provide a model parameter");
-      auto r = st.svc->routes->find(req.model);
-      if (!r || !st.cfg->allows(req.model))
-        return refuse(chat_error_kind::model_not_found,
-                      "The model `" + req.model + "` does not exist or you do not have access to it.");
-      // Admission: concurrency, then requests per minute, then tokens per minute. A refused
-      // request takes nothing from any limit.
+      if (st.cfg->limits.tokens_per_day > 0 && st.budget_state != tenant_state::budget_phase::loaded) {
+        // Today's spending is not known yet: admit once the usage table has answered.
+        auto rp = self->make_response_promise<caf::actor, rate_snapshot, chat_failure>();
+        st.waiting_for_budget.push_back({std::move(req), std::move(relay), rp});
+        if (st.budget_state == tenant_state::budget_phase::unloaded)
+          load_budget(self);
+        return rp;
+      }
+      auto [producer, snap, failure] = admit(self, req, std::move(relay));
+      return caf::result<caf::actor, rate_snapshot, chat_failure>(std::move(producer), std::move(snap),
+                                                                  std::move(failure));
+    },
+    [=](budget_atom, int64_t day_start, int64_t spent) {
+      auto& st = self->state;
+      auto waiting = std::move(st.waiting_for_budget);
+      st.waiting_for_budget.clear();
+      if (spent < 0) {
+        st.budget_state = tenant_state::budget_phase::unloaded; // retried by the next request
+        for (auto& w : waiting)
+          w.promise.deliver(caf::actor{}, rate_snapshot{},
+                            chat_failure{chat_error_kind::unavailable,
+                                         "The usage store is unavailable; retry later.", 0, 1000});
+        return;
+      }
       auto now = persistence::now_millis();
-      auto& lim = st.cfg->limits;
-      auto est = admission_estimate(req);
-      if (lim.max_request_tokens > 0 && est > lim.max_request_tokens)
-        return refuse(chat_error_kind::invalid_request,
-                      "This request may use up to " + std::to_string(est) +
-                        " tokens (prompt plus max_tokens); the limit is " +
-                        std::to_string(lim.max_request_tokens) + ".");
-      if (lim.max_concurrent > 0 && st.in_flight >= lim.max_concurrent)
-        return refuse(chat_error_kind::rate_limited,
-                      "Too many concurrent requests (limit " + std::to_string(lim.max_concurrent) + ").",
-                      st.snapshot(st.requests.peek(now), st.tokens.peek(now)), 1000);
-      if (st.tokens.limit() > 0 && st.tokens.peek(now).remaining < est) {
-        auto t = st.tokens.take(now, est); // denied: computes retry-after, takes nothing
-        if (!t.allowed)
-          return refuse(chat_error_kind::rate_limited,
-                        "Rate limit reached for tokens per minute (limit " +
-                          std::to_string(lim.tokens_per_minute) + ").",
-                        st.snapshot(st.requests.peek(now), t), t.retry_after_ms);
+      if (tenants::utc_day_start(now) == day_start)
+        st.budget.set_spent(now, spent);
+      st.budget_state = tenant_state::budget_phase::loaded;
+      for (auto& w : waiting) {
+        auto [producer, snap, failure] = admit(self, w.req, std::move(w.relay));
+        w.promise.deliver(producer, snap, failure);
       }
-      auto rq = st.requests.take(now, 1);
-      if (!rq.allowed)
-        return refuse(chat_error_kind::rate_limited,
-                      "Rate limit reached for requests per minute (limit " +
-                        std::to_string(lim.requests_per_minute) + ").",
-                      st.snapshot(rq, st.tokens.peek(now)), rq.retry_after_ms);
-      auto tk = st.tokens.take(now, est);
-      st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
-      auto snap = st.snapshot(rq, tk);
-      ++st.in_flight;
-      auto me = caf::actor_cast<caf::actor>(self);
-      if (req.conversation_id.empty()) {
-        auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
-                                       std::move(relay), me, st.svc);
-        st.children.insert(turn.address());
-        return {turn, snap, chat_failure{}};
-      }
-      auto it = st.conversations.find(req.conversation_id);
-      if (it == st.conversations.end()) {
-        auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id, me, st.svc);
-        self->monitor(conv);
-        st.children.insert(conv.address());
-        st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
-        it = st.conversations.emplace(req.conversation_id, conv).first;
-      }
-      caf::anon_send(it->second, chat_atom::value, std::move(req), std::move(relay));
-      return {it->second, snap, chat_failure{}};
     },
     [=](forget_atom, const std::string& conversation_id) {
       auto& st = self->state;
@@ -209,7 +305,11 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       auto& st = self->state;
       if (st.in_flight > 0)
         --st.in_flight;
-      // Settle the admission estimate with what the call really used.
+      // Settle the admission estimate and reservation with what the call really used.
+      if (auto b = st.reservations.find(request_id); b != st.reservations.end()) {
+        st.budget.settle(persistence::now_millis(), b->second, actual_tokens);
+        st.reservations.erase(b);
+      }
       if (auto e = st.estimates.find(request_id); e != st.estimates.end()) {
         if (e->second > 0)
           st.tokens.adjust(persistence::now_millis(), actual_tokens - e->second);

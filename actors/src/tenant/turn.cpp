@@ -87,6 +87,7 @@ struct turn_state {
   std::shared_ptr<call_handle> call;
   int64_t prompt_estimate = 0;
   int64_t completion_estimate = 0;
+  int64_t produced = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
   bool finished = false;
   static inline const char* name = "parley.turn";
 
@@ -130,8 +131,19 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
   return {
     [=](delta_atom, std::string& content) {
       auto& s = self->state;
+      if (s.finished)
+        return;
       s.completion_estimate += estimate_tokens(content);
+      ++s.produced;
       self->send(s.relay, delta_atom::value, std::move(content));
+      if (s.req.completion_cap > 0 && s.produced >= s.req.completion_cap) {
+        // The tenant's daily budget ends here: stop the upstream and end cleanly.
+        if (s.call)
+          s.call->cancel();
+        chat_done d{"length", s.prompt_estimate, s.produced, s.req.model, ""};
+        self->send(s.relay, done_atom::value, d);
+        s.finish(self, d, false);
+      }
     },
     [=](done_atom, chat_done& d) {
       auto& s = self->state;

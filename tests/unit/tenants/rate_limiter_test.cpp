@@ -52,3 +52,33 @@ TEST_CASE("a limit of zero means unlimited", "[tenants][unit]") {
     CHECK(r.take(0, 1000).allowed);
   CHECK(r.peek(0).limit == 0);
 }
+
+#include "parley/tenants/token_budget.hpp"
+
+using parley::tenants::token_budget;
+
+TEST_CASE("a token budget reserves, caps and settles, and refuses until the next UTC day",
+          "[tenants][unit]") {
+  const int64_t day = 86400000, t0 = 20000 * day + 3600000; // 01:00 UTC
+  token_budget b(1000);
+  auto g1 = b.reserve(t0, 600, 10);
+  CHECK(g1.allowed);
+  CHECK(g1.reserved == 600);
+  auto g2 = b.reserve(t0, 600, 10);
+  CHECK(g2.allowed);
+  CHECK(g2.reserved == 400); // capped at what is left: the caller cuts its call there
+  auto g3 = b.reserve(t0, 600, 10);
+  CHECK_FALSE(g3.allowed);
+  CHECK(g3.retry_after_ms == 23 * 3600000);
+  b.settle(t0, 600, 100); // the first call used only 100
+  CHECK(b.remaining(t0) == 500);
+  b.settle(t0, 400, 400);
+  CHECK(b.remaining(t0) == 500);
+  CHECK(b.remaining(t0 + day) == 1000); // a new day
+  token_budget loaded(1000);
+  loaded.set_spent(t0, 990);
+  CHECK_FALSE(loaded.reserve(t0, 50, 11).allowed);
+  CHECK(loaded.reserve(t0, 50, 5).reserved == 10);
+  token_budget unlimited;
+  CHECK(unlimited.reserve(t0, 1 << 30, 1).allowed);
+}

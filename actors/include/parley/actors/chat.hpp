@@ -25,6 +25,8 @@ using idle_atom = caf::atom_constant<caf::atom("idle")>;
 using forget_atom = caf::atom_constant<caf::atom("forget")>;
 /// A turn (stateless or conversation) ended; sent to the tenant actor to settle its counts.
 using ended_atom = caf::atom_constant<caf::atom("ended")>;
+/// Today's spent tokens of a tenant, loaded from the usage table (to the tenant actor).
+using budget_atom = caf::atom_constant<caf::atom("budget")>;
 
 /// One chat message: role and the OpenAI message object as JSON text (content may be a
 /// string or an array of parts; tool fields pass through).
@@ -52,13 +54,16 @@ struct chat_request {
   std::string conversation_id;  ///< "" = stateless
   std::string extra_json;       ///< other OpenAI fields to pass through ("{}" when none)
   std::string tenant_config;    ///< the tenant's config (JSON text) as authentication saw it
+  /// Set by the tenant actor at admission: the most completion tokens this call may produce
+  /// within the tenant's daily budget (0 = no cap). The stream is cut off there.
+  int64_t completion_cap = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
   return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
            x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
-           x.tenant_config);
+           x.tenant_config, x.completion_cap);
 }
 
 /// The end of a completion.

@@ -56,6 +56,8 @@ using tenant_actor = caf::typed_actor<
   /// client goes away) and the tenant's rate-limit state -- or a null actor and the reason
   /// the request was refused.
   caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor, rate_snapshot, chat_failure>,
+  /// Today's spent tokens (day start, tokens; -1 = the store could not say), from the loader.
+  caf::reacts_to<budget_atom, int64_t, int64_t>,
   /// A conversation was deleted: stop its actor.
   caf::reacts_to<forget_atom, std::string>,
   /// A turn ended (from the tenant's own turn and conversation actors): its request id and
