@@ -253,6 +253,10 @@ const std::vector<field>& fields() {
          "An idle conversation actor passivates (frees its memory) after this long"),
     make("chat", "usage_flush_seconds", &settings::chat, &chat_settings::usage_flush_seconds,
          "Period of the batched write-behind of usage counters"),
+    make("chat", "max_in_flight", &settings::chat, &chat_settings::max_in_flight,
+         "Chat requests in flight on this node; beyond it requests answer 503 with Retry-After"),
+    make("chat", "tenant_max_in_flight", &settings::chat, &chat_settings::tenant_max_in_flight,
+         "In-flight chat requests of one tenant that sets no limits.max_concurrent; beyond: 429"),
     make("upstream", "url", &settings::upstream, &upstream_settings::url,
          "OpenAI-compatible base URL (e.g. https://api.openai.com/v1) that serves every model "
          "not served otherwise; empty = none"),
@@ -378,6 +382,8 @@ void validate(const settings& s) {
   check_range("chat.context_tokens", s.chat.context_tokens, 16, 10000000);
   check_range("chat.conversation_idle_seconds", s.chat.conversation_idle_seconds, 1, 86400);
   check_range("chat.usage_flush_seconds", s.chat.usage_flush_seconds, 1, 3600);
+  check_range("chat.max_in_flight", s.chat.max_in_flight, 1, 10000000);
+  check_range("chat.tenant_max_in_flight", s.chat.tenant_max_in_flight, 1, 10000000);
   std::vector<std::string> models;
   for (std::size_t i = 0; i < s.routes.size(); ++i) {
     auto& r = s.routes[i];

@@ -131,6 +131,7 @@ struct app::impl {
   std::unique_ptr<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::server> server;
+  std::shared_ptr<std::atomic<int64_t>> chat_in_flight = std::make_shared<std::atomic<int64_t>>(0);
   std::unique_ptr<net::asio::steady_timer> flush_timer;
   std::unique_ptr<net::asio::steady_timer> usage_timer;
 
@@ -288,6 +289,7 @@ struct app::impl {
     svc->usage = usage.get();
     svc->routes = routes;
     svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
+    svc->tenant_max_in_flight = settings.chat.tenant_max_in_flight;
     svc->logger = logger;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
@@ -312,7 +314,8 @@ struct app::impl {
     for (auto& r : this->routes->named())
       models.push_back({r.model, r.owned_by, started_at});
     net::add_model_routes(routes, std::move(models));
-    net::chat_deps chat{*sys, tenant_directory, *store, *executor};
+    net::chat_deps chat{*sys, tenant_directory, *store, *executor, chat_in_flight,
+                        settings.chat.max_in_flight};
     net::add_chat_routes(routes, chat);
     net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -238,4 +239,74 @@ TEST_CASE("the daily budget survives a restart", "[limits][integration]") {
   auto r = chat(again.port(), key, "anything");
   CHECK(r.status == 429);
   CHECK(json::parse(r.body)["error"]["code"] == "insufficient_quota");
+}
+
+TEST_CASE("beyond the node's in-flight bound new chats are shed with 503", "[limits][integration]") {
+  server_fixture srv([](parley::config::settings& s) {
+    s.chat.echo_tokens_per_second = 10;
+    s.chat.max_in_flight = 2;
+  });
+  auto a = provision(srv.port(), "shed-a", json::object());
+  auto b = provision(srv.port(), "shed-b", json::object());
+  std::thread t1([&] { CHECK(chat(srv.port(), a, "one two three four five six").status == 200); });
+  std::thread t2([&] { CHECK(chat(srv.port(), b, "one two three four five six").status == 200); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  auto shed = chat(srv.port(), a, "third");
+  CHECK(shed.status == 503);
+  CHECK(json::parse(shed.body)["error"]["code"] == "overloaded");
+  CHECK(shed.header("retry-after") == "1");
+  t1.join();
+  t2.join();
+  CHECK(chat(srv.port(), a, "after").status == 200);
+}
+
+TEST_CASE("a tenant without its own concurrency limit is bounded by the node default",
+          "[limits][integration]") {
+  server_fixture srv([](parley::config::settings& s) {
+    s.chat.echo_tokens_per_second = 10;
+    s.chat.tenant_max_in_flight = 1;
+  });
+  auto a = provision(srv.port(), "bound-a", json::object());
+  auto b = provision(srv.port(), "bound-b", json::object());
+  std::thread t1([&] { CHECK(chat(srv.port(), a, "one two three four five").status == 200); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(chat(srv.port(), a, "second").status == 429);
+  CHECK(chat(srv.port(), b, "other tenant").status == 200); // its own bound
+  t1.join();
+}
+
+TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "[limits][integration]") {
+  server_fixture srv([](parley::config::settings& s) { s.chat.echo_tokens_per_second = 100; });
+  auto noisy = provision(srv.port(), "noisy", {{"requests_per_minute", 60}});
+  auto calm = provision(srv.port(), "calm", json::object());
+  auto p99 = [&](int n) {
+    std::vector<double> ms;
+    for (int i = 0; i < n; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      REQUIRE(chat(srv.port(), calm, "five words of calm text").status == 200);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[static_cast<std::size_t>(n * 99 / 100)];
+  };
+  auto quiet = p99(40);
+  std::atomic<bool> stop{false};
+  std::atomic<int> sent{0}, limited{0};
+  std::thread flood([&] {
+    // 600 requests a minute against a limit of 60: ten per second.
+    while (!stop) {
+      auto r = chat(srv.port(), noisy, "noise");
+      ++sent;
+      if (r.status == 429)
+        ++limited;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  auto loaded = p99(40);
+  stop = true;
+  flood.join();
+  INFO("p99 quiet " << quiet << " ms, with the noisy tenant " << loaded << " ms");
+  CHECK(sent >= 10);
+  CHECK(limited >= sent - 60);
+  CHECK(loaded <= quiet * 1.2);
 }

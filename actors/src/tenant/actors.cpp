@@ -153,9 +153,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                   "This request may use up to " + std::to_string(est) +
                     " tokens (prompt plus max_tokens); the limit is " +
                     std::to_string(lim.max_request_tokens) + ".");
-  if (lim.max_concurrent > 0 && st.in_flight >= lim.max_concurrent)
+  // Bounded in-flight work: the tenant's own limit, else the node's default per tenant.
+  auto max_concurrent = lim.max_concurrent > 0 ? lim.max_concurrent : st.svc->tenant_max_in_flight;
+  if (max_concurrent > 0 && st.in_flight >= max_concurrent)
     return refuse(chat_error_kind::rate_limited,
-                  "Too many concurrent requests (limit " + std::to_string(lim.max_concurrent) + ").",
+                  "Too many concurrent requests (limit " + std::to_string(max_concurrent) + ").",
                   st.snapshot(st.requests.peek(now), st.tokens.peek(now)), 1000);
   if (st.tokens.limit() > 0 && st.tokens.peek(now).remaining < est) {
     auto t = st.tokens.take(now, est); // denied: computes retry-after, takes nothing

@@ -373,7 +373,15 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
 void add_chat_routes(router& r, chat_deps d) {
   auto* sys = &d.sys;
   auto dir = d.directory;
-  r.add(http::verb::post, "/v1/chat/completions", [sys, dir](const exchange_ptr& ex) {
+  auto in_flight = d.in_flight;
+  auto max_in_flight = d.max_in_flight;
+  r.add(http::verb::post, "/v1/chat/completions", [sys, dir, in_flight, max_in_flight](const exchange_ptr& ex) {
+    // Node-wide load shedding: refuse at once rather than queue without bound.
+    if (in_flight->load(std::memory_order_relaxed) >= max_in_flight) {
+      ex->add_header("Retry-After", "1");
+      ex->respond_error({api_errc::overloaded, "The server is overloaded; retry later.", ""});
+      return;
+    }
     actors::chat_request req;
     if (!parse_chat(ex, req))
       return;
@@ -385,7 +393,9 @@ void add_chat_routes(router& r, chat_deps d) {
     if (req.model.empty() && ctx.principal)
       req.model = ctx.principal->config.default_model;
     // The relay is the only bridge: it holds the exchange and answers through it.
-    sys->spawn(relay_impl, ex, std::move(req), dir);
+    in_flight->fetch_add(1, std::memory_order_relaxed);
+    auto relay = sys->spawn(relay_impl, ex, std::move(req), dir);
+    relay->attach_functor([in_flight] { in_flight->fetch_sub(1, std::memory_order_relaxed); });
   });
 }
 

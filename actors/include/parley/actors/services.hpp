@@ -42,6 +42,7 @@ struct chat_services {
   tenants::usage_batcher* usage = nullptr;
   std::shared_ptr<const route_table> routes;
   std::chrono::milliseconds conversation_idle{std::chrono::minutes(5)};
+  int64_t tenant_max_in_flight = 2000; ///< default per-tenant bound (no max_concurrent set)
   log::logger_ptr logger;
 };
 

@@ -78,6 +78,8 @@ struct chat_settings {
   int context_tokens = 8192;               ///< default prompt budget of a model, in tokens
   int conversation_idle_seconds = 300;     ///< an idle conversation actor passivates after this
   int usage_flush_seconds = 2;             ///< write-behind period of usage counters
+  int max_in_flight = 20000;               ///< chat requests in flight per node; beyond: 503
+  int tenant_max_in_flight = 2000;         ///< per tenant without its own max_concurrent; beyond: 429
 };
 
 /// [upstream]: quick start -- forward every model not served otherwise to one

@@ -7,6 +7,9 @@
 
 #include <caf/actor_system.hpp>
 
+#include <atomic>
+#include <memory>
+
 namespace parley::net {
 
 /// What the chat and conversation routes need; owned by runtime, outlives the server.
@@ -15,6 +18,10 @@ struct chat_deps {
   actors::tenant_directory_actor directory;
   persistence::store& store;
   persistence::store_executor& executor;
+  /// Chat requests in flight on this node (relays alive), and the bound beyond which new
+  /// ones are shed with 503.
+  std::shared_ptr<std::atomic<int64_t>> in_flight;
+  int64_t max_in_flight = 20000;
 };
 
 /// Adds POST /v1/chat/completions: validates the body, spawns a relay actor (the only bridge
