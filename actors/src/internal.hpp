@@ -2,6 +2,7 @@
 
 #include "parley/actors/protocol.hpp"
 #include "parley/actors/services.hpp"
+#include "parley/tenants/response_cache.hpp"
 #include "parley/tenants/tenant_config.hpp"
 
 #include <caf/all.hpp>
@@ -16,6 +17,11 @@ namespace parley::actors::detail {
 caf::actor spawn_turn(caf::local_actor* parent, chat_request req, route r,
                       std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,
                       caf::actor tenant, std::shared_ptr<const chat_services> svc);
+
+/// Spawns an actor that replays a cached completion to `relay` (deltas, then done) -- the
+/// upstream is not called.
+caf::actor spawn_replay(caf::local_actor* parent, tenants::cached_completion hit, std::string model,
+                        caf::actor relay);
 
 /// Spawns the actor of one conversation (history, one turn at a time, passivation).
 caf::actor spawn_conversation(caf::local_actor* parent, std::string tenant_id,

@@ -308,7 +308,7 @@ struct app::impl {
     chain.push_back(net::make_auth(net::auth_deps{*store, *executor, *keys, *throttle, *last_used,
                                                   pepper, admin_key, logger}));
     net::router routes;
-    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys});
+    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory});
     auto started_at = persistence::now_millis() / 1000;
     std::vector<net::model_info> models;
     for (auto& r : this->routes->named())

@@ -3,6 +3,7 @@
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/rate_limiter.hpp"
 #include "parley/tenants/token_budget.hpp"
+#include "parley/tenants/response_cache.hpp"
 
 #include <caf/all.hpp>
 
@@ -64,6 +65,7 @@ struct tenant_state {
     caf::typed_response_promise<caf::actor, rate_snapshot, chat_failure> promise;
   };
   std::vector<waiting> waiting_for_budget;
+  tenants::response_cache cache;
   static inline const char* name = "parley.tenant";
 
   void update_config(const std::string& json) {
@@ -78,6 +80,8 @@ struct tenant_state {
     if (next->limits.tokens_per_minute != cfg->limits.tokens_per_minute ||
         tokens.limit() != next->limits.tokens_per_minute)
       tokens = tenants::rate_limiter(next->limits.tokens_per_minute, 60000);
+    if (next->cache_ttl_seconds != cfg->cache_ttl_seconds)
+      cache.clear();
     if (budget.limit() != next->limits.tokens_per_day) {
       budget = tenants::token_budget(next->limits.tokens_per_day);
       reservations.clear();
@@ -184,6 +188,24 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                     std::to_string(lim.requests_per_minute) + ").",
                   st.snapshot(rq, st.tokens.peek(now)), rq.retry_after_ms);
   }
+  // The response cache: a hit counts toward the request limit (taken above) but not toward
+  // the token limits or the budget, and never calls the upstream.
+  int8_t cache_status = 0;
+  if (st.cfg->cache_ttl_seconds > 0 && req.conversation_id.empty()) {
+    if (req.cache_mode == 1) {
+      if (auto* hit = st.cache.find(req.cache_key, now)) {
+        st.budget.settle(now, grant.reserved, 0);
+        auto snap = st.snapshot(rq, st.tokens.peek(now));
+        snap.cache = 1;
+        return {detail::spawn_replay(self, *hit, req.model, std::move(relay)), snap, chat_failure{}};
+      }
+      cache_status = 2;
+    } else {
+      cache_status = 3;
+    }
+  }
+  if (cache_status != 2)
+    req.cache_key.clear(); // only a miss fills the cache
   if (grant.reserved > 0) {
     st.reservations[req.request_id] = grant.reserved;
     req.completion_cap = std::max<int64_t>(1, grant.reserved - prompt);
@@ -191,6 +213,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   auto tk = st.tokens.take(now, est);
   st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
   auto snap = st.snapshot(rq, tk);
+  snap.cache = cache_status;
   ++st.in_flight;
   auto me = caf::actor_cast<caf::actor>(self);
   if (req.conversation_id.empty()) {
@@ -290,6 +313,19 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
         auto [producer, snap, failure] = admit(self, w.req, std::move(w.relay));
         w.promise.deliver(producer, snap, failure);
       }
+    },
+    [=](cache_atom, const std::string& key, std::vector<std::string>& deltas,
+        const std::string& finish, int64_t prompt, int64_t completion) {
+      auto& st = self->state;
+      if (st.cfg->cache_ttl_seconds <= 0)
+        return;
+      st.cache.put(key, tenants::cached_completion{std::move(deltas), finish, prompt, completion},
+                   persistence::now_millis(), st.cfg->cache_ttl_seconds * 1000);
+    },
+    [=](flush_atom) -> int64_t {
+      auto n = static_cast<int64_t>(self->state.cache.size());
+      self->state.cache.clear();
+      return n;
     },
     [=](forget_atom, const std::string& conversation_id) {
       auto& st = self->state;

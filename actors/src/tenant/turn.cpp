@@ -88,6 +88,7 @@ struct turn_state {
   int64_t prompt_estimate = 0;
   int64_t completion_estimate = 0;
   int64_t produced = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
+  std::vector<std::string> deltas; ///< kept only when the result goes into the response cache
   bool finished = false;
   static inline const char* name = "parley.turn";
 
@@ -135,6 +136,8 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
         return;
       s.completion_estimate += estimate_tokens(content);
       ++s.produced;
+      if (!s.req.cache_key.empty())
+        s.deltas.push_back(content);
       self->send(s.relay, delta_atom::value, std::move(content));
       if (s.req.completion_cap > 0 && s.produced >= s.req.completion_cap) {
         // The tenant's daily budget ends here: stop the upstream and end cleanly.
@@ -148,6 +151,9 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
     [=](done_atom, chat_done& d) {
       auto& s = self->state;
       d.model = s.req.model; // the client's name for it
+      if (!s.req.cache_key.empty())
+        caf::anon_send(caf::actor_cast<tenant_actor>(s.tenant), cache_atom::value, s.req.cache_key,
+                       std::move(s.deltas), d.finish_reason, d.prompt_tokens, d.completion_tokens);
       self->send(s.relay, done_atom::value, d);
       s.finish(self, d, false);
     },
@@ -167,6 +173,19 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
 }
 
 } // namespace
+
+caf::actor spawn_replay(caf::local_actor* parent, tenants::cached_completion hit, std::string model,
+                        caf::actor relay) {
+  return parent->spawn([hit = std::move(hit), model = std::move(model),
+                        relay = std::move(relay)](caf::event_based_actor* self) -> caf::behavior {
+    for (auto& d : hit.deltas)
+      self->send(relay, delta_atom::value, d);
+    self->send(relay, done_atom::value,
+               chat_done{hit.finish_reason, hit.prompt_tokens, hit.completion_tokens, model, ""});
+    self->quit();
+    return {};
+  });
+}
 
 caf::actor spawn_turn(caf::local_actor* parent, chat_request req, route r,
                       std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,

@@ -2,6 +2,7 @@
 
 #include "parley/net/store_call.hpp"
 
+#include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
 namespace parley::net {
@@ -224,6 +225,35 @@ void add_admin_routes(router& r, admin_deps d) {
                [ex, keys, key_id, issued_json](op_result<tenants::issued_key> res) {
                  keys->invalidate_key(key_id);
                  answer(ex, res, http::status::ok, issued_json);
+               });
+  });
+
+  // Empties one tenant's response cache (in its tenant actor).
+  auto* sys = d.sys;
+  auto dir = d.directory;
+  r.add(http::verb::post, tenants_path + "/{id}/cache/flush", [=](const exchange_ptr& ex) {
+    auto id = ex->ctx().param("id");
+    store_call(ex, *exec, [=] { return ops->get_tenant(id); },
+               [ex, sys, dir, id](op_result<tenant_record> res) {
+                 if (auto* e = std::get_if<op_error>(&res))
+                   return ex->respond_error(to_api(*e));
+                 sys->spawn([ex, dir, id](caf::event_based_actor* self) {
+                   auto fail = [ex](const caf::error&) {
+                     ex->respond_error({api_errc::unavailable, "The tenant is unavailable; retry later.", ""});
+                   };
+                   self->request(dir, std::chrono::seconds(5), actors::locate_atom::value, id)
+                     .then([=](actors::tenant_manager_actor mgr) {
+                       self->request(mgr, std::chrono::seconds(5), actors::tenant_atom::value, id)
+                         .then([=](actors::tenant_actor t) {
+                           self->request(t, std::chrono::seconds(5), actors::flush_atom::value)
+                             .then([ex, id](int64_t n) {
+                               ex->respond_json(http::status::ok,
+                                                {{"tenant_id", id}, {"object", "cache.flushed"},
+                                                 {"entries", n}});
+                             }, fail);
+                         }, fail);
+                     }, fail);
+                 });
                });
   });
 

@@ -1,6 +1,7 @@
 #include "parley/net/chat_api.hpp"
 
 #include "parley/persistence/ids.hpp"
+#include "parley/tenants/response_cache.hpp"
 
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
@@ -134,6 +135,27 @@ bool parse_chat(const exchange_ptr& ex, actors::chat_request& out) {
         k != "max_tokens" && k != "max_completion_tokens" && k != "n" && k != "conversation")
       extra[k] = v;
   out.extra_json = extra.dump();
+  // The response cache: used when the output is deterministic (temperature 0) or the client
+  // opts in with `x-parley-cache: use`; `x-parley-cache: bypass` skips it.
+  auto opt = ex->req()["x-parley-cache"];
+  auto t = body.find("temperature");
+  bool deterministic = t != body.end() && t->is_number() && t->get<double>() == 0.0;
+  if (beast::iequals(opt, "bypass"))
+    out.cache_mode = 2;
+  else if (beast::iequals(opt, "use") || deterministic)
+    out.cache_mode = 1;
+  if (out.cache_mode == 1 && out.conversation_id.empty()) {
+    // Everything that changes the output; not `stream` (a cached answer replays either way)
+    // nor `user`/`metadata` (they label, they do not change the text).
+    json key = extra;
+    key.erase("user");
+    key.erase("metadata");
+    key.erase("store");
+    key["model"] = out.model;
+    key["messages"] = *msgs;
+    key["max_tokens"] = out.max_tokens;
+    out.cache_key = tenants::cache_key(key.dump());
+  }
   return true;
 }
 
@@ -179,6 +201,9 @@ struct relay_state {
   std::string content;
   bool streaming = false;
   bool cancelled = false;
+  bool admitted = false;            ///< the tenant's admission answer arrived
+  bool finished = false;            ///< the response is complete (the relay quits)
+  std::vector<caf::message> early;  ///< events that overtook it (held, then handled in order)
   int64_t created = 0;
   static inline const char* name = "parley.relay";
 
@@ -215,6 +240,80 @@ struct relay_state {
     send_event(chunk({{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}, nullptr));
   }
 };
+
+using relay_ptr = caf::stateful_actor<relay_state>*;
+
+/// A delta: one SSE chunk, or appended to the JSON answer.
+void on_delta(relay_ptr self, const std::string& content) {
+  auto& s = self->state;
+  if (s.cancelled)
+    return;
+  if (s.req.stream) {
+    s.start_stream();
+    s.send_event(s.chunk({{"content", content}}, nullptr));
+  } else {
+    s.content += content;
+  }
+}
+
+/// The end: the last chunks and [DONE], or the JSON body. Then the relay is finished.
+void on_done(relay_ptr self, const actors::chat_done& d) {
+  auto& s = self->state;
+  if (!s.cancelled) {
+    json usage = {{"prompt_tokens", d.prompt_tokens},
+                  {"completion_tokens", d.completion_tokens},
+                  {"total_tokens", d.prompt_tokens + d.completion_tokens}};
+    if (s.req.stream) {
+      s.start_stream();
+      s.send_event(s.chunk(json::object(), d.finish_reason));
+      if (s.req.include_usage)
+        s.send_event({{"id", s.id()},
+                      {"object", "chat.completion.chunk"},
+                      {"created", s.created},
+                      {"model", s.req.model},
+                      {"choices", json::array()},
+                      {"usage", usage}});
+      s.ex->stream_write("data: [DONE]\n\n");
+      s.ex->end_stream();
+    } else {
+      json message = {{"role", "assistant"}, {"content", s.content}, {"refusal", nullptr}};
+      json body = {{"id", s.id()},
+                   {"object", "chat.completion"},
+                   {"created", s.created},
+                   {"model", s.req.model},
+                   {"choices", json::array({{{"index", 0},
+                                             {"message", message},
+                                             {"logprobs", nullptr},
+                                             {"finish_reason", d.finish_reason}}})},
+                   {"usage", usage}};
+      if (!s.req.conversation_id.empty())
+        s.ex->add_header("x-parley-conversation-id", s.req.conversation_id);
+      s.ex->respond_json(http::status::ok, body);
+    }
+  }
+  s.finished = true;
+  self->quit();
+}
+
+/// A failure: an OpenAI error, or -- mid-stream, the status being sent -- an error event.
+void on_failed(relay_ptr self, const actors::chat_failure& f) {
+  auto& s = self->state;
+  if (!s.cancelled) {
+    auto err = to_api(f);
+    if (s.streaming) {
+      s.send_event({{"error", {{"message", err.message.empty() ? "upstream error" : err.message},
+                               {"type", type_of(err.code)},
+                               {"param", nullptr},
+                               {"code", code_of(err.code)}}}});
+      s.ex->stream_write("data: [DONE]\n\n");
+      s.ex->end_stream();
+    } else {
+      s.ex->respond_error(err);
+    }
+  }
+  s.finished = true;
+  self->quit();
+}
 
 caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex,
                          actors::chat_request req, actors::tenant_directory_actor dir) {
@@ -262,6 +361,9 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
                       const actors::chat_failure& refused) {
                     auto& s = self->state;
                     add_rate_headers(*s.ex, limits);
+                    static const char* cache_names[] = {"", "hit", "miss", "bypass"};
+                    if (limits.cache > 0 && limits.cache < 4)
+                      s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
                     if (!producer) {
                       // Refused at admission (model, limits): answer now.
                       if (refused.retry_after_ms > 0)
@@ -273,6 +375,20 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
                       return;
                     }
                     s.producer = producer;
+                    s.admitted = true;
+                    // Events that arrived before this answer, in their order.
+                    auto early = std::move(s.early);
+                    s.early.clear();
+                    for (auto& m : early) {
+                      if (m.match_element<actors::delta_atom>(0))
+                        on_delta(self, m.get_as<std::string>(1));
+                      else if (m.match_element<actors::done_atom>(0))
+                        on_done(self, m.get_as<actors::chat_done>(1));
+                      else
+                        on_failed(self, m.get_as<actors::chat_failure>(1));
+                    }
+                    if (s.finished)
+                      return;
                     // If the producer dies without a word (a crash), we must still answer.
                     if (producer)
                       self->monitor(producer);
@@ -288,72 +404,20 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
       },
       fail_now);
   return {
-    [=](actors::delta_atom, const std::string& content) {
-      auto& s = self->state;
-      if (s.cancelled)
-        return;
-      if (s.req.stream) {
-        s.start_stream();
-        s.send_event(s.chunk({{"content", content}}, nullptr));
-      } else {
-        s.content += content;
-      }
+    [=](actors::delta_atom, std::string& content) {
+      if (!self->state.admitted)
+        return self->state.early.push_back(caf::make_message(actors::delta_atom::value, std::move(content)));
+      on_delta(self, content);
     },
-    [=](actors::done_atom, const actors::chat_done& d) {
-      auto& s = self->state;
-      if (!s.cancelled) {
-        json usage = {{"prompt_tokens", d.prompt_tokens},
-                      {"completion_tokens", d.completion_tokens},
-                      {"total_tokens", d.prompt_tokens + d.completion_tokens}};
-        if (s.req.stream) {
-          s.start_stream();
-          s.send_event(s.chunk(json::object(), d.finish_reason));
-          if (s.req.include_usage) {
-            json u = {{"id", s.id()},       {"object", "chat.completion.chunk"},
-                      {"created", s.created}, {"model", s.req.model},
-                              {"choices", json::array()}, {"usage", usage}};
-            s.send_event(u);
-          }
-          s.ex->stream_write("data: [DONE]\n\n");
-          s.ex->end_stream();
-        } else {
-          json body = {{"id", s.id()},
-                       {"object", "chat.completion"},
-                       {"created", s.created},
-                       {"model", s.req.model},
-                                {"choices",
-                        json::array({{{"index", 0},
-                                      {"message", {{"role", "assistant"},
-                                                   {"content", s.content},
-                                                   {"refusal", nullptr}}},
-                                      {"logprobs", nullptr},
-                                      {"finish_reason", d.finish_reason}}})},
-                       {"usage", usage}};
-          if (!s.req.conversation_id.empty())
-            s.ex->add_header("x-parley-conversation-id", s.req.conversation_id);
-          s.ex->respond_json(http::status::ok, body);
-        }
-      }
-      self->quit();
+    [=](actors::done_atom, actors::chat_done& d) {
+      if (!self->state.admitted)
+        return self->state.early.push_back(caf::make_message(actors::done_atom::value, std::move(d)));
+      on_done(self, d);
     },
-    [=](actors::failed_atom, const actors::chat_failure& f) {
-      auto& s = self->state;
-      if (!s.cancelled) {
-        auto err = to_api(f);
-        if (s.streaming) {
-          // Mid-stream: the status is already sent; end with an error event, then [DONE].
-          json e = {{"error", {{"message", err.message.empty() ? "upstream error" : err.message},
-                               {"type", type_of(err.code)},
-                               {"param", nullptr},
-                               {"code", code_of(err.code)}}}};
-          s.send_event(e);
-          s.ex->stream_write("data: [DONE]\n\n");
-          s.ex->end_stream();
-        } else {
-          s.ex->respond_error(err);
-        }
-      }
-      self->quit();
+    [=](actors::failed_atom, actors::chat_failure& f) {
+      if (!self->state.admitted)
+        return self->state.early.push_back(caf::make_message(actors::failed_atom::value, std::move(f)));
+      on_failed(self, f);
     },
     [=](actors::cancel_atom, const std::string&) {
       auto& s = self->state;

@@ -82,3 +82,34 @@ TEST_CASE("a token budget reserves, caps and settles, and refuses until the next
   token_budget unlimited;
   CHECK(unlimited.reserve(t0, 1 << 30, 1).allowed);
 }
+
+#include "parley/tenants/response_cache.hpp"
+
+using parley::tenants::cached_completion;
+using parley::tenants::response_cache;
+
+TEST_CASE("the response cache expires entries and evicts the least recently used by bytes",
+          "[tenants][unit]") {
+  response_cache c(1000);
+  auto entry = [](std::size_t n) {
+    cached_completion v;
+    v.deltas = {std::string(n, 'x')};
+    v.finish_reason = "stop";
+    return v;
+  };
+  c.put("a", entry(300), 0, 1000);
+  c.put("b", entry(300), 0, 1000);
+  REQUIRE(c.find("a", 10)); // a is most recent now
+  c.put("c", entry(300), 10, 1000);
+  CHECK(c.bytes() <= 1000);
+  CHECK(c.find("b", 20) == nullptr); // evicted
+  CHECK(c.find("a", 20) != nullptr);
+  CHECK(c.find("a", 1000) == nullptr); // expired
+  c.put("huge", entry(5000), 0, 1000);
+  CHECK(c.find("huge", 1) == nullptr); // larger than the bound: not stored
+  c.clear();
+  CHECK(c.size() == 0);
+  CHECK(parley::tenants::cache_key("x") == parley::tenants::cache_key("x"));
+  CHECK(parley::tenants::cache_key("x") != parley::tenants::cache_key("y"));
+  CHECK(parley::tenants::cache_key("x").size() == 64);
+}

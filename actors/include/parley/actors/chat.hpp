@@ -27,6 +27,10 @@ using forget_atom = caf::atom_constant<caf::atom("forget")>;
 using ended_atom = caf::atom_constant<caf::atom("ended")>;
 /// Today's spent tokens of a tenant, loaded from the usage table (to the tenant actor).
 using budget_atom = caf::atom_constant<caf::atom("budget")>;
+/// A completion to keep in the tenant's response cache (from a turn actor).
+using cache_atom = caf::atom_constant<caf::atom("cache")>;
+/// Empty the tenant's response cache (admin).
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
 
 /// One chat message: role and the OpenAI message object as JSON text (content may be a
 /// string or an array of parts; tool fields pass through).
@@ -57,13 +61,17 @@ struct chat_request {
   /// Set by the tenant actor at admission: the most completion tokens this call may produce
   /// within the tenant's daily budget (0 = no cap). The stream is cut off there.
   int64_t completion_cap = 0;
+  /// Response cache: 0 = not cacheable, 1 = use the cache (temperature 0, or the client opted
+  /// in), 2 = the client asked to bypass it. cache_key is set for mode 1.
+  int8_t cache_mode = 0;
+  std::string cache_key;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
   return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
            x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
-           x.tenant_config, x.completion_cap);
+           x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key);
 }
 
 /// The end of a completion.
@@ -118,12 +126,13 @@ struct rate_snapshot {
   int64_t limit_tokens = 0;
   int64_t remaining_tokens = 0;
   int64_t reset_tokens_ms = 0;
+  int8_t cache = 0; ///< 0 = cache not in play, 1 = hit, 2 = miss, 3 = bypass
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rate_snapshot& x) {
   return f(caf::meta::type_name("rate_snapshot"), x.limit_requests, x.remaining_requests,
-           x.reset_requests_ms, x.limit_tokens, x.remaining_tokens, x.reset_tokens_ms);
+           x.reset_requests_ms, x.limit_tokens, x.remaining_tokens, x.reset_tokens_ms, x.cache);
 }
 
 } // namespace parley::actors

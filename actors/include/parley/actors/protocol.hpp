@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 /// The message protocol between parley's actors: atoms, error codes and the typed
 /// interfaces. Actor code lives in actors/src; only these aliases are public.
@@ -58,6 +59,10 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor, rate_snapshot, chat_failure>,
   /// Today's spent tokens (day start, tokens; -1 = the store could not say), from the loader.
   caf::reacts_to<budget_atom, int64_t, int64_t>,
+  /// A completed stateless turn for the response cache: key, deltas, finish reason, usage.
+  caf::reacts_to<cache_atom, std::string, std::vector<std::string>, std::string, int64_t, int64_t>,
+  /// Empties the response cache; answers the number of entries dropped.
+  caf::replies_to<flush_atom>::with<int64_t>,
   /// A conversation was deleted: stop its actor.
   caf::reacts_to<forget_atom, std::string>,
   /// A turn ended (from the tenant's own turn and conversation actors): its request id and

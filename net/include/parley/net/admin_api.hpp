@@ -1,9 +1,12 @@
 #pragma once
 
+#include "parley/actors/protocol.hpp"
 #include "parley/net/router.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/tenants/admin_ops.hpp"
 #include "parley/tenants/key_cache.hpp"
+
+#include <caf/actor_system.hpp>
 
 #include <string>
 #include <vector>
@@ -15,6 +18,8 @@ struct admin_deps {
   tenants::admin_ops& ops;
   persistence::store_executor& executor;
   tenants::key_cache& keys;
+  caf::actor_system* sys = nullptr;          ///< for routes that talk to tenant actors
+  actors::tenant_directory_actor directory;
 };
 
 /// Adds the admin API under /admin/v1 (tenants, keys, usage, audit). Authentication is the
