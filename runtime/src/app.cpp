@@ -132,6 +132,7 @@ struct app::impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::server> server;
   std::shared_ptr<std::atomic<int64_t>> chat_in_flight = std::make_shared<std::atomic<int64_t>>(0);
+  actors::admission_counters counters;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
   std::unique_ptr<net::asio::steady_timer> usage_timer;
 
@@ -290,6 +291,7 @@ struct app::impl {
     svc->routes = routes;
     svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
     svc->tenant_max_in_flight = settings.chat.tenant_max_in_flight;
+    svc->counters = &counters;
     svc->logger = logger;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
@@ -308,14 +310,15 @@ struct app::impl {
     chain.push_back(net::make_auth(net::auth_deps{*store, *executor, *keys, *throttle, *last_used,
                                                   pepper, admin_key, logger}));
     net::router routes;
-    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory});
+    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory,
+                                                  &counters});
     auto started_at = persistence::now_millis() / 1000;
     std::vector<net::model_info> models;
     for (auto& r : this->routes->named())
       models.push_back({r.model, r.owned_by, started_at});
     net::add_model_routes(routes, std::move(models));
     net::chat_deps chat{*sys, tenant_directory, *store, *executor, chat_in_flight,
-                        settings.chat.max_in_flight};
+                        settings.chat.max_in_flight, &counters};
     net::add_chat_routes(routes, chat);
     net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,

@@ -75,6 +75,9 @@ TEST_CASE("a deterministic request is answered from the cache without calling th
   CHECK(n.chat({{"temperature", 0}, {"messages", msgs("cache me please")}, {"max_tokens", 2}})
           .header("x-parley-cache") == "miss");
   CHECK(n.upstream_calls() == 2);
+  auto stats = json::parse(admin_call(n.srv->port(), http::verb::get, "/admin/v1/stats").body);
+  CHECK(stats["cache"]["hits"] == 2);
+  CHECK(stats["cache"]["misses"] == 2);
 }
 
 TEST_CASE("the cache is opt-in for sampled requests and can be bypassed or flushed", "[cache][integration]") {

@@ -57,6 +57,9 @@ TEST_CASE("with requests_per_minute = 10 a burst of 20 gets exactly 10 successes
   }
   CHECK(ok == 10);
   CHECK(limited == 10);
+  auto stats = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/stats").body);
+  CHECK(stats["admission"]["rate_limited"] == 10);
+  CHECK(stats["admission"]["admitted"] == 10);
 }
 
 TEST_CASE("the request limit is exact under concurrency", "[limits][integration]") {
@@ -194,6 +197,9 @@ TEST_CASE("a stream that would exceed the daily budget stops cleanly at the budg
   CHECK(json::parse(next.body)["error"]["code"] == "insufficient_quota");
   CHECK(std::stoi(next.header("retry-after")) >= 1);
   CHECK(usage_total(srv, "budget-cut") == 30);
+  auto stats = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/stats").body);
+  CHECK(stats["admission"]["budget_cutoffs"] == 1);
+  CHECK(stats["admission"]["quota_rejected"] == 1);
 }
 
 TEST_CASE("50 parallel streams never overspend a small daily budget by more than one reservation",
@@ -255,6 +261,7 @@ TEST_CASE("beyond the node's in-flight bound new chats are shed with 503", "[lim
   CHECK(shed.status == 503);
   CHECK(json::parse(shed.body)["error"]["code"] == "overloaded");
   CHECK(shed.header("retry-after") == "1");
+  CHECK(json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/stats").body)["admission"]["shed_node"] == 1);
   t1.join();
   t2.join();
   CHECK(chat(srv.port(), a, "after").status == 200);

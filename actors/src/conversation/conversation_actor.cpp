@@ -269,6 +269,8 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
       auto cap = s.queue.front().req.completion_cap;
       if (cap > 0 && s.produced >= cap) {
         // The tenant's daily budget ends here: stop the upstream, keep what was said.
+        if (s.svc->counters)
+          s.svc->counters->budget_cutoffs.fetch_add(1, std::memory_order_relaxed);
         if (s.call)
           s.call->cancel();
         complete(self, chat_done{"length", s.prompt_estimate, s.produced, "", ""});

@@ -159,29 +159,40 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                     std::to_string(lim.max_request_tokens) + ".");
   // Bounded in-flight work: the tenant's own limit, else the node's default per tenant.
   auto max_concurrent = lim.max_concurrent > 0 ? lim.max_concurrent : st.svc->tenant_max_in_flight;
-  if (max_concurrent > 0 && st.in_flight >= max_concurrent)
+  auto count = [&](std::atomic<uint64_t> admission_counters::*c) {
+    if (st.svc->counters)
+      (st.svc->counters->*c).fetch_add(1, std::memory_order_relaxed);
+  };
+  if (max_concurrent > 0 && st.in_flight >= max_concurrent) {
+    count(&admission_counters::shed_tenant);
     return refuse(chat_error_kind::rate_limited,
                   "Too many concurrent requests (limit " + std::to_string(max_concurrent) + ").",
                   st.snapshot(st.requests.peek(now), st.tokens.peek(now)), 1000);
+  }
   if (st.tokens.limit() > 0 && st.tokens.peek(now).remaining < est) {
     auto t = st.tokens.take(now, est); // denied: computes retry-after, takes nothing
-    if (!t.allowed)
+    if (!t.allowed) {
+      count(&admission_counters::rate_limited);
       return refuse(chat_error_kind::rate_limited,
                     "Rate limit reached for tokens per minute (limit " +
                       std::to_string(lim.tokens_per_minute) + ").",
                     st.snapshot(st.requests.peek(now), t), t.retry_after_ms);
+    }
   }
   // The daily budget: reserve what this call may spend; refused when even its prompt
   // does not fit. The reservation caps the completion (the stream is cut off there).
   auto prompt = prompt_estimate(req, *st.cfg);
   auto grant = st.budget.reserve(now, est, prompt + 1);
-  if (!grant.allowed)
+  if (!grant.allowed) {
+    count(&admission_counters::quota_rejected);
     return refuse(chat_error_kind::quota_exceeded,
                   "You exceeded your daily token budget (" +
                     std::to_string(lim.tokens_per_day) + " tokens); it resets at 00:00 UTC.",
                   st.snapshot(st.requests.peek(now), st.tokens.peek(now)), grant.retry_after_ms);
+  }
   auto rq = st.requests.take(now, 1);
   if (!rq.allowed) {
+    count(&admission_counters::rate_limited);
     st.budget.settle(now, grant.reserved, 0); // refused: give the reservation back
     return refuse(chat_error_kind::rate_limited,
                   "Rate limit reached for requests per minute (limit " +
@@ -194,12 +205,14 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   if (st.cfg->cache_ttl_seconds > 0 && req.conversation_id.empty()) {
     if (req.cache_mode == 1) {
       if (auto* hit = st.cache.find(req.cache_key, now)) {
+        count(&admission_counters::cache_hits);
         st.budget.settle(now, grant.reserved, 0);
         auto snap = st.snapshot(rq, st.tokens.peek(now));
         snap.cache = 1;
         return {detail::spawn_replay(self, *hit, req.model, std::move(relay)), snap, chat_failure{}};
       }
       cache_status = 2;
+      count(&admission_counters::cache_misses);
     } else {
       cache_status = 3;
     }
@@ -214,6 +227,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
   auto snap = st.snapshot(rq, tk);
   snap.cache = cache_status;
+  count(&admission_counters::admitted);
   ++st.in_flight;
   auto me = caf::actor_cast<caf::actor>(self);
   if (req.conversation_id.empty()) {

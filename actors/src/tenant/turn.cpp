@@ -141,6 +141,8 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
       self->send(s.relay, delta_atom::value, std::move(content));
       if (s.req.completion_cap > 0 && s.produced >= s.req.completion_cap) {
         // The tenant's daily budget ends here: stop the upstream and end cleanly.
+        if (s.svc->counters)
+          s.svc->counters->budget_cutoffs.fetch_add(1, std::memory_order_relaxed);
         if (s.call)
           s.call->cancel();
         chat_done d{"length", s.prompt_estimate, s.produced, s.req.model, ""};

@@ -228,6 +228,21 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
+  // Node-wide admission counters (the observability work exports them as metrics too).
+  if (auto* c = d.counters)
+    r.add(http::verb::get, "/admin/v1/stats", [c](const exchange_ptr& ex) {
+      auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+      ex->respond_json(http::status::ok,
+                       {{"object", "stats"},
+                        {"admission", {{"admitted", v(c->admitted)},
+                                       {"rate_limited", v(c->rate_limited)},
+                                       {"quota_rejected", v(c->quota_rejected)},
+                                       {"shed_tenant", v(c->shed_tenant)},
+                                       {"shed_node", v(c->shed_node)},
+                                       {"budget_cutoffs", v(c->budget_cutoffs)}}},
+                        {"cache", {{"hits", v(c->cache_hits)}, {"misses", v(c->cache_misses)}}}});
+    });
+
   // Empties one tenant's response cache (in its tenant actor).
   auto* sys = d.sys;
   auto dir = d.directory;

@@ -439,9 +439,12 @@ void add_chat_routes(router& r, chat_deps d) {
   auto dir = d.directory;
   auto in_flight = d.in_flight;
   auto max_in_flight = d.max_in_flight;
-  r.add(http::verb::post, "/v1/chat/completions", [sys, dir, in_flight, max_in_flight](const exchange_ptr& ex) {
+  auto* counters = d.counters;
+  r.add(http::verb::post, "/v1/chat/completions", [=](const exchange_ptr& ex) {
     // Node-wide load shedding: refuse at once rather than queue without bound.
     if (in_flight->load(std::memory_order_relaxed) >= max_in_flight) {
+      if (counters)
+        counters->shed_node.fetch_add(1, std::memory_order_relaxed);
       ex->add_header("Retry-After", "1");
       ex->respond_error({api_errc::overloaded, "The server is overloaded; retry later.", ""});
       return;

@@ -7,6 +7,7 @@
 #include "parley/persistence/store.hpp"
 #include "parley/tenants/usage_batcher.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -33,6 +34,19 @@ private:
   int64_t fallback_context_tokens_;
 };
 
+/// Node-wide admission counters (monotonic), kept by tenant actors and the chat handler and
+/// read by observability. Relaxed atomics: counts, not synchronization.
+struct admission_counters {
+  std::atomic<uint64_t> admitted{0};
+  std::atomic<uint64_t> rate_limited{0};    ///< 429 rate_limit_exceeded (rpm, tpm)
+  std::atomic<uint64_t> quota_rejected{0};  ///< 429 insufficient_quota (daily budget)
+  std::atomic<uint64_t> shed_tenant{0};     ///< 429 over the tenant's concurrency bound
+  std::atomic<uint64_t> shed_node{0};       ///< 503 over the node's in-flight bound
+  std::atomic<uint64_t> cache_hits{0};
+  std::atomic<uint64_t> cache_misses{0};
+  std::atomic<uint64_t> budget_cutoffs{0};  ///< streams cut off at the daily budget
+};
+
 /// What tenant, turn and conversation actors need from the rest of the node. Owned by
 /// runtime; outlives every actor.
 struct chat_services {
@@ -43,6 +57,7 @@ struct chat_services {
   std::shared_ptr<const route_table> routes;
   std::chrono::milliseconds conversation_idle{std::chrono::minutes(5)};
   int64_t tenant_max_in_flight = 2000; ///< default per-tenant bound (no max_concurrent set)
+  admission_counters* counters = nullptr;
   log::logger_ptr logger;
 };
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/actors/protocol.hpp"
+#include "parley/actors/services.hpp"
 #include "parley/net/router.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/tenants/admin_ops.hpp"
@@ -20,6 +21,7 @@ struct admin_deps {
   tenants::key_cache& keys;
   caf::actor_system* sys = nullptr;          ///< for routes that talk to tenant actors
   actors::tenant_directory_actor directory;
+  const actors::admission_counters* counters = nullptr; ///< for GET /admin/v1/stats
 };
 
 /// Adds the admin API under /admin/v1 (tenants, keys, usage, audit). Authentication is the

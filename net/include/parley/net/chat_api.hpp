@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/actors/protocol.hpp"
+#include "parley/actors/services.hpp"
 #include "parley/net/router.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/persistence/store.hpp"
@@ -22,6 +23,7 @@ struct chat_deps {
   /// ones are shed with 503.
   std::shared_ptr<std::atomic<int64_t>> in_flight;
   int64_t max_in_flight = 20000;
+  actors::admission_counters* counters = nullptr;
 };
 
 /// Adds POST /v1/chat/completions: validates the body, spawns a relay actor (the only bridge
