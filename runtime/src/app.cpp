@@ -309,6 +309,8 @@ struct app::impl {
     // 4. Authentication: admin key for /admin, tenant API keys for /v1.
     chain.push_back(net::make_auth(net::auth_deps{*store, *executor, *keys, *throttle, *last_used,
                                                   pepper, admin_key, logger}));
+    // 5. Rate-limit headers on /v1 responses (chat completions get them from admission).
+    chain.push_back(net::make_rate_headers(*sys, tenant_directory));
     net::router routes;
     net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory,
                                                   &counters});

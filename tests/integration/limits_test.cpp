@@ -317,3 +317,20 @@ TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "
   CHECK(limited >= sent - 60);
   CHECK(loaded <= quiet * 1.2);
 }
+
+TEST_CASE("every /v1 response carries the tenant's rate-limit headers", "[limits][integration]") {
+  server_fixture srv(fast);
+  auto key = provision(srv.port(), "hdrs", {{"requests_per_minute", 10}, {"tokens_per_minute", 5000}});
+  auto models = fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(key));
+  REQUIRE(models.status == 200);
+  CHECK(models.header("x-ratelimit-limit-requests") == "10");
+  CHECK(models.header("x-ratelimit-remaining-requests") == "10"); // listing takes nothing
+  CHECK(models.header("x-ratelimit-limit-tokens") == "5000");
+  CHECK(models.header("ratelimit-policy") == "\"requests\";q=10;w=60, \"tokens\";q=5000;w=60");
+  REQUIRE(chat(srv.port(), key, "one").status == 200);
+  auto conv = fetch(srv.port(), http::verb::post, "/v1/conversations", "{}", bearer(key));
+  CHECK(conv.header("x-ratelimit-remaining-requests") == "9");
+  // A tenant without limits gets none.
+  auto free = provision(srv.port(), "hdrs-free", json::object());
+  CHECK(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(free)).header("x-ratelimit-limit-requests").empty());
+}

@@ -336,6 +336,12 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.cache.put(key, tenants::cached_completion{std::move(deltas), finish, prompt, completion},
                    persistence::now_millis(), st.cfg->cache_ttl_seconds * 1000);
     },
+    [=](limits_atom, const std::string& config_json) {
+      auto& st = self->state;
+      st.update_config(config_json);
+      auto now = persistence::now_millis();
+      return st.snapshot(st.requests.peek(now), st.tokens.peek(now));
+    },
     [=](flush_atom) -> int64_t {
       auto n = static_cast<int64_t>(self->state.cache.size());
       self->state.cache.clear();

@@ -169,29 +169,6 @@ std::string go_duration(int64_t ms) {
   return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
 }
 
-/// OpenAI's x-ratelimit-* headers and the IETF draft's RateLimit-Policy / RateLimit, for the
-/// limits the tenant has configured.
-void add_rate_headers(exchange& ex, const actors::rate_snapshot& r) {
-  std::string policy, current;
-  auto add = [&](const char* name, int64_t limit, int64_t remaining, int64_t reset_ms) {
-    if (limit <= 0)
-      return;
-    std::string n(name);
-    ex.add_header("x-ratelimit-limit-" + n, std::to_string(limit));
-    ex.add_header("x-ratelimit-remaining-" + n, std::to_string(remaining));
-    ex.add_header("x-ratelimit-reset-" + n, go_duration(reset_ms));
-    policy += (policy.empty() ? "" : ", ") + std::string("\"") + n + "\";q=" + std::to_string(limit) + ";w=60";
-    current += (current.empty() ? "" : ", ") + std::string("\"") + n + "\";r=" +
-               std::to_string(remaining) + ";t=" + std::to_string((reset_ms + 999) / 1000);
-  };
-  add("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
-  add("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
-  if (!policy.empty()) {
-    ex.add_header("RateLimit-Policy", policy);
-    ex.add_header("RateLimit", current);
-  }
-}
-
 // -- the relay actor ------------------------------------------------------------------
 
 struct relay_state {
@@ -433,6 +410,72 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
 }
 
 } // namespace
+
+void add_rate_headers(exchange& ex, const actors::rate_snapshot& r) {
+  std::string policy, current;
+  auto add = [&](const char* name, int64_t limit, int64_t remaining, int64_t reset_ms) {
+    if (limit <= 0)
+      return;
+    std::string n(name);
+    ex.add_header("x-ratelimit-limit-" + n, std::to_string(limit));
+    ex.add_header("x-ratelimit-remaining-" + n, std::to_string(remaining));
+    ex.add_header("x-ratelimit-reset-" + n, go_duration(reset_ms));
+    policy += (policy.empty() ? "" : ", ") + std::string("\"") + n + "\";q=" + std::to_string(limit) + ";w=60";
+    current += (current.empty() ? "" : ", ") + std::string("\"") + n + "\";r=" +
+               std::to_string(remaining) + ";t=" + std::to_string((reset_ms + 999) / 1000);
+  };
+  add("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
+  add("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
+  if (!policy.empty()) {
+    ex.add_header("RateLimit-Policy", policy);
+    ex.add_header("RateLimit", current);
+  }
+}
+
+namespace {
+
+class rate_headers_filter final : public middleware {
+public:
+  rate_headers_filter(caf::actor_system& sys, actors::tenant_directory_actor dir)
+    : sys_(sys), dir_(std::move(dir)) {}
+  const char* name() const noexcept override { return "rate_headers"; }
+
+  filter_status on_request(const exchange_ptr& ex) override {
+    auto path = path_of(ex->req().target());
+    if (path.substr(0, 4) != "/v1/" || path == "/v1/chat/completions" || !ex->ctx().principal)
+      return filter_status::proceed;
+    auto tenant_id = ex->ctx().tenant_id;
+    auto config = tenants::to_json_text(ex->ctx().principal->config);
+    auto dir = dir_;
+    // Parked until the tenant actor answers; the exchange resumes either way.
+    sys_.spawn([ex, dir, tenant_id, config](caf::event_based_actor* self) {
+      auto resume = [ex](const caf::error&) { ex->resume(); };
+      self->request(dir, 5s, actors::locate_atom::value, tenant_id)
+        .then([=](actors::tenant_manager_actor mgr) {
+          self->request(mgr, 5s, actors::tenant_atom::value, tenant_id)
+            .then([=](actors::tenant_actor t) {
+              self->request(t, 5s, actors::limits_atom::value, config)
+                .then([ex](const actors::rate_snapshot& snap) {
+                  add_rate_headers(*ex, snap);
+                  ex->resume();
+                }, resume);
+            }, resume);
+        }, resume);
+    });
+    return filter_status::stop;
+  }
+
+private:
+  caf::actor_system& sys_;
+  actors::tenant_directory_actor dir_;
+};
+
+} // namespace
+
+std::unique_ptr<middleware> make_rate_headers(caf::actor_system& sys,
+                                              actors::tenant_directory_actor directory) {
+  return std::make_unique<rate_headers_filter>(sys, std::move(directory));
+}
 
 void add_chat_routes(router& r, chat_deps d) {
   auto* sys = &d.sys;

@@ -31,6 +31,8 @@ using budget_atom = caf::atom_constant<caf::atom("budget")>;
 using cache_atom = caf::atom_constant<caf::atom("cache")>;
 /// Empty the tenant's response cache (admin).
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
+/// The tenant's current rate-limit state, for the headers of non-chat responses.
+using limits_atom = caf::atom_constant<caf::atom("limits")>;
 
 /// One chat message: role and the OpenAI message object as JSON text (content may be a
 /// string or an array of parts; tool fields pass through).

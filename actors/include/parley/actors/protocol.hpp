@@ -61,6 +61,8 @@ using tenant_actor = caf::typed_actor<
   caf::reacts_to<budget_atom, int64_t, int64_t>,
   /// A completed stateless turn for the response cache: key, deltas, finish reason, usage.
   caf::reacts_to<cache_atom, std::string, std::vector<std::string>, std::string, int64_t, int64_t>,
+  /// The current rate-limit state (after applying the given config JSON), taking nothing.
+  caf::replies_to<limits_atom, std::string>::with<rate_snapshot>,
   /// Empties the response cache; answers the number of entries dropped.
   caf::replies_to<flush_atom>::with<int64_t>,
   /// A conversation was deleted: stop its actor.

@@ -2,6 +2,7 @@
 
 #include "parley/actors/protocol.hpp"
 #include "parley/actors/services.hpp"
+#include "parley/net/middleware.hpp"
 #include "parley/net/router.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/persistence/store.hpp"
@@ -31,6 +32,15 @@ struct chat_deps {
 /// events back as one JSON body or as an SSE stream. A client that goes away cancels the
 /// upstream call.
 void add_chat_routes(router& r, chat_deps deps);
+
+/// Adds OpenAI's x-ratelimit-* headers and the IETF draft's RateLimit-Policy / RateLimit for
+/// the limits the snapshot shows configured (call before the exchange responds).
+void add_rate_headers(exchange& ex, const actors::rate_snapshot& r);
+
+/// Middleware: every authenticated /v1 response other than chat completions (which get them
+/// from admission) carries the tenant's rate-limit headers, asked of its tenant actor.
+std::unique_ptr<middleware> make_rate_headers(caf::actor_system& sys,
+                                              actors::tenant_directory_actor directory);
 
 /// Adds the server-side conversations API: POST/GET /v1/conversations,
 /// GET/DELETE /v1/conversations/{id}, GET /v1/conversations/{id}/items. Every id is looked
