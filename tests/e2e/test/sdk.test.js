@@ -11,7 +11,8 @@ let client;
 
 before(async () => {
   node = await startParley();
-  tenant = await node.tenantKey('e2e-main');
+  // Generous limits, so that every response carries the rate-limit headers.
+  tenant = await node.tenantKey('e2e-main', { limits: { requests_per_minute: 1000, tokens_per_minute: 1000000 } });
   client = new OpenAI({ apiKey: tenant.key, baseURL: node.baseURL, maxRetries: 0, timeout: 15000 });
 });
 
@@ -74,6 +75,21 @@ describe('parley with the official openai SDK', { timeout: 60000 }, () => {
     runner.on('chunk', (chunk) => conforms('CreateChatCompletionStreamResponse', chunk));
     const final = await runner.finalChatCompletion();
     assert.equal(final.choices[0].message.content, 'helper assembled text');
+  });
+
+  test('responses carry the rate-limit headers and the SDK still parses them', async () => {
+    const { data, response } = await client.chat.completions
+      .create({ model: 'parley-echo', messages: [{ role: 'user', content: 'with headers' }] })
+      .withResponse();
+    conforms('CreateChatCompletionResponse', data);
+    assert.equal(data.choices[0].message.content, 'with headers');
+    assert.equal(response.headers.get('x-ratelimit-limit-requests'), '1000');
+    assert.ok(Number(response.headers.get('x-ratelimit-remaining-requests')) < 1000);
+    assert.equal(response.headers.get('x-ratelimit-limit-tokens'), '1000000');
+    assert.ok(response.headers.get('ratelimit-policy').includes('"requests";q=1000;w=60'));
+    assert.ok(response.headers.get('x-request-id'));
+    const models = await client.models.list().withResponse();
+    assert.equal(models.response.headers.get('x-ratelimit-limit-requests'), '1000');
   });
 
   test('max_tokens cuts the reply with finish_reason length', async () => {
