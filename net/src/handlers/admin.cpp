@@ -1,6 +1,7 @@
 #include "parley/net/admin_api.hpp"
 
 #include "parley/net/store_call.hpp"
+#include "parley/net/tenant_lookup.hpp"
 
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
@@ -256,18 +257,14 @@ void add_admin_routes(router& r, admin_deps d) {
                    auto fail = [ex](const caf::error&) {
                      ex->respond_error({api_errc::unavailable, "The tenant is unavailable; retry later.", ""});
                    };
-                   self->request(dir, std::chrono::seconds(5), actors::locate_atom::value, id)
-                     .then([=](actors::tenant_manager_actor mgr) {
-                       self->request(mgr, std::chrono::seconds(5), actors::tenant_atom::value, id)
-                         .then([=](actors::tenant_actor t) {
-                           self->request(t, std::chrono::seconds(5), actors::flush_atom::value)
-                             .then([ex, id](int64_t n) {
-                               ex->respond_json(http::status::ok,
-                                                {{"tenant_id", id}, {"object", "cache.flushed"},
-                                                 {"entries", n}});
-                             }, fail);
-                         }, fail);
-                     }, fail);
+                   with_tenant(self, dir, id, [=](actors::tenant_actor t) {
+                     self->request(t, std::chrono::seconds(5), actors::flush_atom::value)
+                       .then([ex, id](int64_t n) {
+                         ex->respond_json(http::status::ok, {{"tenant_id", id},
+                                                             {"object", "cache.flushed"},
+                                                             {"entries", n}});
+                       }, fail);
+                   }, fail);
                  });
                });
   });

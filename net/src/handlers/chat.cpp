@@ -1,4 +1,5 @@
 #include "parley/net/chat_api.hpp"
+#include "parley/net/tenant_lookup.hpp"
 
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/response_cache.hpp"
@@ -326,60 +327,52 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
                          ""});
     self->quit();
   };
-  self->request(dir, 5s, actors::locate_atom::value, tenant_id)
-    .then(
-      [=](actors::tenant_manager_actor mgr) mutable {
-        self->request(mgr, 5s, actors::tenant_atom::value, tenant_id)
-          .then(
-            [=](actors::tenant_actor t) mutable {
-              self->request(t, 10s, actors::chat_atom::value, std::move(req), me)
-                .then(
-                  [=](caf::actor producer, const actors::rate_snapshot& limits,
-                      const actors::chat_failure& refused) {
-                    auto& s = self->state;
-                    add_rate_headers(*s.ex, limits);
-                    static const char* cache_names[] = {"", "hit", "miss", "bypass"};
-                    if (limits.cache > 0 && limits.cache < 4)
-                      s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
-                    if (!producer) {
-                      // Refused at admission (model, limits): answer now.
-                      if (refused.retry_after_ms > 0)
-                        s.ex->add_header("Retry-After",
-                                         std::to_string((refused.retry_after_ms + 999) / 1000));
-                      if (!s.cancelled)
-                        s.ex->respond_error(to_api(refused));
-                      self->quit();
-                      return;
-                    }
-                    s.producer = producer;
-                    s.admitted = true;
-                    // Events that arrived before this answer, in their order.
-                    auto early = std::move(s.early);
-                    s.early.clear();
-                    for (auto& m : early) {
-                      if (m.match_element<actors::delta_atom>(0))
-                        on_delta(self, m.get_as<std::string>(1));
-                      else if (m.match_element<actors::done_atom>(0))
-                        on_done(self, m.get_as<actors::chat_done>(1));
-                      else
-                        on_failed(self, m.get_as<actors::chat_failure>(1));
-                    }
-                    if (s.finished)
-                      return;
-                    // If the producer dies without a word (a crash), we must still answer.
-                    if (producer)
-                      self->monitor(producer);
-                    if (s.cancelled) {
-                      if (producer)
-                        self->send(producer, actors::cancel_atom::value, s.req.request_id);
-                      self->quit();
-                    }
-                  },
-                  fail_now);
-            },
-            fail_now);
-      },
-      fail_now);
+  with_tenant(self, dir, tenant_id, [=](actors::tenant_actor t) mutable {
+    self->request(t, 10s, actors::chat_atom::value, std::move(req), me)
+      .then(
+        [=](caf::actor producer, const actors::rate_snapshot& limits,
+            const actors::chat_failure& refused) {
+          auto& s = self->state;
+          add_rate_headers(*s.ex, limits);
+          static const char* cache_names[] = {"", "hit", "miss", "bypass"};
+          if (limits.cache > 0 && limits.cache < 4)
+            s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
+          if (!producer) {
+            // Refused at admission (model, limits): answer now.
+            if (refused.retry_after_ms > 0)
+              s.ex->add_header("Retry-After",
+                               std::to_string((refused.retry_after_ms + 999) / 1000));
+            if (!s.cancelled)
+              s.ex->respond_error(to_api(refused));
+            self->quit();
+            return;
+          }
+          s.producer = producer;
+          s.admitted = true;
+          // Events that arrived before this answer, in their order.
+          auto early = std::move(s.early);
+          s.early.clear();
+          for (auto& m : early) {
+            if (m.match_element<actors::delta_atom>(0))
+              on_delta(self, m.get_as<std::string>(1));
+            else if (m.match_element<actors::done_atom>(0))
+              on_done(self, m.get_as<actors::chat_done>(1));
+            else
+              on_failed(self, m.get_as<actors::chat_failure>(1));
+          }
+          if (s.finished)
+            return;
+          // If the producer dies without a word (a crash), we must still answer.
+          if (producer)
+            self->monitor(producer);
+          if (s.cancelled) {
+            if (producer)
+              self->send(producer, actors::cancel_atom::value, s.req.request_id);
+            self->quit();
+          }
+        },
+        fail_now);
+  }, fail_now);
   return {
     [=](actors::delta_atom, std::string& content) {
       if (!self->state.admitted)
@@ -450,17 +443,13 @@ public:
     // Parked until the tenant actor answers; the exchange resumes either way.
     sys_.spawn([ex, dir, tenant_id, config](caf::event_based_actor* self) {
       auto resume = [ex](const caf::error&) { ex->resume(); };
-      self->request(dir, 5s, actors::locate_atom::value, tenant_id)
-        .then([=](actors::tenant_manager_actor mgr) {
-          self->request(mgr, 5s, actors::tenant_atom::value, tenant_id)
-            .then([=](actors::tenant_actor t) {
-              self->request(t, 5s, actors::limits_atom::value, config)
-                .then([ex](const actors::rate_snapshot& snap) {
-                  add_rate_headers(*ex, snap);
-                  ex->resume();
-                }, resume);
-            }, resume);
-        }, resume);
+      with_tenant(self, dir, tenant_id, [=](actors::tenant_actor t) {
+        self->request(t, 5s, actors::limits_atom::value, config)
+          .then([ex](const actors::rate_snapshot& snap) {
+            add_rate_headers(*ex, snap);
+            ex->resume();
+          }, resume);
+      }, resume);
     });
     return filter_status::stop;
   }

@@ -1,6 +1,7 @@
 #include "parley/net/chat_api.hpp"
 
 #include "parley/net/store_call.hpp"
+#include "parley/net/tenant_lookup.hpp"
 #include "parley/persistence/ids.hpp"
 
 #include <caf/all.hpp>
@@ -77,14 +78,9 @@ void answer_store_error(const exchange_ptr& ex, const store_error& e, const std:
 void forget(caf::actor_system& sys, actors::tenant_directory_actor dir, std::string tenant_id,
             std::string conversation_id) {
   sys.spawn([=](caf::event_based_actor* self) {
-    self->request(dir, 5s, actors::locate_atom::value, tenant_id)
-      .then(
-        [=](actors::tenant_manager_actor mgr) {
-          self->request(mgr, 5s, actors::tenant_atom::value, tenant_id)
-            .then([=](actors::tenant_actor t) { self->send(t, actors::forget_atom::value, conversation_id); },
-                  [](caf::error&) {});
-        },
-        [](caf::error&) {});
+    with_tenant(self, dir, tenant_id,
+                [=](actors::tenant_actor t) { self->send(t, actors::forget_atom::value, conversation_id); },
+                [](const caf::error&) {});
   });
 }
 
