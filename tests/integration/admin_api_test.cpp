@@ -167,6 +167,12 @@ TEST_CASE("an API key works end to end until it is revoked", "[admin][auth][inte
   CHECK(mj["data"][0]["id"] == "parley-echo");
   CHECK(mj["data"][0]["object"] == "model");
 
+  auto one = fetch(port, http::verb::get, "/v1/models/parley-echo", {}, bearer(key));
+  REQUIRE(one.status == 200);
+  CHECK(json::parse(one.body)["id"] == "parley-echo");
+  CHECK(json::parse(one.body)["object"] == "model");
+  expect_error(fetch(port, http::verb::get, "/v1/models/gpt-nope", {}, bearer(key)), 404, "model_not_found");
+
   // Listing never shows secrets.
   auto list = admin_call(port, http::verb::get, "/admin/v1/tenants/" + t["id"].get<std::string>() + "/keys");
   REQUIRE(list.status == 200);

@@ -312,6 +312,17 @@ void add_model_routes(router& r, std::vector<model_info> models) {
                         {"owned_by", m.owned_by}});
     ex->respond_json(http::status::ok, {{"object", "list"}, {"data", data}});
   });
+  r.add(http::verb::get, "/v1/models/{model}", [models](const exchange_ptr& ex) {
+    auto& p = ex->ctx().principal;
+    auto& id = ex->ctx().param("model");
+    for (auto& m : models)
+      if (m.id == id && p && p->config.allows(m.id))
+        return ex->respond_json(http::status::ok, {{"id", m.id}, {"object", "model"},
+                                                   {"created", m.created}, {"owned_by", m.owned_by}});
+    ex->respond_error({api_errc::model_not_found,
+                       "The model `" + id + "` does not exist or you do not have access to it.",
+                       "model"});
+  });
 }
 
 } // namespace parley::net

@@ -47,6 +47,12 @@ describe('parley with the official openai SDK', () => {
     assert.ok(page.data.some((m) => m.id === 'parley-echo'), JSON.stringify(page.data));
   });
 
+  test('1b. models.retrieve() returns one model in the official shape', T, async () => {
+    const m = await client.models.retrieve('parley-echo');
+    conforms('Model', m);
+    assert.equal(m.id, 'parley-echo');
+  });
+
   test('2. a non-streaming completion echoes the message, finish_reason stop, consistent usage', T, async () => {
     const res = await client.chat.completions.create(ask('hello e2e world'));
     conforms('CreateChatCompletionResponse', res);

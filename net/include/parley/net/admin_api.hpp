@@ -36,8 +36,9 @@ struct model_info {
   int64_t created = 0; ///< Unix seconds
 };
 
-/// Adds GET /v1/models: the node's models that the caller's tenant may use, in OpenAI's
-/// list shape. `models` is fixed at start-up.
+/// Adds GET /v1/models (the node's models that the caller's tenant may use, in OpenAI's list
+/// shape) and GET /v1/models/{model} (one of them, else 404 model_not_found). `models` is
+/// fixed at start-up.
 void add_model_routes(router& r, std::vector<model_info> models);
 
 } // namespace parley::net
