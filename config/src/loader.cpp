@@ -105,6 +105,21 @@ void read_toml(const std::string& name, const toml::node& n, std::vector<std::st
   }
 }
 
+void read_toml(const std::string& name, const toml::node& n, std::vector<int>& out) {
+  auto* arr = n.as_array();
+  if (!arr)
+    fail(name, std::string("expected an array of integers, got ") + toml_type_name(n));
+  out.clear();
+  for (auto& e : *arr) {
+    if (!e.is_integer())
+      fail(name, "expected an array of integers");
+    auto v = *e.value<int64_t>();
+    if (v < INT32_MIN || v > INT32_MAX)
+      fail(name, "integer out of range");
+    out.push_back(static_cast<int>(v));
+  }
+}
+
 void read_env(const std::string& name, const std::string& v, std::string& out) { out = v; }
 void read_env(const std::string& name, const std::string& v, int& out) {
   auto n = parse_env_int(name, v);
@@ -130,6 +145,19 @@ void read_env(const std::string& name, const std::string& v, std::vector<std::st
       out.push_back(item);
 }
 
+void read_env(const std::string& name, const std::string& v, std::vector<int>& out) {
+  out.clear();
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) {
+      auto n = parse_env_int(name, item);
+      if (n < INT32_MIN || n > INT32_MAX)
+        fail(name, "integer out of range");
+      out.push_back(static_cast<int>(n));
+    }
+}
+
 std::string show_value(const std::string& v) { return "\"" + v + "\""; }
 std::string show_value(int v) { return std::to_string(v); }
 std::string show_value(std::size_t v) { return std::to_string(v); }
@@ -141,7 +169,15 @@ std::string show_value(const std::vector<std::string>& v) {
   return out + "]";
 }
 
+std::string show_value(const std::vector<int>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out += (i ? ", " : "") + std::to_string(v[i]);
+  return out + "]";
+}
+
 template <class T> const char* type_name();
+template <> const char* type_name<std::vector<int>>() { return "integer list"; }
 template <> const char* type_name<std::string>() { return "string"; }
 template <> const char* type_name<int>() { return "integer"; }
 template <> const char* type_name<std::size_t>() { return "integer"; }
@@ -262,6 +298,46 @@ const std::vector<field>& fields() {
          "not served otherwise; empty = none"),
     make("upstream", "key", &settings::upstream, &upstream_settings::key,
          "Bearer key sent to the upstream (never logged)", true),
+    make("resilience", "connect_timeout_ms", &settings::resilience, &resilience_settings::connect_timeout_ms,
+         "Upstream DNS lookup and TCP connect must finish within this; else the attempt fails (retried)"),
+    make("resilience", "tls_timeout_ms", &settings::resilience, &resilience_settings::tls_timeout_ms,
+         "Upstream TLS handshake must finish within this; else the attempt fails (retried)"),
+    make("resilience", "first_byte_timeout_ms", &settings::resilience, &resilience_settings::first_byte_timeout_ms,
+         "After the request is sent, the upstream's response header must arrive within this; else 504"),
+    make("resilience", "idle_timeout_ms", &settings::resilience, &resilience_settings::idle_timeout_ms,
+         "Longest silence inside an upstream's streamed body; else 504, or an error event mid-stream"),
+    make("resilience", "total_timeout_ms", &settings::resilience, &resilience_settings::total_timeout_ms,
+         "A non-streaming call must complete within this, all attempts and fallbacks included; else 504"),
+    make("resilience", "max_attempts", &settings::resilience, &resilience_settings::max_attempts,
+         "Tries per model, the first included (1 = no retries)"),
+    make("resilience", "backoff_base_ms", &settings::resilience, &resilience_settings::backoff_base_ms,
+         "Retry backoff: uniform random in [0, min(backoff_max_ms, backoff_base_ms x 2^(retry-1))]"),
+    make("resilience", "backoff_max_ms", &settings::resilience, &resilience_settings::backoff_max_ms,
+         "Largest retry backoff"),
+    make("resilience", "retry_after_max_ms", &settings::resilience, &resilience_settings::retry_after_max_ms,
+         "An upstream Retry-After up to this is waited for before the retry; a longer one is not retried"),
+    make("resilience", "retry_budget_percent", &settings::resilience, &resilience_settings::retry_budget_percent,
+         "Retries to one deployment may be at most this percentage of its requests in the last 10 s..."),
+    make("resilience", "retry_budget_min_per_second", &settings::resilience, &resilience_settings::retry_budget_min_per_second,
+         "...or this many per second, whichever is more"),
+    make("resilience", "retry_statuses", &settings::resilience, &resilience_settings::retry_statuses,
+         "Upstream HTTP statuses that are retried (connect failures and resets before the first byte always are)"),
+    make("resilience", "breaker_failures", &settings::resilience, &resilience_settings::breaker_failures,
+         "Consecutive failures of a deployment that open its circuit breaker; 0 = off"),
+    make("resilience", "breaker_failure_percent", &settings::resilience, &resilience_settings::breaker_failure_percent,
+         "Failure percentage in the breaker window that opens the circuit; 0 = off"),
+    make("resilience", "breaker_window_seconds", &settings::resilience, &resilience_settings::breaker_window_seconds,
+         "Sliding window of the failure percentage"),
+    make("resilience", "breaker_min_requests", &settings::resilience, &resilience_settings::breaker_min_requests,
+         "The failure percentage counts only with at least this many requests in the window"),
+    make("resilience", "breaker_open_ms", &settings::resilience, &resilience_settings::breaker_open_ms,
+         "An open circuit fails calls at once for this long, then lets probes through (half-open)"),
+    make("resilience", "breaker_half_open_probes", &settings::resilience, &resilience_settings::breaker_half_open_probes,
+         "Concurrent probe calls while half-open; a successful probe closes the circuit, a failed one reopens it"),
+    make("resilience", "lb", &settings::resilience, &resilience_settings::lb,
+         "Balancing over a route's deployments: least_outstanding (two random choices by in-flight x latency / weight) or weighted (random by weight)"),
+    make("resilience", "fallback_on", &settings::resilience, &resilience_settings::fallback_on,
+         "Failure classes that move a call to the route's next fallback model: connect, rate_limited, server_error, timeout, breaker_open"),
   };
   return all;
 }
@@ -272,8 +348,60 @@ void check_range(const std::string& name, int64_t v, int64_t lo, int64_t hi) {
                  std::to_string(hi) + "]");
 }
 
-/// [[routes]]: an array of tables, each a route_settings.
-void read_routes(const toml::node& node, std::vector<route_settings>& out) {
+/// A [[routes]] key that overrides a [resilience] key for that route: read through the
+/// [resilience] field on a scratch tree, so types and messages stay the same.
+bool read_route_resilience(const std::string& name, const std::string& k, const toml::node& value,
+                           route_settings& r) {
+  auto it = std::find_if(fields().begin(), fields().end(), [&](const field& f) {
+    return f.info.section == "resilience" && f.info.key == k;
+  });
+  if (it == fields().end())
+    return false;
+  settings scratch;
+  scratch.resilience = r.resilience;
+  try {
+    it->from_toml(scratch, value);
+  } catch (const config_error& e) {
+    std::string msg = e.what();
+    auto pos = msg.find("resilience." + k);
+    if (pos != std::string::npos)
+      msg.replace(pos, k.size() + 11, name);
+    throw config_error(msg);
+  }
+  r.resilience = scratch.resilience;
+  r.overridden.push_back(k);
+  return true;
+}
+
+void read_deployments(const std::string& name, const toml::node& node, route_settings& r) {
+  auto* arr = node.as_array();
+  if (!arr)
+    fail(name, "expected [[routes.deployments]] tables");
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    auto dname = name + "[" + std::to_string(i) + "]";
+    auto* t = (*arr)[i].as_table();
+    if (!t)
+      fail(dname, "expected a table");
+    deployment_settings d;
+    for (auto& [key, value] : *t) {
+      std::string k(key.str());
+      auto field = dname + "." + k;
+      if (k == "name") read_toml(field, value, d.name);
+      else if (k == "provider") read_toml(field, value, d.provider);
+      else if (k == "base_url") read_toml(field, value, d.base_url);
+      else if (k == "api_key_env") read_toml(field, value, d.api_key_env);
+      else if (k == "upstream_model") read_toml(field, value, d.upstream_model);
+      else if (k == "weight") read_toml(field, value, d.weight);
+      else fail(field, "unknown key (name, provider, base_url, api_key_env, upstream_model, weight)");
+    }
+    r.deployments.push_back(std::move(d));
+  }
+}
+
+/// [[routes]]: an array of tables, each a route_settings. Read after [resilience] and the
+/// environment, so a route starts from the effective [resilience] values.
+void read_routes(const toml::node& node, const resilience_settings& defaults,
+                 std::vector<route_settings>& out) {
   auto* arr = node.as_array();
   if (!arr)
     fail("routes", "expected [[routes]] tables");
@@ -283,6 +411,7 @@ void read_routes(const toml::node& node, std::vector<route_settings>& out) {
     if (!t)
       fail(name, "expected a table");
     route_settings r;
+    r.resilience = defaults;
     for (auto& [key, value] : *t) {
       std::string k(key.str());
       auto field = name + "." + k;
@@ -292,10 +421,51 @@ void read_routes(const toml::node& node, std::vector<route_settings>& out) {
       else if (k == "base_url") read_toml(field, value, r.base_url);
       else if (k == "api_key_env") read_toml(field, value, r.api_key_env);
       else if (k == "context_tokens") read_toml(field, value, r.context_tokens);
-      else fail(field, "unknown key (model, provider, upstream_model, base_url, api_key_env, context_tokens)");
+      else if (k == "fallbacks") read_toml(field, value, r.fallbacks);
+      else if (k == "deployments") read_deployments(field, value, r);
+      else if (!read_route_resilience(field, k, value, r))
+        fail(field, "unknown key (model, provider, upstream_model, base_url, api_key_env, "
+                    "context_tokens, fallbacks, deployments, or a [resilience] key)");
     }
     out.push_back(std::move(r));
   }
+}
+
+void validate_resilience(const std::string& prefix, const resilience_settings& r) {
+  auto k = [&](const char* key) { return prefix + key; };
+  check_range(k("connect_timeout_ms"), r.connect_timeout_ms, 1, 600000);
+  check_range(k("tls_timeout_ms"), r.tls_timeout_ms, 1, 600000);
+  check_range(k("first_byte_timeout_ms"), r.first_byte_timeout_ms, 1, 3600000);
+  check_range(k("idle_timeout_ms"), r.idle_timeout_ms, 1, 3600000);
+  check_range(k("total_timeout_ms"), r.total_timeout_ms, 1, 3600000);
+  check_range(k("max_attempts"), r.max_attempts, 1, 10);
+  check_range(k("backoff_base_ms"), r.backoff_base_ms, 0, 60000);
+  check_range(k("backoff_max_ms"), r.backoff_max_ms, 0, 600000);
+  check_range(k("retry_after_max_ms"), r.retry_after_max_ms, 0, 600000);
+  check_range(k("retry_budget_percent"), r.retry_budget_percent, 0, 100);
+  check_range(k("retry_budget_min_per_second"), r.retry_budget_min_per_second, 0, 100000);
+  for (auto st : r.retry_statuses)
+    if (st < 400 || st > 599)
+      fail(k("retry_statuses"), std::to_string(st) + " is not an HTTP error status (400-599)");
+  check_range(k("breaker_failures"), r.breaker_failures, 0, 1000000);
+  check_range(k("breaker_failure_percent"), r.breaker_failure_percent, 0, 100);
+  check_range(k("breaker_window_seconds"), r.breaker_window_seconds, 1, 3600);
+  check_range(k("breaker_min_requests"), r.breaker_min_requests, 1, 1000000);
+  check_range(k("breaker_open_ms"), r.breaker_open_ms, 1, 3600000);
+  check_range(k("breaker_half_open_probes"), r.breaker_half_open_probes, 1, 1000);
+  if (r.lb != "least_outstanding" && r.lb != "weighted")
+    fail(k("lb"), "'" + r.lb + "' is not least_outstanding or weighted");
+  static const char* classes[] = {"connect", "rate_limited", "server_error", "timeout", "breaker_open"};
+  for (auto& c : r.fallback_on)
+    if (std::find_if(std::begin(classes), std::end(classes), [&](const char* x) { return c == x; }) ==
+        std::end(classes))
+      fail(k("fallback_on"), "'" + c + "' is not connect, rate_limited, server_error, timeout or breaker_open");
+}
+
+bool valid_env_name(const std::string& v) {
+  return std::all_of(v.begin(), v.end(), [](unsigned char c) {
+    return std::isupper(c) || std::isdigit(c) || c == '_';
+  });
 }
 
 } // namespace
@@ -395,19 +565,47 @@ void validate(const settings& s) {
     models.push_back(r.model);
     if (r.provider != "openai" && r.provider != "builtin")
       fail(name + ".provider", "'" + r.provider + "' is not openai or builtin");
-    if (r.provider == "openai" && r.base_url.rfind("http://", 0) != 0 &&
+    if (r.deployments.empty() && r.provider == "openai" && r.base_url.rfind("http://", 0) != 0 &&
         r.base_url.rfind("https://", 0) != 0)
-      fail(name + ".base_url", "an openai route needs an http:// or https:// base_url");
+      fail(name + ".base_url", "an openai route needs an http:// or https:// base_url (or deployments)");
     if (r.provider == "builtin" &&
         (r.upstream_model.empty() ? r.model : r.upstream_model) != "parley-echo")
       fail(name + ".upstream_model", "the builtin provider serves only parley-echo");
-    if (!std::all_of(r.api_key_env.begin(), r.api_key_env.end(), [](unsigned char c) {
-          return std::isupper(c) || std::isdigit(c) || c == '_';
-        }))
+    if (!valid_env_name(r.api_key_env))
       fail(name + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
     if (r.context_tokens < 0 || r.context_tokens > 10000000)
       fail(name + ".context_tokens", "must be between 0 and 10000000");
+    validate_resilience(name + ".", r.resilience);
+    std::vector<std::string> names;
+    for (std::size_t j = 0; j < r.deployments.size(); ++j) {
+      auto& d = r.deployments[j];
+      auto dn = name + ".deployments[" + std::to_string(j) + "]";
+      if (d.provider != "openai" && d.provider != "builtin")
+        fail(dn + ".provider", "'" + d.provider + "' is not openai or builtin");
+      if (d.provider == "openai" && d.base_url.rfind("http://", 0) != 0 &&
+          d.base_url.rfind("https://", 0) != 0)
+        fail(dn + ".base_url", "an openai deployment needs an http:// or https:// base_url");
+      if (!valid_env_name(d.api_key_env))
+        fail(dn + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
+      check_range(dn + ".weight", d.weight, 1, 1000000);
+      auto label = d.name.empty() ? d.base_url : d.name;
+      if (std::find(names.begin(), names.end(), label) != names.end())
+        fail(dn + ".name", "two deployments of one route need distinct names");
+      names.push_back(label);
+    }
   }
+  for (std::size_t i = 0; i < s.routes.size(); ++i) {
+    auto name = "routes[" + std::to_string(i) + "].fallbacks";
+    for (auto& fb : s.routes[i].fallbacks) {
+      if (fb == s.routes[i].model)
+        fail(name, "a route cannot fall back to itself");
+      bool known = std::find(models.begin(), models.end(), fb) != models.end() ||
+                   (fb == "parley-echo" && s.chat.echo_enabled);
+      if (!known)
+        fail(name, "'" + fb + "' is not a routed model");
+    }
+  }
+  validate_resilience("resilience.", s.resilience);
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)
     fail("upstream.url", "must start with http:// or https://");
@@ -415,8 +613,9 @@ void validate(const settings& s) {
 
 settings load(const std::string& path, const std::map<std::string, std::string>& env) {
   settings s;
+  const toml::node* routes_node = nullptr;
+  toml::table root;
   if (!path.empty()) {
-    toml::table root;
     try {
       root = toml::parse_file(path);
     } catch (const toml::parse_error& e) {
@@ -428,7 +627,7 @@ settings load(const std::string& path, const std::map<std::string, std::string>&
     for (auto& [sec_key, sec_node] : root) {
       std::string section(sec_key.str());
       if (section == "routes") {
-        read_routes(sec_node, s.routes);
+        routes_node = &sec_node;
         continue;
       }
       auto* table = sec_node.as_table();
@@ -450,6 +649,8 @@ settings load(const std::string& path, const std::map<std::string, std::string>&
     if (it != env.end())
       f.from_env(s, it->second);
   }
+  if (routes_node)
+    read_routes(*routes_node, s.resilience, s.routes);
   validate(s);
   return s;
 }

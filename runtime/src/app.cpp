@@ -6,6 +6,7 @@
 #include "parley/net/chat_api.hpp"
 #include "parley/net/middlewares.hpp"
 #include "parley/net/openai_provider.hpp"
+#include "parley/net/resilience.hpp"
 #include "parley/net/ops.hpp"
 #include "parley/net/server.hpp"
 #include "parley/persistence/executor.hpp"
@@ -34,6 +35,23 @@
 #include <thread>
 
 namespace parley::runtime {
+
+net::route_policy to_route_policy(const config::resilience_settings& r) {
+  net::route_policy p;
+  p.lb = r.lb;
+  p.total_timeout_ms = r.total_timeout_ms;
+  p.retry.max_attempts = r.max_attempts;
+  p.retry.backoff_base_ms = r.backoff_base_ms;
+  p.retry.backoff_max_ms = r.backoff_max_ms;
+  p.retry.retry_after_max_ms = r.retry_after_max_ms;
+  p.retry.budget_ratio = r.retry_budget_percent / 100.0;
+  p.retry.budget_min_per_second = r.retry_budget_min_per_second;
+  p.retry.statuses = r.retry_statuses;
+  p.fallback_on.clear();
+  for (auto& c : r.fallback_on)
+    p.fallback_on.push_back(net::parse_failure_class(c));
+  return p;
+}
 
 log::logger_ptr make_logger(const config::log_settings& s, bool async) {
   std::vector<spdlog::sink_ptr> sinks;
@@ -123,6 +141,9 @@ struct app::impl {
   std::unique_ptr<tenants::admin_ops> ops;
   std::unique_ptr<tenants::usage_batcher> usage;
   std::shared_ptr<const actors::route_table> routes;
+  std::vector<actors::route> named_routes;
+  std::shared_ptr<actors::provider_port> any_model;
+  std::vector<std::shared_ptr<net::resilient_route>> resilient_routes;
   std::unique_ptr<caf::actor_system_config> caf_cfg;
   std::unique_ptr<caf::actor_system> sys;
   actors::tenant_manager_actor tenant_manager;
@@ -227,61 +248,130 @@ struct app::impl {
     }
   }
 
+  /// Every model this node serves becomes a resilient route over its deployments; then the
+  /// fallbacks are linked by name. Upstream clients (connection pools) are shared by
+  /// deployments with the same URL, key and timeouts.
+  void build_routes(const std::shared_ptr<actors::provider_port>& echo) {
+    std::map<std::string, std::shared_ptr<actors::provider_port>> clients;
+    auto client_for = [&](const std::string& url, const std::string& key,
+                          const config::resilience_settings& r) {
+      net::upstream_client_settings cs;
+      cs.connect_timeout_ms = r.connect_timeout_ms;
+      cs.tls_timeout_ms = r.tls_timeout_ms;
+      cs.first_byte_timeout_ms = r.first_byte_timeout_ms;
+      cs.idle_timeout_ms = r.idle_timeout_ms;
+      auto id = url + '\n' + key + '\n' + std::to_string(cs.connect_timeout_ms) + '/' +
+                std::to_string(cs.tls_timeout_ms) + '/' + std::to_string(cs.first_byte_timeout_ms) +
+                '/' + std::to_string(cs.idle_timeout_ms);
+      auto& c = clients[id];
+      if (!c)
+        c = net::make_openai_provider(*ioc, url, key, cs, logger);
+      return c;
+    };
+    auto key_from_env = [](const std::string& model, const std::string& var) {
+      if (var.empty())
+        return std::string();
+      const char* v = std::getenv(var.c_str());
+      if (!v)
+        throw std::runtime_error("route " + model + ": environment variable " + var + " is not set");
+      return std::string(v);
+    };
+    auto make_route = [&](const std::string& model, const std::string& upstream_model,
+                          const std::vector<config::deployment_settings>& deps,
+                          const config::resilience_settings& r, const std::string* fixed_key = nullptr) {
+      auto policy = to_route_policy(r);
+      net::breaker_policy bp;
+      bp.consecutive_failures = r.breaker_failures;
+      bp.failure_ratio = r.breaker_failure_percent / 100.0;
+      bp.window_seconds = r.breaker_window_seconds;
+      bp.min_requests = r.breaker_min_requests;
+      bp.open_ms = r.breaker_open_ms;
+      bp.half_open_probes = r.breaker_half_open_probes;
+      std::vector<std::shared_ptr<net::deployment>> out;
+      for (auto& d : deps) {
+        std::shared_ptr<actors::provider_port> client;
+        std::string name = d.name;
+        if (d.provider == "builtin") {
+          client = echo;
+          if (name.empty())
+            name = "builtin";
+        } else {
+          client = client_for(d.base_url, fixed_key ? *fixed_key : key_from_env(model, d.api_key_env), r);
+          if (name.empty())
+            name = d.base_url;
+        }
+        out.push_back(std::make_shared<net::deployment>(
+          model.empty() ? "*" : model, name,
+          d.upstream_model.empty() ? upstream_model : d.upstream_model, client, d.weight, bp,
+          policy.retry));
+      }
+      auto route = std::make_shared<net::resilient_route>(*ioc, model, std::move(policy),
+                                                          std::move(out), logger);
+      resilient_routes.push_back(route);
+      return route;
+    };
+    std::map<std::string, std::shared_ptr<net::resilient_route>> by_model;
+    std::vector<std::pair<std::shared_ptr<net::resilient_route>, std::vector<std::string>>> links;
+    if (settings.chat.echo_enabled) {
+      config::deployment_settings d;
+      d.provider = "builtin";
+      auto r = make_route("parley-echo", "parley-echo", {d}, settings.resilience);
+      by_model["parley-echo"] = r;
+      named_routes.push_back({"parley-echo", "parley-echo", r, settings.chat.context_tokens, "parley"});
+    }
+    for (auto& rs : settings.routes) {
+      auto deps = rs.deployments;
+      if (deps.empty()) {
+        config::deployment_settings d;
+        d.provider = rs.provider;
+        d.base_url = rs.base_url;
+        d.api_key_env = rs.api_key_env;
+        deps.push_back(d);
+      }
+      auto upstream_model = rs.upstream_model.empty() ? rs.model : rs.upstream_model;
+      auto r = make_route(rs.model, upstream_model, deps, rs.resilience);
+      // A configured route replaces the built-in one of the same name.
+      named_routes.erase(std::remove_if(named_routes.begin(), named_routes.end(),
+                                        [&](const actors::route& x) { return x.model == rs.model; }),
+                         named_routes.end());
+      by_model[rs.model] = r;
+      named_routes.push_back({rs.model, upstream_model, r,
+                              rs.context_tokens > 0 ? rs.context_tokens : settings.chat.context_tokens,
+                              rs.provider == "builtin" && rs.deployments.empty() ? "parley" : "upstream"});
+      links.emplace_back(r, rs.fallbacks);
+      for (auto& d : deps)
+        log::event(logger, spdlog::level::info, "route")
+          .str("model", rs.model)
+          .str("provider", d.provider)
+          .str("base_url", d.base_url) // never the key
+          .num("weight", d.weight);
+    }
+    for (auto& [route, names] : links) {
+      std::vector<std::shared_ptr<net::resilient_route>> fbs;
+      for (auto& n : names)
+        fbs.push_back(by_model.at(n));
+      route->set_fallbacks(std::move(fbs));
+    }
+    // Quick start: every other model goes to one OpenAI-compatible upstream.
+    if (!settings.upstream.url.empty()) {
+      config::deployment_settings d;
+      d.base_url = settings.upstream.url;
+      // Its key comes from the settings, not an environment variable.
+      any_model = make_route("", "", {d}, settings.resilience, &settings.upstream.key);
+      log::event(logger, spdlog::level::info, "upstream configured")
+        .str("url", settings.upstream.url); // the URL, never the key
+    }
+  }
+
   void start_actors() {
     caf_cfg = std::make_unique<caf::actor_system_config>();
     caf_cfg->set("scheduler.max-threads", settings.actors.scheduler_threads);
     caf_cfg->set("scheduler.max-throughput", settings.actors.max_throughput);
     actors::register_types(*caf_cfg);
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
-    std::vector<actors::route> named;
     auto echo = actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second);
-    if (settings.chat.echo_enabled)
-      named.push_back({"parley-echo", "parley-echo", echo, settings.chat.context_tokens, "parley"});
-    // [[routes]]: one provider (and connection pool) per distinct base URL and key.
-    std::map<std::pair<std::string, std::string>, std::shared_ptr<actors::provider_port>> clients;
-    for (auto& rs : settings.routes) {
-      actors::route r;
-      r.model = rs.model;
-      r.upstream_model = rs.upstream_model.empty() ? rs.model : rs.upstream_model;
-      r.context_tokens = rs.context_tokens > 0 ? rs.context_tokens : settings.chat.context_tokens;
-      if (rs.provider == "builtin") {
-        r.provider = echo;
-        r.owned_by = "parley";
-      } else {
-        std::string key;
-        if (!rs.api_key_env.empty()) {
-          const char* v = std::getenv(rs.api_key_env.c_str());
-          if (!v)
-            throw std::runtime_error("route " + rs.model + ": environment variable " +
-                                     rs.api_key_env + " is not set");
-          key = v;
-        }
-        auto& client = clients[{rs.base_url, key}];
-        if (!client)
-          client = net::make_openai_provider(*ioc, rs.base_url, key, net::upstream_client_settings{},
-                                             logger);
-        r.provider = client;
-        r.owned_by = "upstream";
-      }
-      // A configured route replaces the built-in one of the same name.
-      named.erase(std::remove_if(named.begin(), named.end(),
-                                 [&](const actors::route& x) { return x.model == r.model; }),
-                  named.end());
-      named.push_back(std::move(r));
-      log::event(logger, spdlog::level::info, "route")
-        .str("model", rs.model)
-        .str("provider", rs.provider)
-        .str("base_url", rs.base_url); // never the key
-    }
-    // Quick start: every other model goes to one OpenAI-compatible upstream.
-    std::shared_ptr<actors::provider_port> fallback;
-    if (!settings.upstream.url.empty()) {
-      fallback = net::make_openai_provider(*ioc, settings.upstream.url, settings.upstream.key,
-                                           net::upstream_client_settings{}, logger);
-      log::event(logger, spdlog::level::info, "upstream configured")
-        .str("url", settings.upstream.url); // the URL, never the key
-    }
-    routes = std::make_shared<actors::route_table>(std::move(named), std::move(fallback),
+    build_routes(echo);
+    routes = std::make_shared<actors::route_table>(std::move(named_routes), std::move(any_model),
                                                    settings.chat.context_tokens);
     auto svc = std::make_shared<actors::chat_services>();
     svc->store = store.get();

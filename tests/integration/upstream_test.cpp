@@ -27,6 +27,10 @@ struct upstream_node {
     srv = std::make_unique<server_fixture>([](parley::config::settings& s) {
       s.upstream.url = url;
       s.upstream.key = upstream_key;
+      // These tests look at single failures: no breaker in the way, short backoffs.
+      s.resilience.breaker_failures = 0;
+      s.resilience.breaker_failure_percent = 0;
+      s.resilience.backoff_base_ms = 5;
     });
     auto t = create_tenant(srv->port(), "up");
     key = create_key(srv->port(), t["id"])["key"];

@@ -33,6 +33,7 @@ struct conversation_state {
   std::shared_ptr<call_handle> call;
   std::string reply;              ///< assistant text of the running turn
   int64_t produced = 0;           ///< deltas of the running turn
+  std::string served;             ///< the fallback model serving the running turn, if any
   std::vector<chat_message> fresh;///< the running turn's new messages (committed)
   int64_t prompt_estimate = 0;
   chat_done pending_done;         ///< the upstream finished; waiting for the reply's commit
@@ -175,6 +176,10 @@ void call_upstream(state_ptr self) {
   call.model = r->upstream_model;
   call.max_tokens = turn.req.max_tokens;
   call.extra_json = turn.req.extra_json;
+  call.client_model = turn.req.model;
+  call.client_streaming = turn.req.stream;
+  call.allowed_models = cfg.allowed_models;
+  call.traceparent = turn.req.traceparent;
   if (!build_prompt(cfg, st.history, st.fresh, r->context_tokens, call.messages))
     return fail_turn(self, {chat_error_kind::invalid_request,
                             "The new messages exceed the model's context of " +
@@ -185,13 +190,14 @@ void call_upstream(state_ptr self) {
   st.prompt_estimate = 0;
   for (auto& m : call.messages)
     st.prompt_estimate += estimate_tokens(m.text) + 4;
-  st.call = r->provider->start(std::move(call), caf::actor_cast<caf::actor>(self));
+  st.served.clear();
+  st.call = r->provider->start(std::move(call), actor_listener(caf::actor_cast<caf::actor>(self)));
 }
 
 /// The upstream finished (or was cut off): commit the reply, then tell the client.
 void complete(state_ptr self, chat_done d) {
   auto& s = self->state;
-  d.model = s.queue.front().req.model;
+  d.model = s.served.empty() ? s.queue.front().req.model : s.served;
   d.conversation_id = s.conversation_id;
   s.pending_done = d;
   s.pending_reply = to_chat_message(nlohmann::json{{"role", "assistant"}, {"content", s.reply}}.dump());
@@ -275,6 +281,13 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
           s.call->cancel();
         complete(self, chat_done{"length", s.prompt_estimate, s.produced, "", ""});
       }
+    },
+    [=](served_atom, std::string& model) {
+      auto& s = self->state;
+      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
+        return;
+      s.served = model;
+      self->send(s.queue.front().relay, served_atom::value, std::move(model));
     },
     [=](done_atom, chat_done& d) {
       auto& s = self->state;

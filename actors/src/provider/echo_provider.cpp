@@ -17,13 +17,13 @@ struct echo_state {
   std::size_t next = 0;
   int64_t prompt_tokens = 0;
   std::string finish = "stop";
-  caf::actor listener;
+  std::shared_ptr<call_listener> listener;
   std::chrono::microseconds pace{0};
   static inline const char* name = "parley.echo_call";
 };
 
 caf::behavior echo_call(caf::stateful_actor<echo_state>* self, upstream_call call,
-                        caf::actor listener, int tokens_per_second) {
+                        std::shared_ptr<call_listener> listener, int tokens_per_second) {
   auto& st = self->state;
   st.listener = std::move(listener);
   if (tokens_per_second > 0)
@@ -44,13 +44,13 @@ caf::behavior echo_call(caf::stateful_actor<echo_state>* self, upstream_call cal
     st.words.resize(static_cast<std::size_t>(call.max_tokens));
     st.finish = "length";
   }
-  auto model = call.model;
+  auto model = call.client_model.empty() ? call.model : call.client_model;
   self->send(self, tick_atom::value);
   return {
     [=](tick_atom) {
       auto& s = self->state;
       if (s.next < s.words.size()) {
-        self->send(s.listener, delta_atom::value, s.words[s.next++]);
+        s.listener->on_delta(s.words[s.next++]);
         if (s.pace.count() > 0)
           self->delayed_send(self, s.pace, tick_atom::value);
         else
@@ -62,7 +62,7 @@ caf::behavior echo_call(caf::stateful_actor<echo_state>* self, upstream_call cal
       d.prompt_tokens = s.prompt_tokens;
       d.completion_tokens = static_cast<int64_t>(s.words.size());
       d.model = model;
-      self->send(s.listener, done_atom::value, d);
+      s.listener->on_done(std::move(d));
       self->quit();
     },
   };
@@ -82,7 +82,8 @@ public:
   echo_provider(caf::actor_system& sys, int tokens_per_second)
     : sys_(sys), tps_(tokens_per_second) {}
 
-  std::shared_ptr<call_handle> start(upstream_call call, caf::actor listener) override {
+  std::shared_ptr<call_handle> start(upstream_call call,
+                                     std::shared_ptr<call_listener> listener) override {
     return std::make_shared<echo_handle>(sys_.spawn(echo_call, std::move(call), std::move(listener), tps_));
   }
 
@@ -91,7 +92,29 @@ private:
   int tps_;
 };
 
+class actor_listener_impl final : public call_listener {
+public:
+  explicit actor_listener_impl(caf::actor a) : actor_(std::move(a)) {}
+  void on_delta(std::string content) override {
+    caf::anon_send(actor_, delta_atom::value, std::move(content));
+  }
+  void on_done(chat_done d) override { caf::anon_send(actor_, done_atom::value, std::move(d)); }
+  void on_failed(chat_failure f) override {
+    caf::anon_send(actor_, failed_atom::value, std::move(f));
+  }
+  void on_served(const std::string& model) override {
+    caf::anon_send(actor_, served_atom::value, model);
+  }
+
+private:
+  caf::actor actor_;
+};
+
 } // namespace
+
+std::shared_ptr<call_listener> actor_listener(caf::actor a) {
+  return std::make_shared<actor_listener_impl>(std::move(a));
+}
 
 int64_t estimate_tokens(const std::string& text) {
   return static_cast<int64_t>((text.size() + 3) / 4);

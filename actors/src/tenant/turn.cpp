@@ -90,6 +90,7 @@ struct turn_state {
   int64_t produced = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
   std::vector<std::string> deltas; ///< kept only when the result goes into the response cache
   bool finished = false;
+  std::string served; ///< the fallback model that serves the call ("" = the one asked for)
   static inline const char* name = "parley.turn";
 
   /// Ends the turn exactly once: usage, the tenant's count, the actor.
@@ -115,6 +116,10 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
   call.model = r.upstream_model;
   call.max_tokens = req.max_tokens;
   call.extra_json = req.extra_json;
+  call.client_model = req.model;
+  call.client_streaming = req.stream;
+  call.allowed_models = cfg->allowed_models;
+  call.traceparent = req.traceparent;
   if (!build_prompt(*cfg, {}, req.messages, r.context_tokens, call.messages)) {
     st.req = std::move(req);
     self->send(st.relay, failed_atom::value,
@@ -128,7 +133,7 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
   for (auto& m : call.messages)
     st.prompt_estimate += estimate_tokens(m.text) + 4;
   st.req = std::move(req);
-  st.call = r.provider->start(std::move(call), caf::actor_cast<caf::actor>(self));
+  st.call = r.provider->start(std::move(call), actor_listener(caf::actor_cast<caf::actor>(self)));
   return {
     [=](delta_atom, std::string& content) {
       auto& s = self->state;
@@ -150,9 +155,15 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
         s.finish(self, d, false);
       }
     },
+    [=](served_atom, std::string& model) {
+      // A fallback model serves this call: the client is told which.
+      auto& s = self->state;
+      s.served = model;
+      self->send(s.relay, served_atom::value, std::move(model));
+    },
     [=](done_atom, chat_done& d) {
       auto& s = self->state;
-      d.model = s.req.model; // the client's name for it
+      d.model = s.served.empty() ? s.req.model : s.served; // the client's name for it
       if (!s.req.cache_key.empty())
         caf::anon_send(caf::actor_cast<tenant_actor>(s.tenant), cache_atom::value, s.req.cache_key,
                        std::move(s.deltas), d.finish_reason, d.prompt_tokens, d.completion_tokens);

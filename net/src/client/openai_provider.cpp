@@ -15,7 +15,11 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <ctime>
+#include <iomanip>
 #include <limits>
+#include <sstream>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -26,6 +30,7 @@ namespace {
 using json = nlohmann::json;
 using tcp = asio::ip::tcp;
 using actors::chat_error_kind;
+using actors::failure_cause;
 
 struct endpoint {
   bool tls = false;
@@ -83,6 +88,34 @@ struct upstream {
   }
 };
 
+/// Retry-After (delta-seconds or an HTTP date) or the non-standard retry-after-ms that
+/// OpenAI and Azure send, in milliseconds; 0 when absent or unreadable.
+template <class Fields>
+int64_t retry_after_ms(const Fields& h) {
+  if (auto it = h.find("retry-after-ms"); it != h.end()) {
+    try {
+      auto v = std::stod(std::string(it->value()));
+      if (v >= 0 && v < 86400e3)
+        return static_cast<int64_t>(v);
+    } catch (...) {
+    }
+  }
+  auto it = h.find(http::field::retry_after);
+  if (it == h.end())
+    return 0;
+  std::string v(it->value());
+  if (!v.empty() && std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isdigit(c); }))
+    return v.size() > 6 ? 0 : std::stoll(v) * 1000;
+  std::tm tm{};
+  std::istringstream in(v);
+  in >> std::get_time(&tm, "%a, %d %b %Y %H:%M:%S");
+  if (in.fail())
+    return 0;
+  auto when = std::chrono::system_clock::from_time_t(timegm(&tm));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(when - std::chrono::system_clock::now()).count();
+  return ms > 0 && ms < 86400000 ? ms : 0;
+}
+
 tcp::socket& lowest_socket(beast::tcp_stream& s) { return s.socket(); }
 tcp::socket& lowest_socket(beast::ssl_stream<beast::tcp_stream>& s) {
   return beast::get_lowest_layer(s).socket();
@@ -96,12 +129,14 @@ template <class Stream>
 class call_op : public actors::call_handle,
                 public std::enable_shared_from_this<call_op<Stream>> {
 public:
-  call_op(std::shared_ptr<upstream<Stream>> up, actors::upstream_call call, caf::actor listener)
+  call_op(std::shared_ptr<upstream<Stream>> up, actors::upstream_call call,
+          std::shared_ptr<actors::call_listener> listener)
     : up_(std::move(up)),
       strand_(asio::make_strand(up_->ioc)),
       resolver_(strand_),
       listener_(std::move(listener)),
-      request_id_(call.request_id) {
+      request_id_(call.request_id),
+      client_model_(call.client_model) {
     json body = json::object();
     auto extra = json::parse(call.extra_json, nullptr, false);
     if (extra.is_object())
@@ -126,6 +161,8 @@ public:
     req_.set(http::field::content_type, "application/json");
     req_.set(http::field::accept, "text/event-stream");
     req_.set("x-request-id", request_id_);
+    if (!call.traceparent.empty())
+      req_.set("traceparent", call.traceparent);
     if (!up_->api_key.empty())
       req_.set(http::field::authorization, "Bearer " + up_->api_key);
     req_.keep_alive(true);
@@ -170,16 +207,22 @@ private:
                                                               tcp::resolver::results_type r) {
                               if (ec)
                                 return self->fail(chat_error_kind::upstream_error,
-                                                  "could not resolve the upstream", ec);
+                                                  "could not resolve the upstream", ec,
+                                                  failure_cause::connect);
                               self->make_stream();
                               auto& tcp = tcp_layer(*self->stream_);
                               tcp.expires_after(std::chrono::milliseconds(self->up_->settings.connect_timeout_ms));
                               tcp.async_connect(r, [self](beast::error_code ec2, tcp::endpoint) {
-                                if (ec2)
-                                  return self->fail(ec2 == beast::error::timeout
-                                                      ? chat_error_kind::upstream_timeout
+                                if (ec2) {
+                                  bool t = ec2 == beast::error::timeout;
+                                  return self->fail(t ? chat_error_kind::upstream_timeout
                                                       : chat_error_kind::upstream_error,
-                                                    "could not connect to the upstream", ec2);
+                                                    t ? "the upstream did not accept the connection in time"
+                                                      : "could not connect to the upstream",
+                                                    ec2,
+                                                    t ? failure_cause::connect_timeout
+                                                      : failure_cause::connect);
+                                }
                                 tcp_layer(*self->stream_).socket().set_option(tcp::no_delay(true), ec2);
                                 self->handshake();
                               });
@@ -197,7 +240,9 @@ private:
         // A pooled connection the upstream closed meanwhile: one fresh try.
         if (self->reused_ && !self->finished_)
           return self->connect_new();
-        return self->fail(chat_error_kind::upstream_error, "could not send to the upstream", ec);
+        return self->fail(chat_error_kind::upstream_error, "could not send to the upstream", ec,
+                          ec == beast::error::timeout ? failure_cause::first_byte_timeout
+                                                      : failure_cause::reset);
       }
       self->read_header();
     });
@@ -216,12 +261,19 @@ private:
                                     (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
                                      ec == asio::error::eof))
                                   return self->connect_new();
-                                return self->fail(ec == beast::error::timeout
-                                                    ? chat_error_kind::upstream_timeout
+                                bool t = ec == beast::error::timeout;
+                                return self->fail(t ? chat_error_kind::upstream_timeout
                                                     : chat_error_kind::upstream_error,
-                                                  "the upstream did not answer", ec);
+                                                  t ? "the upstream did not answer in time"
+                                                    : "the upstream closed the connection without answering",
+                                                  ec,
+                                                  t ? failure_cause::first_byte_timeout
+                                                    : failure_cause::reset);
                               }
-                              self->status_ = self->parser_->get().result_int();
+                              auto& h = self->parser_->get();
+                              self->status_ = h.result_int();
+                              if (self->status_ != 200)
+                                self->retry_after_ms_ = retry_after_ms(h);
                               self->read_body();
                             });
   }
@@ -240,11 +292,17 @@ private:
                      [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                        if (ec == http::error::need_buffer)
                          ec = {};
-                       if (ec)
-                         return self->fail(ec == beast::error::timeout
-                                             ? chat_error_kind::upstream_timeout
+                       if (ec) {
+                         bool t = ec == beast::error::timeout;
+                         return self->fail(t ? chat_error_kind::upstream_timeout
                                              : chat_error_kind::upstream_error,
-                                           "the upstream stream broke off", ec);
+                                           t ? "the upstream stream stalled"
+                                             : "the upstream stream broke off",
+                                           ec,
+                                           t ? failure_cause::idle_timeout
+                                             : (self->status_ == 200 ? failure_cause::reset
+                                                                     : failure_cause::status));
+                       }
                        auto n = sizeof self->slice_ - self->parser_->get().body().size;
                        self->on_bytes(std::string_view(self->slice_, n));
                        self->read_body();
@@ -260,7 +318,8 @@ private:
     }
     std::vector<std::string> events;
     if (!sse_.feed(bytes, events))
-      return fail(chat_error_kind::upstream_error, "the upstream sent an oversized event", {});
+      return fail(chat_error_kind::upstream_error, "the upstream sent an oversized event", {},
+                  failure_cause::broken);
     for (auto& data : events)
       on_event(data);
   }
@@ -279,7 +338,7 @@ private:
       auto msg = j["error"].is_object() ? j["error"].value("message", "") : "";
       return fail(chat_error_kind::upstream_error,
                   "the upstream reported an error" + (msg.empty() ? "" : ": " + msg.substr(0, 300)),
-                  {});
+                  {}, failure_cause::broken);
     }
     if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
       prompt_tokens_ = u->value("prompt_tokens", prompt_tokens_);
@@ -294,7 +353,7 @@ private:
       auto content = d->find("content");
       if (content != d->end() && content->is_string() && !content->get<std::string>().empty()) {
         completion_estimate_ += actors::estimate_tokens(content->template get<std::string>());
-        caf::anon_send(listener_, actors::delta_atom::value, content->template get<std::string>());
+        listener_->on_delta(content->template get<std::string>());
       }
     }
     if (auto f = c0.find("finish_reason"); f != c0.end() && f->is_string())
@@ -308,13 +367,15 @@ private:
     if (status_ != 200)
       return fail_status();
     if (finish_reason_.empty() && !done_seen_)
-      return fail(chat_error_kind::upstream_error, "the upstream ended the stream early", {});
+      return fail(chat_error_kind::upstream_error, "the upstream ended the stream early", {},
+                  failure_cause::broken);
     finished_ = true;
     actors::chat_done d;
     d.finish_reason = finish_reason_.empty() ? "stop" : finish_reason_;
     d.prompt_tokens = have_usage_ ? prompt_tokens_ : prompt_estimate_;
     d.completion_tokens = have_usage_ ? completion_tokens_ : completion_estimate_;
-    caf::anon_send(listener_, actors::done_atom::value, d);
+    d.model = client_model_;
+    listener_->on_done(std::move(d));
     if (keep && buffer_.size() == 0) {
       tcp_layer(*stream_).expires_never();
       up_->give_back(std::move(stream_));
@@ -328,22 +389,25 @@ private:
     auto j = json::parse(error_body_, nullptr, false);
     if (j.is_object() && j.contains("error") && j["error"].is_object())
       msg = j["error"].value("message", "");
+    auto st = failure_cause::status;
     if (status_ == 400 || status_ == 422)
       return fail(chat_error_kind::invalid_request,
-                  msg.empty() ? "the upstream rejected the request" : msg.substr(0, 500), {});
+                  msg.empty() ? "the upstream rejected the request" : msg.substr(0, 500), {}, st);
     if (status_ == 404)
-      return fail(chat_error_kind::model_not_found, "the upstream does not serve this model", {});
+      return fail(chat_error_kind::model_not_found, "the upstream does not serve this model", {}, st);
     if (status_ == 429)
-      return fail(chat_error_kind::overloaded, "the upstream is rate limiting; retry later", {});
+      return fail(chat_error_kind::overloaded, "the upstream is rate limiting; retry later", {}, st);
     if (status_ == 401 || status_ == 403)
-      return fail(chat_error_kind::upstream_error, "the upstream refused parley's credentials", {});
+      return fail(chat_error_kind::upstream_error, "the upstream refused parley's credentials", {}, st);
     if (status_ == 504 || status_ == 408)
-      return fail(chat_error_kind::upstream_timeout, "the upstream timed out", {});
+      return fail(chat_error_kind::upstream_timeout, "the upstream timed out", {}, st);
+    if (status_ == 503)
+      return fail(chat_error_kind::overloaded, "the upstream is unavailable; retry later", {}, st);
     fail(chat_error_kind::upstream_error,
-         "the upstream failed with status " + std::to_string(status_), {});
+         "the upstream failed with status " + std::to_string(status_), {}, st);
   }
 
-  void fail(chat_error_kind kind, std::string message, beast::error_code ec) {
+  void fail(chat_error_kind kind, std::string message, beast::error_code ec, failure_cause cause) {
     if (finished_)
       return;
     finished_ = true;
@@ -352,8 +416,8 @@ private:
       .str("upstream_host", up_->ep.host)
       .num("status", status_)
       .str("error", ec ? ec.message() : message);
-    caf::anon_send(listener_, actors::failed_atom::value,
-                   actors::chat_failure{kind, std::move(message), status_});
+    actors::chat_failure f{kind, std::move(message), status_, retry_after_ms_, cause};
+    listener_->on_failed(std::move(f));
     if (stream_) {
       beast::error_code ignored;
       lowest_socket(*stream_).close(ignored);
@@ -364,8 +428,10 @@ private:
   asio::strand<asio::io_context::executor_type> strand_;
   tcp::resolver resolver_;
   std::unique_ptr<Stream> stream_;
-  caf::actor listener_;
+  std::shared_ptr<actors::call_listener> listener_;
   std::string request_id_;
+  std::string client_model_;
+  int64_t retry_after_ms_ = 0;
   http::request<http::string_body> req_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
   beast::flat_buffer buffer_;
@@ -400,12 +466,19 @@ void call_op<beast::ssl_stream<beast::tcp_stream>>::make_stream() {
 }
 template <>
 void call_op<beast::ssl_stream<beast::tcp_stream>>::handshake() {
-  tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.connect_timeout_ms));
+  tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.tls_timeout_ms));
   stream_->async_handshake(asio::ssl::stream_base::client,
                            [self = shared_from_this()](beast::error_code ec) {
-                             if (ec)
-                               return self->fail(chat_error_kind::upstream_error,
-                                                 "TLS handshake with the upstream failed", ec);
+                             if (ec) {
+                               bool t = ec == beast::error::timeout;
+                               return self->fail(t ? chat_error_kind::upstream_timeout
+                                                   : chat_error_kind::upstream_error,
+                                                 t ? "the TLS handshake with the upstream timed out"
+                                                   : "the TLS handshake with the upstream failed",
+                                                 ec,
+                                                 t ? failure_cause::tls_timeout
+                                                   : failure_cause::connect);
+                             }
                              self->write();
                            });
 }
@@ -414,7 +487,8 @@ template <class Stream>
 class openai_provider final : public actors::provider_port {
 public:
   explicit openai_provider(std::shared_ptr<upstream<Stream>> up) : up_(std::move(up)) {}
-  std::shared_ptr<actors::call_handle> start(actors::upstream_call call, caf::actor listener) override {
+  std::shared_ptr<actors::call_handle> start(actors::upstream_call call,
+                                             std::shared_ptr<actors::call_listener> listener) override {
     auto op = std::make_shared<call_op<Stream>>(up_, std::move(call), std::move(listener));
     op->start();
     return op;

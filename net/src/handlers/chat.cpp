@@ -234,6 +234,13 @@ void on_delta(relay_ptr self, const std::string& content) {
   }
 }
 
+/// A fallback model serves the call (before its first delta): chunks and the answer name it.
+void on_served(relay_ptr self, const std::string& model) {
+  auto& s = self->state;
+  if (!s.streaming)
+    s.req.model = model;
+}
+
 /// The end: the last chunks and [DONE], or the JSON body. Then the relay is finished.
 void on_done(relay_ptr self, const actors::chat_done& d) {
   auto& s = self->state;
@@ -357,6 +364,8 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
               on_delta(self, m.get_as<std::string>(1));
             else if (m.match_element<actors::done_atom>(0))
               on_done(self, m.get_as<actors::chat_done>(1));
+            else if (m.match_element<actors::served_atom>(0))
+              on_served(self, m.get_as<std::string>(1));
             else
               on_failed(self, m.get_as<actors::chat_failure>(1));
           }
@@ -378,6 +387,11 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
       if (!self->state.admitted)
         return self->state.early.push_back(caf::make_message(actors::delta_atom::value, std::move(content)));
       on_delta(self, content);
+    },
+    [=](actors::served_atom, std::string& model) {
+      if (!self->state.admitted)
+        return self->state.early.push_back(caf::make_message(actors::served_atom::value, std::move(model)));
+      on_served(self, model);
     },
     [=](actors::done_atom, actors::chat_done& d) {
       if (!self->state.admitted)

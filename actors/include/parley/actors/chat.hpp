@@ -33,6 +33,8 @@ using cache_atom = caf::atom_constant<caf::atom("cache")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
 /// The tenant's current rate-limit state, for the headers of non-chat responses.
 using limits_atom = caf::atom_constant<caf::atom("limits")>;
+/// Which model serves a completion, when a fallback changed it (sent before the first delta).
+using served_atom = caf::atom_constant<caf::atom("served")>;
 
 /// One chat message: role and the OpenAI message object as JSON text (content may be a
 /// string or an array of parts; tool fields pass through).
@@ -67,13 +69,14 @@ struct chat_request {
   /// in), 2 = the client asked to bypass it. cache_key is set for mode 1.
   int8_t cache_mode = 0;
   std::string cache_key;
+  std::string traceparent;      ///< W3C trace context of the request, sent upstream
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
   return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
            x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
-           x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key);
+           x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key, x.traceparent);
 }
 
 /// The end of a completion.
@@ -83,12 +86,15 @@ struct chat_done {
   int64_t completion_tokens = 0;
   std::string model;            ///< the model that served it (as the client named it)
   std::string conversation_id;
+  int64_t upstream_us = 0;      ///< from the first upstream attempt to the end (0 = none)
+  int64_t ttft_us = 0;          ///< from the first attempt to the first token (0 = none)
+  int32_t attempts = 0;         ///< upstream attempts made (retries and fallbacks included)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_done& x) {
   return f(caf::meta::type_name("chat_done"), x.finish_reason, x.prompt_tokens,
-           x.completion_tokens, x.model, x.conversation_id);
+           x.completion_tokens, x.model, x.conversation_id, x.upstream_us, x.ttft_us, x.attempts);
 }
 
 /// Why a completion failed. `kind` maps to an HTTP error in net's error table.
@@ -106,17 +112,37 @@ enum class chat_error_kind : uint8_t {
   quota_exceeded,      ///< 429 insufficient_quota
 };
 
+/// What went wrong with an upstream call, for retry and fallback decisions (the client sees
+/// only `kind` and `message`).
+enum class failure_cause : uint8_t {
+  none = 0,
+  connect,            ///< DNS, TCP connect (refused, timed out) or TLS handshake failed
+  reset,              ///< the connection broke before the response's first byte
+  status,             ///< the upstream answered with an error status (upstream_status)
+  connect_timeout,    ///< DNS + TCP connect took too long
+  tls_timeout,        ///< the TLS handshake took too long
+  first_byte_timeout, ///< request sent, no response header in time
+  idle_timeout,       ///< a stream went quiet for too long
+  total_timeout,      ///< a non-streaming call took too long in all
+  broken,             ///< the stream broke off or was malformed after it began
+  breaker_open,       ///< refused at once: every deployment's circuit breaker is open
+  budget,             ///< a retry was due but the retry budget was spent
+};
+
 struct chat_failure {
   chat_error_kind kind = chat_error_kind::internal;
   std::string message;   ///< client-safe
   int upstream_status = 0;
-  int64_t retry_after_ms = 0; ///< for 429s: when to retry
+  int64_t retry_after_ms = 0; ///< for 429s and 503s: when to retry (0 = not said)
+  failure_cause cause = failure_cause::none;
+  int32_t attempts = 0;       ///< upstream attempts made
+  int64_t upstream_us = 0;    ///< time spent on the upstream
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_failure& x) {
   return f(caf::meta::type_name("chat_failure"), x.kind, x.message, x.upstream_status,
-           x.retry_after_ms);
+           x.retry_after_ms, x.cause, x.attempts, x.upstream_us);
 }
 
 /// A tenant's rate-limit state after admitting (or refusing) a request, for the response

@@ -17,7 +17,28 @@ struct upstream_call {
   std::vector<chat_message> messages; ///< the whole prompt (system prompt and history included)
   int64_t max_tokens = 0;       ///< 0 = not set
   std::string extra_json;       ///< other OpenAI fields to pass through
+  std::string client_model;     ///< the model as the client named it
+  bool client_streaming = false;///< the client reads a stream (else: one JSON answer)
+  /// Models the tenant may use (empty = any): fallbacks to other models stay within these.
+  std::vector<std::string> allowed_models;
+  std::string traceparent;      ///< W3C trace context to send upstream ("" = none)
 };
+
+/// Where a call reports, in order: zero or more on_delta, then exactly one of on_done or
+/// on_failed. on_served may come once, before the first delta, when a fallback model
+/// serves the call. Called from any thread, never concurrently for one call.
+class call_listener {
+public:
+  virtual ~call_listener() = default;
+  virtual void on_delta(std::string content) = 0;
+  virtual void on_done(chat_done d) = 0;
+  virtual void on_failed(chat_failure f) = 0;
+  virtual void on_served(const std::string& model) { (void)model; }
+};
+
+/// A listener that forwards every event to an actor as a message: (delta_atom, content),
+/// (done_atom, chat_done), (failed_atom, chat_failure), (served_atom, model).
+std::shared_ptr<call_listener> actor_listener(caf::actor a);
 
 /// A running call; cancel() stops it (idempotent, any thread). After cancel the listener
 /// may still receive events already in flight, and then nothing.
@@ -28,17 +49,18 @@ public:
 };
 
 /// The provider port: how actors call an LLM without knowing HTTP. Implementations: the
-/// built-in echo model (actors) and OpenAI-compatible upstreams (net).
+/// built-in echo model (actors), OpenAI-compatible upstreams, and the resilient route that
+/// balances, retries and falls back over those (net).
 ///
-/// A call reports to `listener`, in order: zero or more (delta_atom, std::string content),
-/// then exactly one of (done_atom, chat_done) -- with usage, and finish_reason -- or
-/// (failed_atom, chat_failure). Events are plain CAF messages sent from any thread.
+/// A call reports to `listener` (see call_listener); chat_done carries usage and
+/// finish_reason. start() may report a failure at once, before it returns (failing fast).
 ///
 /// Thread safety: start() may be called from any actor or thread, concurrently.
 class provider_port {
 public:
   virtual ~provider_port() = default;
-  virtual std::shared_ptr<call_handle> start(upstream_call call, caf::actor listener) = 0;
+  virtual std::shared_ptr<call_handle> start(upstream_call call,
+                                             std::shared_ptr<call_listener> listener) = 0;
 };
 
 /// A model this node serves: its client-facing name and where it goes.

@@ -89,6 +89,42 @@ struct upstream_settings {
   std::string key;                         ///< bearer key sent upstream (secret)
 };
 
+/// [resilience]: how upstream calls are timed out, retried, balanced and failed over. Every
+/// key is a default that a [[routes]] entry may override for its route.
+struct resilience_settings {
+  int connect_timeout_ms = 5000;           ///< DNS + TCP connect
+  int tls_timeout_ms = 5000;               ///< TLS handshake
+  int first_byte_timeout_ms = 60000;       ///< request sent -> response header
+  int idle_timeout_ms = 30000;             ///< longest silence inside a streamed body
+  int total_timeout_ms = 300000;           ///< non-streaming calls, all attempts included
+  int max_attempts = 3;                    ///< tries per model, the first included
+  int backoff_base_ms = 100;               ///< full-jitter backoff: first cap, doubling
+  int backoff_max_ms = 2000;               ///< largest backoff
+  int retry_after_max_ms = 10000;          ///< longest upstream Retry-After honoured
+  int retry_budget_percent = 20;           ///< retries at most this % of requests...
+  int retry_budget_min_per_second = 3;     ///< ...or this many per second
+  std::vector<int> retry_statuses{429, 500, 502, 503, 504};
+  int breaker_failures = 5;                ///< consecutive failures that open the circuit; 0 = off
+  int breaker_failure_percent = 50;        ///< failure % in the window that opens it; 0 = off
+  int breaker_window_seconds = 10;
+  int breaker_min_requests = 20;           ///< the % trigger needs this many requests
+  int breaker_open_ms = 10000;             ///< open this long, then half-open
+  int breaker_half_open_probes = 1;        ///< concurrent probes while half-open
+  std::string lb = "least_outstanding";    ///< "least_outstanding" | "weighted"
+  std::vector<std::string> fallback_on{"connect", "rate_limited", "server_error", "timeout",
+                                       "breaker_open"};
+};
+
+/// One deployment of a route ([[routes.deployments]]).
+struct deployment_settings {
+  std::string name;             ///< "" = its base_url's host:port
+  std::string provider = "openai"; ///< "openai" or "builtin"
+  std::string base_url;
+  std::string api_key_env;
+  std::string upstream_model;   ///< "" = the route's upstream_model
+  int weight = 1;
+};
+
 /// One [[routes]] entry: a model name this node serves and where it goes.
 struct route_settings {
   std::string model;            ///< client-facing model name (unique)
@@ -97,6 +133,12 @@ struct route_settings {
   std::string base_url;         ///< e.g. "https://api.openai.com/v1" (openai provider)
   std::string api_key_env;      ///< environment variable holding the upstream key; "" = none
   int context_tokens = 0;       ///< prompt budget; 0 = chat.context_tokens
+  /// Several deployments; when empty, the route's own provider/base_url/api_key_env is its
+  /// one deployment.
+  std::vector<deployment_settings> deployments;
+  std::vector<std::string> fallbacks; ///< other routes' models, tried in order
+  resilience_settings resilience; ///< [resilience] with this route's overrides (after load)
+  std::vector<std::string> overridden; ///< resilience keys this route sets itself
 };
 
 /// The whole tree. Only runtime holds it.
@@ -111,6 +153,7 @@ struct settings {
   auth_settings auth;
   chat_settings chat;
   upstream_settings upstream;
+  resilience_settings resilience;
   std::vector<route_settings> routes;
 };
 

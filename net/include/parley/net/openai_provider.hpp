@@ -11,9 +11,10 @@ namespace parley::net {
 
 /// Timeouts and pool bounds of an upstream client.
 struct upstream_client_settings {
-  int connect_timeout_ms = 10000;      ///< DNS + TCP connect + TLS handshake
-  int first_byte_timeout_ms = 120000;  ///< request written -> response header
-  int idle_timeout_ms = 120000;        ///< longest gap between two reads of a stream
+  int connect_timeout_ms = 5000;       ///< DNS + TCP connect
+  int tls_timeout_ms = 5000;           ///< TLS handshake
+  int first_byte_timeout_ms = 60000;   ///< request written -> response header
+  int idle_timeout_ms = 30000;         ///< longest gap between two reads of the body
   std::size_t max_idle_connections = 64;
 };
 
@@ -23,6 +24,10 @@ struct upstream_client_settings {
 /// name verification and SNI; the upstream is always called in streaming mode and its SSE
 /// body parsed incrementally, so tokens flow to the client as they arrive. The API key goes
 /// only into the upstream's Authorization header: never into logs, errors or responses.
+/// Failures carry a failure_cause (connect, reset, status with Retry-After, each timeout)
+/// for the resilient route above it; this client itself never retries, except a request on
+/// a pooled keep-alive connection that the upstream had closed meanwhile, which is sent once
+/// more on a fresh connection (nothing reached the upstream's application).
 /// Throws std::invalid_argument for a URL that is not http(s)://host[:port][/path].
 ///
 /// Thread safety: start() and the returned handles' cancel() may be called from any thread.
