@@ -23,6 +23,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <caf/all.hpp>
+#include <nlohmann/json.hpp>
 #include <spdlog/async.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/rotating_file_sink.h>
@@ -415,7 +416,8 @@ struct app::impl {
     net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,
                         std::make_shared<node_readiness>(*store, *executor, draining),
-                        net::build_info{version_string(), git_commit(), build_type()});
+                        net::build_info{version_string(), git_commit(), build_type()},
+                        [rr = resilient_routes] { return net::upstream_status(rr); });
     return std::make_shared<net::pipeline>(std::move(chain), std::move(routes), logger);
   }
 

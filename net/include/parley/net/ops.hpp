@@ -2,6 +2,8 @@
 
 #include "parley/net/router.hpp"
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,7 +35,10 @@ struct build_info {
 };
 
 /// Adds GET /healthz (alive: always 200 while the process serves HTTP), GET /readyz (200 when
-/// every dependency is ok, else 503, with the list as JSON) and GET /version.
-void add_ops_routes(router& r, std::shared_ptr<readiness_source> readiness, build_info info);
+/// every dependency is ok, else 503, with the list as JSON) and GET /version. `upstreams`, if
+/// set, adds the upstream deployments' breaker states to /readyz as details: an open breaker
+/// does not make the node unready (its other routes and fallbacks still serve).
+void add_ops_routes(router& r, std::shared_ptr<readiness_source> readiness, build_info info,
+                    std::function<nlohmann::json()> upstreams = {});
 
 } // namespace parley::net
