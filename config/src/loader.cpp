@@ -298,6 +298,14 @@ const std::vector<field>& fields() {
          "not served otherwise; empty = none"),
     make("upstream", "key", &settings::upstream, &upstream_settings::key,
          "Bearer key sent to the upstream (never logged)", true),
+    make("metrics", "enabled", &settings::metrics, &metrics_settings::enabled,
+         "Serve GET /metrics (Prometheus text format)"),
+    make("metrics", "listen", &settings::metrics, &metrics_settings::listen,
+         "Empty: /metrics is served on http.listen and needs the admin key; HOST:PORT: served there instead, without authentication (bind it to a private address)"),
+    make("metrics", "tenant_label", &settings::metrics, &metrics_settings::tenant_label,
+         "Label request and token metrics with the tenant id; false records \"-\" (fewer series)"),
+    make("metrics", "top_tenants", &settings::metrics, &metrics_settings::top_tenants,
+         "How many tenants, the busiest first, parley_tenant_in_flight reports"),
     make("resilience", "connect_timeout_ms", &settings::resilience, &resilience_settings::connect_timeout_ms,
          "Upstream DNS lookup and TCP connect must finish within this; else the attempt fails (retried)"),
     make("resilience", "tls_timeout_ms", &settings::resilience, &resilience_settings::tls_timeout_ms,
@@ -606,6 +614,9 @@ void validate(const settings& s) {
     }
   }
   validate_resilience("resilience.", s.resilience);
+  check_range("metrics.top_tenants", s.metrics.top_tenants, 0, 1000);
+  if (!s.metrics.listen.empty())
+    split_host_port(s.metrics.listen, "metrics.listen");
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)
     fail("upstream.url", "must start with http:// or https://");

@@ -1,5 +1,7 @@
 #include "parley/persistence/executor.hpp"
 
+#include <chrono>
+
 namespace parley::persistence {
 
 store_executor::store_executor(int threads, std::size_t max_queued) : max_queued_(max_queued) {
@@ -54,7 +56,13 @@ void store_executor::run() {
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
-    job();
+    if (timing_) {
+      auto t0 = std::chrono::steady_clock::now();
+      job();
+      timing_->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    } else {
+      job();
+    }
   }
 }
 

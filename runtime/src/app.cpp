@@ -14,6 +14,8 @@
 #include "parley/persistence/open.hpp"
 #include "parley/runtime/secrets.hpp"
 #include "wiring.hpp"
+#include "node_metrics.hpp"
+#include "parley/net/metrics.hpp"
 #include "parley/runtime/version.hpp"
 #include "parley/tenants/admin_ops.hpp"
 #include "parley/tenants/key_cache.hpp"
@@ -155,6 +157,15 @@ struct app::impl {
   std::unique_ptr<net::server> server;
   std::shared_ptr<std::atomic<int64_t>> chat_in_flight = std::make_shared<std::atomic<int64_t>>(0);
   actors::admission_counters counters;
+  actors::actor_counters actor_counts;
+  actors::tenant_load_board tenant_load;
+  std::shared_ptr<metrics::registry> registry = std::make_shared<metrics::registry>();
+  std::shared_ptr<net::request_metrics> request_metrics;
+  std::unique_ptr<net::server> metrics_server;
+  uint16_t metrics_port = 0;
+  std::atomic<bool> store_up{true};
+  std::atomic<uint64_t> store_errors{0};
+  std::unique_ptr<net::asio::steady_timer> health_timer;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
   std::unique_ptr<net::asio::steady_timer> usage_timer;
 
@@ -167,9 +178,11 @@ struct app::impl {
     auto* st = store.get();
     auto* u = usage.get();
     auto lg = logger;
-    bool queued = executor->try_post([st, u, lg, batch] {
+    auto* errors = &store_errors;
+    bool queued = executor->try_post([st, u, lg, batch, errors] {
       auto r = st->add_usage(batch);
       if (!r.ok()) {
+        errors->fetch_add(1, std::memory_order_relaxed);
         u->restore(batch);
         log::event(lg, spdlog::level::warn, "usage flush failed; kept for retry")
           .str("error", r.error().detail);
@@ -222,6 +235,48 @@ struct app::impl {
       flush_last_used();
       schedule_flush();
     });
+  }
+
+  /// Every 5 s a store ping on a persistence worker keeps parley_store_up current.
+  void schedule_health() {
+    health_timer->expires_after(std::chrono::seconds(5));
+    health_timer->async_wait([this](boost::system::error_code ec) {
+      if (ec)
+        return;
+      auto* st = store.get();
+      auto* up = &store_up;
+      auto* errors = &store_errors;
+      (void)executor->try_post([st, up, errors] {
+        bool ok = st->ping().ok();
+        up->store(ok);
+        if (!ok)
+          errors->fetch_add(1, std::memory_order_relaxed);
+      });
+      schedule_health();
+    });
+  }
+
+  void setup_metrics() {
+    if (!settings.metrics.enabled)
+      return;
+    request_metrics = std::make_shared<net::request_metrics>(*registry, settings.metrics.tenant_label);
+    executor->observe_with(&registry
+                             ->histogram_family("parley_store_query_duration_seconds",
+                                                "Time of store operations on the persistence workers")
+                             .with());
+    detail::metric_sources src;
+    src.version = version_string();
+    src.commit = git_commit();
+    src.admission = &counters;
+    src.actors = &actor_counts;
+    src.load = &tenant_load;
+    src.top_tenants = settings.metrics.top_tenants;
+    src.routes = resilient_routes;
+    src.server = [this]() -> const net::server* { return server.get(); };
+    src.store = store.get();
+    src.store_up = &store_up;
+    src.store_errors = &store_errors;
+    detail::add_node_collectors(*registry, std::move(src));
   }
 
   void open_store() {
@@ -383,6 +438,8 @@ struct app::impl {
     svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
     svc->tenant_max_in_flight = settings.chat.tenant_max_in_flight;
     svc->counters = &counters;
+    svc->actors = &actor_counts;
+    svc->load = &tenant_load;
     svc->logger = logger;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
@@ -418,14 +475,36 @@ struct app::impl {
                         std::make_shared<node_readiness>(*store, *executor, draining),
                         net::build_info{version_string(), git_commit(), build_type()},
                         [rr = resilient_routes] { return net::upstream_status(rr); });
-    return std::make_shared<net::pipeline>(std::move(chain), std::move(routes), logger);
+    if (settings.metrics.enabled && settings.metrics.listen.empty())
+      net::add_metrics_route(routes, registry);
+    return std::make_shared<net::pipeline>(std::move(chain), std::move(routes), logger,
+                                           request_metrics);
   }
 
   void start_http() {
     work = std::make_unique<net::asio::executor_work_guard<net::asio::io_context::executor_type>>(
       ioc->get_executor());
+    setup_metrics();
     server = std::make_unique<net::server>(*ioc, settings.http, build_pipeline(), logger);
     port = server->start();
+    if (settings.metrics.enabled && !settings.metrics.listen.empty()) {
+      // Its own listener for the scraper: /metrics only, no authentication.
+      net::router r;
+      net::add_metrics_route(r, registry);
+      std::vector<std::unique_ptr<net::middleware>> chain;
+      chain.push_back(net::make_request_id());
+      auto ms = settings.http;
+      ms.listen = settings.metrics.listen;
+      ms.cors_allowed_origins.clear();
+      metrics_server = std::make_unique<net::server>(
+        *ioc, ms, std::make_shared<net::pipeline>(std::move(chain), std::move(r), logger), logger);
+      metrics_port = metrics_server->start();
+      log::event(logger, spdlog::level::info, "metrics listening")
+        .str("address", settings.metrics.listen)
+        .num("port", metrics_port);
+    }
+    health_timer = std::make_unique<net::asio::steady_timer>(*ioc);
+    schedule_health();
     flush_timer = std::make_unique<net::asio::steady_timer>(*ioc);
     schedule_flush();
     usage_timer = std::make_unique<net::asio::steady_timer>(*ioc);
@@ -483,6 +562,8 @@ bool app::drained() const {
   return !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);
 }
 
+uint16_t app::metrics_port() const { return impl_->metrics_port; }
+
 int64_t app::in_flight() const { return impl_->server ? impl_->server->in_flight() : 0; }
 
 void app::stop() {
@@ -496,6 +577,8 @@ void app::stop() {
   // them sockets); only then the sockets' io_context, and last the store.
   if (d.server)
     d.server->drain();
+  if (d.metrics_server)
+    d.metrics_server->drain();
   if (d.work)
     d.work.reset();
   if (d.ioc)
@@ -529,6 +612,7 @@ void app::stop() {
   }
   d.flush_timer.reset();
   d.usage_timer.reset();
+  d.health_timer.reset();
   d.server.reset();
   d.ioc.reset();
   d.sys.reset();

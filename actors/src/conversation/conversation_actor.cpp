@@ -19,6 +19,7 @@ struct pending_turn {
 };
 
 struct conversation_state {
+  live_count live;
   std::string tenant_id;
   std::string conversation_id;
   caf::actor tenant;
@@ -212,6 +213,8 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
   st.conversation_id = std::move(conversation_id);
   st.tenant = std::move(tenant);
   st.svc = std::move(svc);
+  if (st.svc->actors)
+    st.live.attach(&st.svc->actors->conversations);
   return {
     [=](chat_atom, chat_request& req, caf::actor relay) {
       self->state.queue.push_back({std::move(req), std::move(relay)});
@@ -326,8 +329,11 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
     },
     [=](idle_atom, uint64_t generation) {
       auto& s = self->state;
-      if (generation == s.idle_generation && !s.busy && s.queue.empty())
+      if (generation == s.idle_generation && !s.busy && s.queue.empty()) {
+        if (s.svc->actors)
+          s.svc->actors->conversation_passivations.fetch_add(1, std::memory_order_relaxed);
         self->quit(); // passivate: the tenant forgets us; history reloads on the next turn
+      }
     },
   };
 }

@@ -44,6 +44,9 @@ constexpr std::size_t restart_budget = 5;
 constexpr std::chrono::seconds restart_window{60};
 
 struct tenant_state {
+  live_count live;
+  std::shared_ptr<std::atomic<int64_t>> load; ///< our in_flight, published on the load board
+  tenant_load_board* board = nullptr;
   std::string tenant_id;
   std::string config_json;
   std::shared_ptr<const tenants::tenant_config> cfg = std::make_shared<tenants::tenant_config>();
@@ -67,6 +70,15 @@ struct tenant_state {
   std::vector<waiting> waiting_for_budget;
   tenants::response_cache cache;
   static inline const char* name = "parley.tenant";
+
+  ~tenant_state() {
+    if (board && load)
+      board->leave(tenant_id, load);
+  }
+  void publish_in_flight() {
+    if (load)
+      load->store(in_flight, std::memory_order_relaxed);
+  }
 
   void update_config(const std::string& json) {
     if (json.empty() || json == config_json)
@@ -229,6 +241,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   snap.cache = cache_status;
   count(&admission_counters::admitted);
   ++st.in_flight;
+  st.publish_in_flight();
   auto me = caf::actor_cast<caf::actor>(self);
   if (req.conversation_id.empty()) {
     auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
@@ -276,6 +289,12 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
                                         std::shared_ptr<const chat_services> svc) {
   self->state.tenant_id = std::move(tenant_id);
   self->state.svc = std::move(svc);
+  if (self->state.svc && self->state.svc->actors)
+    self->state.live.attach(&self->state.svc->actors->tenants);
+  if (self->state.svc && self->state.svc->load) {
+    self->state.board = self->state.svc->load;
+    self->state.load = self->state.board->join(self->state.tenant_id);
+  }
   // Turns and conversations are linked to us so that they stop with us; one of them failing
   // must not take the tenant down.
   absorb_child_exits(self);
@@ -363,6 +382,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       auto& st = self->state;
       if (st.in_flight > 0)
         --st.in_flight;
+      st.publish_in_flight();
       // Settle the admission estimate and reservation with what the call really used.
       if (auto b = st.reservations.find(request_id); b != st.reservations.end()) {
         st.budget.settle(persistence::now_millis(), b->second, actual_tokens);
@@ -443,8 +463,11 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
           return caf::make_error(actor_errc::tenant_isolated);
         if (c->second.crashes.empty())
           st.crashed.erase(c);
-        else
+        else {
           ++st.stats.restarts;
+          if (svc && svc->actors)
+            svc->actors->tenant_restarts.fetch_add(1, std::memory_order_relaxed);
+        }
       }
       // Linked: the tenants die with their manager; monitored: the manager learns of
       // every tenant that stops, to forget it (and, with the chat work, restart it).
@@ -483,6 +506,36 @@ tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_pt
 
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local) {
   return sys.spawn(directory_impl, std::move(local));
+}
+
+std::shared_ptr<std::atomic<int64_t>> tenant_load_board::join(const std::string& tenant_id) {
+  auto cell = std::make_shared<std::atomic<int64_t>>(0);
+  std::lock_guard<std::mutex> lock(mu_);
+  cells_[tenant_id] = cell; // a restarted tenant replaces its old cell
+  return cell;
+}
+
+void tenant_load_board::leave(const std::string& tenant_id,
+                              const std::shared_ptr<std::atomic<int64_t>>& cell) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = cells_.find(tenant_id);
+  if (it != cells_.end() && it->second == cell)
+    cells_.erase(it);
+}
+
+std::vector<std::pair<std::string, int64_t>> tenant_load_board::top(std::size_t n) const {
+  std::vector<std::pair<std::string, int64_t>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    all.reserve(cells_.size());
+    for (auto& [id, c] : cells_)
+      all.emplace_back(id, c->load(std::memory_order_relaxed));
+  }
+  auto k = std::min(n, all.size());
+  std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end(),
+                    [](auto& a, auto& b) { return a.second > b.second; });
+  all.resize(k);
+  return all;
 }
 
 } // namespace parley::actors

@@ -80,6 +80,7 @@ void record_usage(const chat_services& svc, const chat_request& req, const chat_
 namespace {
 
 struct turn_state {
+  live_count live;
   chat_request req;
   caf::actor relay;
   caf::actor tenant;
@@ -111,6 +112,8 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
   st.relay = std::move(relay);
   st.tenant = std::move(tenant);
   st.svc = std::move(svc);
+  if (st.svc->actors)
+    st.live.attach(&st.svc->actors->turns);
   upstream_call call;
   call.request_id = req.request_id;
   call.model = r.upstream_model;

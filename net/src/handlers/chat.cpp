@@ -224,6 +224,10 @@ using relay_ptr = caf::stateful_actor<relay_state>*;
 /// A delta: one SSE chunk, or appended to the JSON answer.
 void on_delta(relay_ptr self, const std::string& content) {
   auto& s = self->state;
+  auto& ctx = s.ex->ctx();
+  if (ctx.ttft_us == 0) // time to first token as the client sees it
+    ctx.ttft_us = std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::microseconds>(
+                                         std::chrono::steady_clock::now() - ctx.start).count());
   if (s.cancelled)
     return;
   if (s.req.stream) {
@@ -244,6 +248,12 @@ void on_served(relay_ptr self, const std::string& model) {
 /// The end: the last chunks and [DONE], or the JSON body. Then the relay is finished.
 void on_done(relay_ptr self, const actors::chat_done& d) {
   auto& s = self->state;
+  auto& ctx = s.ex->ctx();
+  ctx.model = d.model.empty() ? s.req.model : d.model;
+  ctx.prompt_tokens = d.prompt_tokens;
+  ctx.completion_tokens = d.completion_tokens;
+  ctx.upstream_us = d.upstream_us;
+  ctx.attempts = d.attempts;
   if (!s.cancelled) {
     json usage = {{"prompt_tokens", d.prompt_tokens},
                   {"completion_tokens", d.completion_tokens},
@@ -283,6 +293,10 @@ void on_done(relay_ptr self, const actors::chat_done& d) {
 /// A failure: an OpenAI error, or -- mid-stream, the status being sent -- an error event.
 void on_failed(relay_ptr self, const actors::chat_failure& f) {
   auto& s = self->state;
+  auto& ctx = s.ex->ctx();
+  ctx.model = s.req.model;
+  ctx.upstream_us = f.upstream_us;
+  ctx.attempts = f.attempts;
   if (!s.cancelled) {
     auto err = to_api(f);
     if (s.streaming) {
@@ -342,8 +356,10 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
           auto& s = self->state;
           add_rate_headers(*s.ex, limits);
           static const char* cache_names[] = {"", "hit", "miss", "bypass"};
-          if (limits.cache > 0 && limits.cache < 4)
+          if (limits.cache > 0 && limits.cache < 4) {
             s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
+            s.ex->ctx().cache = cache_names[limits.cache];
+          }
           if (!producer) {
             // Refused at admission (model, limits): answer now.
             if (refused.retry_after_ms > 0)
@@ -502,6 +518,7 @@ void add_chat_routes(router& r, chat_deps d) {
     req.request_id = ctx.request_id;
     req.tenant_id = ctx.tenant_id;
     req.key_id = ctx.key_id;
+    req.traceparent = ctx.traceparent();
     req.tenant_config = ctx.principal ? tenants::to_json_text(ctx.principal->config) : "";
     if (req.model.empty() && ctx.principal)
       req.model = ctx.principal->config.default_model;

@@ -37,8 +37,8 @@ public:
 
   filter_status on_request(const exchange_ptr& ex) override {
     auto path = path_of(ex->req().target());
-    if (starts_with(path, "/admin/"))
-      return check_admin(ex);
+    if (starts_with(path, "/admin/") || path == "/metrics")
+      return check_admin(ex); // /metrics on the API listener is the operators' (admin key)
     if (starts_with(path, "/v1/"))
       return check_tenant(ex, scope_for(path));
     return filter_status::proceed;

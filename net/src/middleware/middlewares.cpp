@@ -23,8 +23,19 @@ public:
 
   filter_status on_request(const exchange_ptr& ex) override {
     auto incoming = ex->req()["x-request-id"];
-    ex->ctx().request_id =
-      sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+    auto& ctx = ex->ctx();
+    ctx.request_id = sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+    // W3C trace context: keep a valid incoming trace id (and its flags), else start a trace;
+    // either way this hop gets its own span id, the parent of the upstream call.
+    auto tp = ex->req()["traceparent"];
+    std::string trace, flags;
+    if (parse_traceparent(tp, trace, flags)) {
+      ctx.trace_id = std::move(trace);
+      ctx.trace_flags = std::move(flags);
+    } else {
+      ctx.trace_id = generate_request_id();
+    }
+    ctx.span_id = generate_request_id().substr(0, 16);
     return filter_status::proceed;
   }
 
@@ -114,6 +125,32 @@ private:
 };
 
 } // namespace
+
+bool parse_traceparent(std::string_view v, std::string& trace_id, std::string& flags) {
+  // version "00": 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lower case; an
+  // all-zero trace or parent id is invalid. Later versions may append fields after a '-'.
+  auto hex = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) {
+      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    });
+  };
+  if (v.size() < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+    return false;
+  auto version = v.substr(0, 2), trace = v.substr(3, 32), parent = v.substr(36, 16),
+       fl = v.substr(53, 2);
+  if (!hex(version) || version == "ff" || !hex(trace) || !hex(parent) || !hex(fl))
+    return false;
+  if (version == "00" && v.size() != 55)
+    return false;
+  if (v.size() > 55 && v[55] != '-')
+    return false;
+  if (trace.find_first_not_of('0') == std::string_view::npos ||
+      parent.find_first_not_of('0') == std::string_view::npos)
+    return false;
+  trace_id.assign(trace);
+  flags.assign(fl);
+  return true;
+}
 
 std::string generate_request_id() {
   // A per-thread generator seeded once from the CSPRNG: ids must be unique, not secret.

@@ -173,18 +173,7 @@ void http_session::write_response(const std::shared_ptr<exchange>& ex, response 
 }
 
 void http_session::log_access(const exchange& ex, unsigned status, bool ok) {
-  auto elapsed = std::chrono::steady_clock::now() - ex.ctx().start;
-  log::event(pipeline_->logger(), status >= 500 ? spdlog::level::warn : spdlog::level::info,
-             "request")
-    .str("request_id", ex.ctx().request_id)
-    .str("tenant_id", ex.ctx().tenant_id)
-    .str("key_id", ex.ctx().key_id)
-    .str("method", std::string(ex.req().method_string()))
-    .str("route", ex.ctx().route.empty() ? std::string("-") : ex.ctx().route)
-    .num("status", status)
-    .real("latency_ms", std::chrono::duration<double, std::milli>(elapsed).count())
-    .str("client", ex.ctx().client_address)
-    .flag("write_ok", ok);
+  pipeline_->finished(ex, status, ok);
 }
 
 // -- streaming ----------------------------------------------------------------------
@@ -204,6 +193,7 @@ void http_session::begin_stream(const std::shared_ptr<exchange>& ex, response he
   stream_header_->keep_alive(keep);
   stream_header_->chunked(true);
   stream_ex_ = ex;
+  registry_->streams.fetch_add(1, std::memory_order_relaxed);
   stream_queue_.clear();
   stream_queued_bytes_ = 0;
   stream_ending_ = false;
@@ -281,6 +271,7 @@ void http_session::finish_stream(bool ok) {
   stream_sr_.reset();
   if (!ex)
     return;
+  registry_->streams.fetch_sub(1, std::memory_order_relaxed);
   log_access(*ex, stream_header_ ? stream_header_->result_int() : 200, ok);
   stream_header_.reset();
   if (!ok) {

@@ -2,6 +2,7 @@
 
 #include "parley/config/loader.hpp"
 #include "server/http_session.hpp"
+#include "parley/net/metrics.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -15,8 +16,38 @@ namespace parley::net {
 // -- pipeline ---------------------------------------------------------------------
 
 pipeline::pipeline(std::vector<std::unique_ptr<middleware>> chain, router r,
-                   log::logger_ptr logger)
-  : chain_(std::move(chain)), router_(std::move(r)), logger_(std::move(logger)) {}
+                   log::logger_ptr logger, std::shared_ptr<request_metrics> metrics)
+  : chain_(std::move(chain)), router_(std::move(r)), logger_(std::move(logger)),
+    metrics_(std::move(metrics)) {}
+
+void pipeline::finished(const exchange& ex, unsigned status, bool write_ok) const {
+  auto& ctx = ex.ctx();
+  auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - ctx.start).count();
+  if (metrics_)
+    metrics_->record(ex, status, elapsed);
+  if (!logger_->should_log(status >= 500 ? spdlog::level::warn : spdlog::level::info))
+    return;
+  auto line = log::event(logger_, status >= 500 ? spdlog::level::warn : spdlog::level::info, "request");
+  line.str("request_id", ctx.request_id)
+    .str("trace_id", ctx.trace_id)
+    .str("tenant_id", ctx.tenant_id)
+    .str("key_id", ctx.key_id)
+    .str("method", std::string(ex.req().method_string()))
+    .str("route", ctx.route.empty() ? std::string("-") : ctx.route)
+    .num("status", status)
+    .real("latency_ms", elapsed * 1e3)
+    .str("client", ctx.client_address)
+    .flag("write_ok", write_ok);
+  if (!ctx.model.empty()) {
+    line.str("model", ctx.model)
+      .num("prompt_tokens", ctx.prompt_tokens)
+      .num("completion_tokens", ctx.completion_tokens)
+      .real("upstream_ms", static_cast<double>(ctx.upstream_us) / 1e3)
+      .real("ttft_ms", static_cast<double>(ctx.ttft_us) / 1e3)
+      .num("attempts", ctx.attempts)
+      .str("cache", ctx.cache);
+  }
+}
 
 void pipeline::run(const exchange_ptr& ex) const {
   // The error guard: nothing thrown by a filter or handler may unwind into Asio.

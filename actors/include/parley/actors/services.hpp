@@ -10,6 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +49,51 @@ struct admission_counters {
   std::atomic<uint64_t> budget_cutoffs{0};  ///< streams cut off at the daily budget
 };
 
+/// Live actors and their lifecycle events (monotonic counters), read by metrics.
+struct actor_counters {
+  std::atomic<int64_t> tenants{0};
+  std::atomic<int64_t> conversations{0};
+  std::atomic<int64_t> turns{0};
+  std::atomic<uint64_t> conversation_passivations{0};
+  std::atomic<uint64_t> tenant_restarts{0};
+};
+
+/// Each live tenant actor's in-flight count, published for the "busiest tenants" metric.
+/// A tenant actor joins at start (one lock), updates its own atomic per request (no lock)
+/// and leaves when it stops. Thread-safe.
+class tenant_load_board {
+public:
+  std::shared_ptr<std::atomic<int64_t>> join(const std::string& tenant_id);
+  void leave(const std::string& tenant_id, const std::shared_ptr<std::atomic<int64_t>>& cell);
+  /// The `n` tenants with the most requests in flight (ties in any order).
+  std::vector<std::pair<std::string, int64_t>> top(std::size_t n) const;
+
+private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<std::atomic<int64_t>>> cells_;
+};
+
+/// Increments a live-actor gauge for as long as it exists (a member of an actor's state).
+class live_count {
+public:
+  live_count() = default;
+  live_count(const live_count&) = delete;
+  live_count& operator=(const live_count&) = delete;
+  ~live_count() {
+    if (c_)
+      c_->fetch_sub(1, std::memory_order_relaxed);
+  }
+  void attach(std::atomic<int64_t>* c) {
+    if (c_ || !c)
+      return;
+    c_ = c;
+    c_->fetch_add(1, std::memory_order_relaxed);
+  }
+
+private:
+  std::atomic<int64_t>* c_ = nullptr;
+};
+
 /// What tenant, turn and conversation actors need from the rest of the node. Owned by
 /// runtime; outlives every actor.
 struct chat_services {
@@ -58,6 +105,8 @@ struct chat_services {
   std::chrono::milliseconds conversation_idle{std::chrono::minutes(5)};
   int64_t tenant_max_in_flight = 2000; ///< default per-tenant bound (no max_concurrent set)
   admission_counters* counters = nullptr;
+  actor_counters* actors = nullptr;
+  tenant_load_board* load = nullptr;
   log::logger_ptr logger;
 };
 

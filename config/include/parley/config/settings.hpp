@@ -89,6 +89,14 @@ struct upstream_settings {
   std::string key;                         ///< bearer key sent upstream (secret)
 };
 
+/// [metrics]: Prometheus exposition.
+struct metrics_settings {
+  bool enabled = true;                     ///< serve GET /metrics
+  std::string listen;                      ///< "" = on http.listen, admin key required; else its own HOST:PORT, no auth
+  bool tenant_label = true;                ///< per-tenant labels (off: "-", for cardinality)
+  int top_tenants = 20;                    ///< tenants in parley_tenant_in_flight
+};
+
 /// [resilience]: how upstream calls are timed out, retried, balanced and failed over. Every
 /// key is a default that a [[routes]] entry may override for its route.
 struct resilience_settings {
@@ -154,6 +162,7 @@ struct settings {
   chat_settings chat;
   upstream_settings upstream;
   resilience_settings resilience;
+  metrics_settings metrics;
   std::vector<route_settings> routes;
 };
 

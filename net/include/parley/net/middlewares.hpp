@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 /// The built-in middleware of the request pipeline. Runtime puts them in order.
@@ -26,5 +27,8 @@ std::unique_ptr<middleware> make_cors(std::vector<std::string> allowed_origins);
 
 /// A new random request id (32 lowercase hex characters). Thread-safe.
 std::string generate_request_id();
+
+/// Parses a W3C `traceparent` header; on success sets its trace id and flags.
+bool parse_traceparent(std::string_view value, std::string& trace_id, std::string& flags);
 
 } // namespace parley::net

@@ -25,6 +25,26 @@ struct request_context {
   /// The authenticated key and its tenant (config included); null for admin and ops routes.
   std::shared_ptr<const tenants::key_principal> principal;
   bool admin = false;             ///< authenticated with the admin credential
+  /// W3C trace context: the trace id (32 hex) kept from the client's `traceparent` or made
+  /// here, and this hop's span id (16 hex); sent upstream as "00-<trace>-<span>-<flags>".
+  std::string trace_id;
+  std::string span_id;
+  std::string trace_flags = "01";
+
+  // Facts of a chat completion, set by its handler before the response goes out; read by
+  // the access log and the metrics.
+  std::string model;              ///< the model that served it
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t upstream_us = 0;        ///< time spent on the upstream (0 = none)
+  int64_t ttft_us = 0;            ///< request start to the first token (0 = none)
+  int32_t attempts = 0;           ///< upstream attempts
+  const char* cache = "";         ///< "hit", "miss", "bypass" or "" (not in play)
+
+  /// The traceparent header value to send upstream.
+  std::string traceparent() const {
+    return trace_id.empty() ? std::string() : "00-" + trace_id + "-" + span_id + "-" + trace_flags;
+  }
 
   /// The captured path parameter `name`, or "".
   const std::string& param(const std::string& name) const {

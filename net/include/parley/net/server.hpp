@@ -15,12 +15,14 @@
 namespace parley::net {
 
 class http_session;
+class request_metrics;
 
 /// The middleware chain plus the router: everything a session needs to serve a request.
 /// Immutable after construction; shared by all sessions.
 class pipeline : public std::enable_shared_from_this<pipeline> {
 public:
-  pipeline(std::vector<std::unique_ptr<middleware>> chain, router r, log::logger_ptr logger);
+  pipeline(std::vector<std::unique_ptr<middleware>> chain, router r, log::logger_ptr logger,
+           std::shared_ptr<request_metrics> metrics = nullptr);
 
   /// Runs the chain from ex->next_filter, then the router. Catches every exception (the
   /// error guard): a throwing step answers 500 in OpenAI's shape and is logged.
@@ -29,11 +31,14 @@ public:
   void decorate(exchange& ex, response& res) const;
   const log::logger_ptr& logger() const noexcept { return logger_; }
   const router& routes() const noexcept { return router_; }
+  /// A response is out (or failed): one access-log line and the request metrics.
+  void finished(const exchange& ex, unsigned status, bool write_ok) const;
 
 private:
   std::vector<std::unique_ptr<middleware>> chain_;
   router router_;
   log::logger_ptr logger_;
+  std::shared_ptr<request_metrics> metrics_;
 };
 
 /// Shared bookkeeping of all sessions of one server: counts and the drain switch.
@@ -50,6 +55,7 @@ public:
   std::atomic<bool> draining{false};
   std::atomic<int64_t> in_flight{0};   ///< requests read but not yet fully answered
   std::atomic<uint64_t> total{0};      ///< requests seen since start
+  std::atomic<int64_t> streams{0};     ///< SSE streams being written now
 
 private:
   mutable std::mutex mu_;
@@ -80,6 +86,7 @@ public:
   void drain();
 
   int64_t in_flight() const noexcept { return registry_->in_flight.load(); }
+  int64_t streams() const noexcept { return registry_->streams.load(); }
   std::size_t open_sessions() const { return registry_->size(); }
   uint64_t requests_total() const noexcept { return registry_->total.load(); }
 

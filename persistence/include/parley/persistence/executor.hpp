@@ -1,5 +1,7 @@
 #pragma once
 
+#include "parley/config/metrics.hpp"
+
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -31,6 +33,8 @@ public:
   void stop();
 
   std::size_t queued() const;
+  /// Times every job (a store operation) into `h`; set before the first post.
+  void observe_with(metrics::histogram* h) noexcept { timing_ = h; }
   int threads() const noexcept { return static_cast<int>(workers_.size()); }
 
 private:
@@ -42,6 +46,7 @@ private:
   std::size_t max_queued_;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
+  metrics::histogram* timing_ = nullptr;
 };
 
 } // namespace parley::persistence

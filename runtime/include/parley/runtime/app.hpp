@@ -36,6 +36,8 @@ public:
   bool drained() const;
   /// Requests still in flight.
   int64_t in_flight() const;
+  /// The port of the separate metrics listener (metrics.listen), 0 when there is none.
+  uint16_t metrics_port() const;
   /// Stops every part in reverse start order. Idempotent; the destructor calls it.
   void stop();
 

@@ -1,0 +1,146 @@
+#include "node_metrics.hpp"
+
+#include <chrono>
+
+namespace parley::runtime::detail {
+
+namespace {
+using metrics::metric_type;
+double v(const std::atomic<uint64_t>& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); }
+double v(const std::atomic<int64_t>& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); }
+} // namespace
+
+void add_node_collectors(metrics::registry& reg, metric_sources src) {
+  metrics::add_process_collector(reg);
+  auto s = std::make_shared<metric_sources>(std::move(src));
+
+  reg.add_collector([s](metrics::exposition_writer& w) {
+    w.family("parley_build_info", "Version and commit of this parley build (value 1)", metric_type::gauge);
+    w.sample({{"version", s->version}, {"commit", s->commit}}, 1);
+  });
+
+  if (s->admission)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto& c = *s->admission;
+      w.family("parley_admission_rejections_total",
+               "Chat requests refused at admission, by reason", metric_type::counter);
+      w.sample({{"reason", "rate_limited"}}, v(c.rate_limited));
+      w.sample({{"reason", "quota"}}, v(c.quota_rejected));
+      w.sample({{"reason", "shed_tenant"}}, v(c.shed_tenant));
+      w.sample({{"reason", "shed_node"}}, v(c.shed_node));
+      w.family("parley_admitted_total", "Chat requests admitted by tenant actors", metric_type::counter);
+      w.sample(v(c.admitted));
+      w.family("parley_cache_requests_total", "Response cache lookups, by result", metric_type::counter);
+      w.sample({{"result", "hit"}}, v(c.cache_hits));
+      w.sample({{"result", "miss"}}, v(c.cache_misses));
+      w.family("parley_budget_cutoffs_total",
+               "Completions cut off at the tenant's daily token budget", metric_type::counter);
+      w.sample(v(c.budget_cutoffs));
+    });
+
+  if (!s->routes.empty())
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto now = std::chrono::steady_clock::now();
+      auto route_name = [](const net::resilient_route& r) { return r.model().empty() ? std::string("*") : r.model(); };
+      w.family("parley_upstream_attempts_total",
+               "Upstream attempts by route, deployment and outcome", metric_type::counter);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments()) {
+          auto rn = route_name(*r);
+          auto& c = d->counters;
+          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "ok"}}, v(c.ok));
+          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "error"}}, v(c.error));
+          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "timeout"}}, v(c.timeout));
+          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "rate_limited"}}, v(c.rate_limited));
+          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "breaker_open"}}, v(c.breaker_open));
+        }
+      w.family("parley_upstream_retries_total", "Upstream retries by route and deployment", metric_type::counter);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments())
+          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->counters.retries));
+      w.family("parley_upstream_retry_budget_exhausted_total",
+               "Retries not made because the deployment's retry budget was spent", metric_type::counter);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments())
+          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->counters.budget_exhausted));
+      static const char* phases[] = {"connect", "tls", "first_byte", "idle", "total"};
+      w.family("parley_upstream_timeouts_total", "Upstream timeouts by route, deployment and phase",
+               metric_type::counter);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments())
+          for (std::size_t p = 0; p < net::deployment_counters::phases; ++p)
+            w.sample({{"route", route_name(*r)}, {"deployment", d->name}, {"phase", phases[p]}},
+                     v(d->counters.timeouts[p]));
+      w.family("parley_upstream_breaker_state",
+               "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open", metric_type::gauge);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments())
+          w.sample({{"route", route_name(*r)}, {"deployment", d->name}},
+                   static_cast<double>(static_cast<int>(d->breaker.current(now))));
+      w.family("parley_upstream_in_flight", "Upstream attempts in flight by route and deployment",
+               metric_type::gauge);
+      for (auto& r : s->routes)
+        for (auto& d : r->deployments())
+          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->outstanding));
+      w.family("parley_upstream_fallbacks_total", "Calls served by a fallback model, by route and fallback",
+               metric_type::counter);
+      for (auto& r : s->routes)
+        for (std::size_t i = 0; i < r->fallbacks().size(); ++i)
+          w.sample({{"from", route_name(*r)}, {"to", r->fallbacks()[i]->model()}},
+                   static_cast<double>(r->fallbacks_served(i)));
+    });
+
+  if (s->actors)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto& a = *s->actors;
+      w.family("parley_actors", "Live actors by kind", metric_type::gauge);
+      w.sample({{"kind", "tenant"}}, v(a.tenants));
+      w.sample({{"kind", "conversation"}}, v(a.conversations));
+      w.sample({{"kind", "turn"}}, v(a.turns));
+      w.family("parley_actor_passivations_total", "Actors stopped after their idle timeout, by kind",
+               metric_type::counter);
+      w.sample({{"kind", "conversation"}}, v(a.conversation_passivations));
+      w.family("parley_actor_restarts_total", "Actors restarted after a crash, by kind", metric_type::counter);
+      w.sample({{"kind", "tenant"}}, v(a.tenant_restarts));
+    });
+
+  if (s->load)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      w.family("parley_tenant_in_flight", "Chat requests in flight of the busiest tenants",
+               metric_type::gauge);
+      for (auto& [tenant, n] : s->load->top(static_cast<std::size_t>(s->top_tenants)))
+        if (n > 0)
+          w.sample({{"tenant", tenant}}, static_cast<double>(n));
+    });
+
+  if (s->server)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto* srv = s->server();
+      w.family("parley_http_in_flight", "HTTP requests read and not yet fully answered", metric_type::gauge);
+      w.sample(srv ? static_cast<double>(srv->in_flight()) : 0.0);
+      w.family("parley_streams_active", "Server-sent event streams being written", metric_type::gauge);
+      w.sample(srv ? static_cast<double>(srv->streams()) : 0.0);
+      w.family("parley_http_connections", "Open client connections", metric_type::gauge);
+      w.sample(srv ? static_cast<double>(srv->open_sessions()) : 0.0);
+    });
+
+  if (s->store)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto in_use = s->store->pool_in_use();
+      auto size = s->store->pool_size();
+      w.family("parley_store_pool_connections", "Store connections by state", metric_type::gauge);
+      w.sample({{"state", "in_use"}}, in_use);
+      w.sample({{"state", "idle"}}, size > in_use ? size - in_use : 0);
+      if (s->store_up) {
+        w.family("parley_store_up", "1 when the last store health check succeeded", metric_type::gauge);
+        w.sample(s->store_up->load() ? 1 : 0);
+      }
+      if (s->store_errors) {
+        w.family("parley_store_errors_total", "Failed store health checks and write-behind flushes",
+                 metric_type::counter);
+        w.sample(v(*s->store_errors));
+      }
+    });
+}
+
+} // namespace parley::runtime::detail

@@ -1,0 +1,36 @@
+#pragma once
+
+#include "parley/actors/services.hpp"
+#include "parley/config/metrics.hpp"
+#include "parley/net/resilience.hpp"
+#include "parley/net/server.hpp"
+#include "parley/persistence/store.hpp"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace parley::runtime::detail {
+
+/// What the scrape-time collectors read. Every pointer outlives the registry's use.
+struct metric_sources {
+  std::string version, commit;
+  const actors::admission_counters* admission = nullptr;
+  const actors::actor_counters* actors = nullptr;
+  const actors::tenant_load_board* load = nullptr;
+  int top_tenants = 20;
+  std::vector<std::shared_ptr<net::resilient_route>> routes;
+  std::function<const net::server*()> server;
+  const persistence::store* store = nullptr;
+  const std::atomic<bool>* store_up = nullptr;
+  const std::atomic<uint64_t>* store_errors = nullptr;
+};
+
+/// Registers the collectors of everything counted elsewhere as plain atomics: build info,
+/// process, admission, cache, upstream deployments (attempts, retries, timeouts, breakers,
+/// fallbacks), actors, busiest tenants, HTTP in flight and streams, the store.
+void add_node_collectors(metrics::registry& reg, metric_sources src);
+
+} // namespace parley::runtime::detail
