@@ -8,8 +8,13 @@
 // request's behaviour; it comes from POST /_script {"count":N,"script":{...}} (next N chat
 // requests, -1 = until /_reset) and/or a last user message "SCRIPT:{json} rest" (its fields win).
 // Script fields: latency_ms, tokens_per_second, reply, status, error_body, retry_after,
-// stall_after_tokens + stall_ms, reset_before_first_byte, reset_after_tokens, ratelimit_headers.
-// GET /v1/models, GET /_stats (counters, last request body and headers), POST /_reset.
+// stall_after_tokens + stall_ms, reset_before_first_byte, reset_after_tokens, ratelimit_headers,
+// fail_ratio (0..1: each request fails with `status`, default 503, with this probability, else
+// succeeds; random per request) + seed (reseeds the generator when the script is installed by
+// /_script, or by the request that carries it inline).
+// GET /v1/models, GET /_stats, POST /_reset. /_stats: chat_requests, streams_completed,
+// client_disconnects, injected_failures (fail_ratio hits), open_responses (chat responses in
+// progress now), requests_by_model ({model: chat requests}), last_request, last_headers.
 //
 // One io thread, async Beast/Asio, a strand per connection, keep-alive HTTP/1.1, loopback only.
 // Every response is a list of steps (delay, bytes | reset) run with one timer per connection;
@@ -25,6 +30,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -41,11 +47,18 @@ namespace {
 // ---- global state (only touched on the single io thread) ---------------------------------------
 struct state {
   int64_t chat_requests = 0, streams_completed = 0, client_disconnects = 0, next_id = 0;
+  int64_t injected_failures = 0, open_responses = 0;
+  json requests_by_model = json::object();
   json last_request = nullptr;
   json last_headers = json::object();
   json script = nullptr; // from POST /_script
   int64_t script_count = 0; // requests left for `script`; -1 = unlimited
 } g;
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 r{std::random_device{}()};
+  return r;
+}
 
 json error_body(const std::string& message, const std::string& type) {
   return {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}};
@@ -142,6 +155,10 @@ plan chat_plan(const http::request<http::string_body>& req, bool keep_alive) {
   ++g.chat_requests;
   json body = json::parse(req.body(), nullptr, false);
   g.last_request = body.is_discarded() ? json(nullptr) : body;
+  if (body.is_object() && body.contains("model") && body["model"].is_string()) {
+    auto& n = g.requests_by_model[body["model"].get<std::string>()];
+    n = n.is_number_integer() ? n.get<int64_t>() + 1 : int64_t{1};
+  }
   g.last_headers = json::object();
   for (const char* name : {"authorization", "traceparent", "x-request-id", "content-type"})
     if (auto it = req.find(name); it != req.end())
@@ -187,6 +204,8 @@ plan chat_plan(const http::request<http::string_body>& req, bool keep_alive) {
     }
     script.update(inline_script);
     echo = trim(rest.substr(len));
+    if (inline_script.contains("seed"))
+      rng().seed(inline_script["seed"].get<uint64_t>());
   }
 
   std::string reply = script.contains("reply") ? script["reply"].get<std::string>() : "echo: " + echo;
@@ -222,6 +241,18 @@ plan chat_plan(const http::request<http::string_body>& req, bool keep_alive) {
              {"x-ratelimit-reset-requests", "1s"}, {"x-ratelimit-limit-tokens", "10000"},
              {"x-ratelimit-remaining-tokens", "0"}, {"x-ratelimit-reset-tokens", "1s"}};
 
+  if (script.contains("fail_ratio")) {
+    // A random fault: fail with `status` (default 503) with this probability, else succeed.
+    double ratio = script["fail_ratio"].get<double>();
+    bool fail = std::uniform_real_distribution<double>(0.0, 1.0)(rng()) < ratio;
+    if (fail) {
+      ++g.injected_failures;
+      if (script.value("status", 0) < 100 || script.value("status", 0) == 200)
+        script["status"] = 503;
+    } else {
+      script.erase("status");
+    }
+  }
   if (script.value("reset_before_first_byte", false)) {
     p.steps.push_back({latency, {}, true});
     return p;
@@ -328,12 +359,16 @@ plan route(const http::request<http::string_body>& req, bool keep_alive) {
                         {"data", {{{"id", "fake-model"}, {"object", "model"}, {"created", 0}, {"owned_by", "fake"}}}}});
   if (req.method() == http::verb::get && path == "/_stats")
     return simple(200, {{"chat_requests", g.chat_requests}, {"streams_completed", g.streams_completed},
-                        {"client_disconnects", g.client_disconnects}, {"last_request", g.last_request},
+                        {"client_disconnects", g.client_disconnects},
+                        {"injected_failures", g.injected_failures}, {"open_responses", g.open_responses},
+                        {"requests_by_model", g.requests_by_model}, {"last_request", g.last_request},
                         {"last_headers", g.last_headers}});
   if (req.method() == http::verb::post && path == "/_reset") {
     auto next_id = g.next_id;
+    auto open = g.open_responses; // responses still running keep counting themselves down
     g = state{};
     g.next_id = next_id;
+    g.open_responses = open;
     return simple(200, json::object());
   }
   if (req.method() == http::verb::post && path == "/_script") {
@@ -341,6 +376,8 @@ plan route(const http::request<http::string_body>& req, bool keep_alive) {
     if (!b.is_object() || !b.contains("script") || !b["script"].is_object())
       return simple(400, error_body("fake upstream: expected {\"count\":N,\"script\":{...}}", "invalid_request_error"));
     g.script = b["script"];
+    if (g.script.contains("seed"))
+      rng().seed(g.script["seed"].get<uint64_t>());
     g.script_count = b.contains("count") && b["count"].is_number_integer() ? b["count"].get<int64_t>() : 1;
     return simple(200, json::object());
   }
@@ -395,8 +432,11 @@ private:
     plan_ = route(req, keep_alive_);
     next_ = 0;
     in_response_ = true;
-    if (plan_.chat)
+    if (plan_.chat) {
+      open_counted_ = true;
+      ++g.open_responses;
       watch();
+    }
     run_step();
   }
 
@@ -449,8 +489,17 @@ private:
     });
   }
 
+  /// A chat response ended (completed, reset, or its peer went away).
+  void uncount_open() {
+    if (open_counted_) {
+      open_counted_ = false;
+      --g.open_responses;
+    }
+  }
+
   void response_done() {
     in_response_ = false;
+    uncount_open();
     if (plan_.stream)
       ++g.streams_completed;
     plan_ = {};
@@ -477,6 +526,7 @@ private:
   }
 
   void close() {
+    uncount_open();
     if (closed_)
       return;
     closed_ = true;
@@ -492,6 +542,7 @@ private:
   plan plan_;
   std::size_t next_ = 0;
   bool keep_alive_ = true, in_response_ = false, watching_ = false, closed_ = false;
+  bool open_counted_ = false; // this connection's chat response counts in open_responses
 };
 
 void accept(tcp::acceptor& acc) {

@@ -531,7 +531,9 @@ private:
 
   void on_total_timeout() {
     std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (finished_ || committed_)
+    // Only non-streaming calls have this deadline: their tokens have not reached the client
+    // yet, so it applies after the first token too.
+    if (finished_)
       return;
     if (current_)
       current_->cancel();
