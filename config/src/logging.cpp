@@ -5,23 +5,33 @@
 namespace parley::log {
 
 void append_escaped(std::string& out, std::string_view s) {
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
+  std::size_t i = 0;
+  while (i < s.size()) {
+    // Runs of characters that need no escape go in one append.
+    std::size_t j = i;
+    while (j < s.size()) {
+      auto c = static_cast<unsigned char>(s[j]);
+      if (c < 0x20 || c == '"' || c == '\\')
+        break;
+      ++j;
+    }
+    out.append(s.data() + i, j - i);
+    if (j == s.size())
+      return;
+    auto c = static_cast<unsigned char>(s[j]);
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
+      default: {
+        static const char hex[] = "0123456789abcdef";
+        char buf[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        out.append(buf, 6);
+      }
     }
+    i = j + 1;
   }
 }
 

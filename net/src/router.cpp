@@ -1,6 +1,7 @@
 #include "parley/net/router.hpp"
 
 #include <algorithm>
+#include <array>
 
 namespace parley::net {
 namespace {
@@ -78,44 +79,83 @@ void router::add(http::verb method, std::string pattern, handler h) {
   routes_.push_back(std::move(r));
 }
 
-bool router::match(const route& r, std::string_view path,
-                   std::vector<std::pair<std::string, std::string>>* params) {
-  auto segs = split_path(path);
-  if (segs.size() != r.segments.size())
+namespace {
+/// A request path cut into segments without copying (at most 16; more never matches).
+struct path_segments {
+  std::array<std::string_view, 16> seg;
+  std::size_t n = 0;
+  bool too_long = false;
+  explicit path_segments(std::string_view path) {
+    std::size_t i = 0;
+    while (i < path.size()) {
+      if (path[i] == '/') {
+        ++i;
+        continue;
+      }
+      auto j = path.find('/', i);
+      if (j == std::string_view::npos)
+        j = path.size();
+      if (n == seg.size()) {
+        too_long = true;
+        return;
+      }
+      seg[n++] = path.substr(i, j - i);
+      i = j;
+    }
+  }
+};
+
+bool match_segments(const router::route& r, std::string_view path, const path_segments& p,
+                    std::vector<std::pair<std::string, std::string>>* params) {
+  if (p.too_long || p.n != r.segments.size())
     return false;
   // A trailing slash is a different URL ("/v1/models/" is not "/v1/models").
   if (path.size() > 1 && path.back() == '/')
     return false;
-  std::vector<std::pair<std::string, std::string>> captured;
-  for (std::size_t i = 0; i < segs.size(); ++i) {
+  for (std::size_t i = 0; i < p.n; ++i) {
+    auto& pat = r.segments[i];
+    bool capture = pat.size() > 2 && pat.front() == '{' && pat.back() == '}';
+    if (!capture && pat != p.seg[i])
+      return false;
+  }
+  if (!params)
+    return true;
+  params->clear();
+  for (std::size_t i = 0; i < p.n; ++i) {
     auto& pat = r.segments[i];
     if (pat.size() > 2 && pat.front() == '{' && pat.back() == '}') {
-      auto value = percent_decode(segs[i]);
+      auto value = percent_decode(p.seg[i]);
       if (value.empty())
         return false;
-      captured.emplace_back(pat.substr(1, pat.size() - 2), std::move(value));
-    } else if (pat != segs[i]) {
-      return false;
+      params->emplace_back(pat.substr(1, pat.size() - 2), std::move(value));
     }
   }
-  if (params)
-    *params = std::move(captured);
   return true;
+}
+} // namespace
+
+bool router::match(const route& r, std::string_view path,
+                   std::vector<std::pair<std::string, std::string>>* params) {
+  return match_segments(r, path, path_segments(path), params);
 }
 
 bool router::has_path(std::string_view path) const {
+  path_segments p(path);
   return std::any_of(routes_.begin(), routes_.end(),
-                     [&](const route& r) { return match(r, path, nullptr); });
+                     [&](const route& r) { return match_segments(r, path, p, nullptr); });
 }
 
 void router::dispatch(const exchange_ptr& ex) const {
   auto path = path_of(ex->req().target());
+  path_segments segs(path);
   std::string allow;
   for (auto& r : routes_) {
-    std::vector<std::pair<std::string, std::string>> params;
-    if (!match(r, path, &params))
+    if (!match_segments(r, path, segs, nullptr))
       continue;
     if (r.method == ex->req().method()) {
+      std::vector<std::pair<std::string, std::string>> params;
+      if (!match_segments(r, path, segs, &params))
+        continue; // an empty parameter after decoding
       ex->ctx().route = r.pattern;
       ex->ctx().params = std::move(params);
       r.fn(ex);

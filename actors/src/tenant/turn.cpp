@@ -9,11 +9,22 @@
 namespace parley::actors {
 
 chat_message to_chat_message(const std::string& json_text) {
-  chat_message m;
-  m.json = json_text;
   auto j = nlohmann::json::parse(json_text, nullptr, false);
+  if (!j.is_object()) {
+    chat_message m;
+    m.json = json_text;
+    return m;
+  }
+  auto m = to_chat_message(j);
+  m.json = json_text; // keep the caller's text as is
+  return m;
+}
+
+chat_message to_chat_message(const nlohmann::json& j) {
+  chat_message m;
   if (!j.is_object())
     return m;
+  m.json = j.dump();
   m.role = j.value("role", "");
   auto c = j.find("content");
   if (c == j.end())

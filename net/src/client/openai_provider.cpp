@@ -4,6 +4,7 @@
 // parser, sending each delta to the listening actor. Every step has a timeout.
 #include "parley/net/openai_provider.hpp"
 #include "parley/net/sse_parser.hpp"
+#include "json/json_text.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -137,22 +138,46 @@ public:
       listener_(std::move(listener)),
       request_id_(call.request_id),
       client_model_(call.client_model) {
-    json body = json::object();
-    auto extra = json::parse(call.extra_json, nullptr, false);
-    if (extra.is_object())
-      body = std::move(extra);
-    body["model"] = call.model;
-    json msgs = json::array();
+    // The body is assembled as text: the messages are already validated JSON, and the other
+    // fields (extra_json, an object without the keys set here) are spliced in as they are.
+    std::string body;
+    body.reserve(256 + call.extra_json.size());
+    body += '{';
+    std::string_view extra(call.extra_json);
+    while (!extra.empty() && (extra.back() == ' ' || extra.back() == '\n'))
+      extra.remove_suffix(1);
+    if (extra.size() > 2 && extra.front() == '{' && extra.back() == '}') {
+      auto inner = extra.substr(1, extra.size() - 2);
+      if (inner.find_first_not_of(" \t\r\n") != std::string_view::npos) {
+        body.append(inner.data(), inner.size());
+        body += ',';
+      }
+    }
+    body += "\"model\":";
+    jsontext::append_string(body, call.model);
+    body += ",\"messages\":[";
+    bool first = true;
     for (auto& m : call.messages) {
-      auto j = json::parse(m.json, nullptr, false);
-      msgs.push_back(j.is_discarded() ? json{{"role", m.role}, {"content", m.text}} : j);
+      if (!first)
+        body += ',';
+      first = false;
+      if (!m.json.empty()) {
+        body += m.json;
+      } else {
+        body += "{\"role\":";
+        jsontext::append_string(body, m.role);
+        body += ",\"content\":";
+        jsontext::append_string(body, m.text);
+        body += '}';
+      }
       prompt_estimate_ += actors::estimate_tokens(m.text) + 4;
     }
-    body["messages"] = std::move(msgs);
-    body["stream"] = true;
-    body["stream_options"] = {{"include_usage", true}};
-    if (call.max_tokens > 0)
-      body["max_tokens"] = call.max_tokens;
+    body += "],\"stream\":true,\"stream_options\":{\"include_usage\":true}";
+    if (call.max_tokens > 0) {
+      body += ",\"max_tokens\":";
+      body += std::to_string(call.max_tokens);
+    }
+    body += '}';
     req_.method(http::verb::post);
     req_.target(up_->ep.base_path + "/chat/completions");
     req_.version(11);
@@ -166,7 +191,7 @@ public:
     if (!up_->api_key.empty())
       req_.set(http::field::authorization, "Bearer " + up_->api_key);
     req_.keep_alive(true);
-    req_.body() = body.dump();
+    req_.body() = std::move(body);
     req_.prepare_payload();
   }
 
@@ -331,33 +356,68 @@ private:
       done_seen_ = true;
       return;
     }
+    // The fast reader first; anything it does not fully understand goes to the full parser.
+    jsontext::chunk_fields f;
+    if (!jsontext::scan_chunk(data, f)) {
+      f = jsontext::chunk_fields{};
+      if (!read_with_parser(data, f))
+        return;
+    }
+    if (f.error)
+      return fail(chat_error_kind::upstream_error,
+                  "the upstream reported an error" +
+                    (f.error_message.empty() ? "" : ": " + f.error_message.substr(0, 300)),
+                  {}, failure_cause::broken);
+    if (f.has_usage) {
+      if (f.prompt_tokens >= 0)
+        prompt_tokens_ = f.prompt_tokens;
+      if (f.completion_tokens >= 0)
+        completion_tokens_ = f.completion_tokens;
+      have_usage_ = true;
+    }
+    if (f.has_content && !f.content.empty()) {
+      completion_estimate_ += actors::estimate_tokens(f.content);
+      listener_->on_delta(std::move(f.content));
+    }
+    if (f.has_finish)
+      finish_reason_ = std::move(f.finish_reason);
+  }
+
+  /// The same fields through nlohmann's parser (odd but valid JSON). False: not an object.
+  static bool read_with_parser(const std::string& data, jsontext::chunk_fields& f) {
     auto j = json::parse(data, nullptr, false);
     if (!j.is_object())
-      return;
-    if (j.contains("error")) {
-      auto msg = j["error"].is_object() ? j["error"].value("message", "") : "";
-      return fail(chat_error_kind::upstream_error,
-                  "the upstream reported an error" + (msg.empty() ? "" : ": " + msg.substr(0, 300)),
-                  {}, failure_cause::broken);
+      return false;
+    if (auto e = j.find("error"); e != j.end() && !e->is_null()) {
+      f.error = true;
+      if (e->is_object() && e->contains("message") && (*e)["message"].is_string())
+        f.error_message = (*e)["message"].get<std::string>();
     }
     if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
-      prompt_tokens_ = u->value("prompt_tokens", prompt_tokens_);
-      completion_tokens_ = u->value("completion_tokens", completion_tokens_);
-      have_usage_ = true;
+      f.has_usage = true;
+      if (u->contains("prompt_tokens") && (*u)["prompt_tokens"].is_number_integer())
+        f.prompt_tokens = (*u)["prompt_tokens"].get<int64_t>();
+      if (u->contains("completion_tokens") && (*u)["completion_tokens"].is_number_integer())
+        f.completion_tokens = (*u)["completion_tokens"].get<int64_t>();
     }
     auto choices = j.find("choices");
     if (choices == j.end() || !choices->is_array() || choices->empty())
-      return;
+      return true;
     auto& c0 = (*choices)[0];
+    if (!c0.is_object())
+      return true;
     if (auto d = c0.find("delta"); d != c0.end() && d->is_object()) {
       auto content = d->find("content");
-      if (content != d->end() && content->is_string() && !content->get<std::string>().empty()) {
-        completion_estimate_ += actors::estimate_tokens(content->template get<std::string>());
-        listener_->on_delta(content->template get<std::string>());
+      if (content != d->end() && content->is_string()) {
+        f.has_content = true;
+        f.content = content->get<std::string>();
       }
     }
-    if (auto f = c0.find("finish_reason"); f != c0.end() && f->is_string())
-      finish_reason_ = f->get<std::string>();
+    if (auto fr = c0.find("finish_reason"); fr != c0.end() && fr->is_string()) {
+      f.has_finish = true;
+      f.finish_reason = fr->get<std::string>();
+    }
+    return true;
   }
 
   void on_body_end() {

@@ -3,20 +3,36 @@
 namespace parley::net {
 
 bool sse_parser::feed(std::string_view bytes, std::vector<std::string>& out) {
-  for (char c : bytes) {
-    if (last_was_cr_ && c == '\n') { // the LF of a CRLF: the line already ended at CR
+  std::size_t i = 0;
+  while (i < bytes.size()) {
+    if (last_was_cr_ && bytes[i] == '\n') { // the LF of a CRLF: the line already ended at CR
       last_was_cr_ = false;
+      ++i;
       continue;
     }
-    last_was_cr_ = c == '\r';
-    if (c == '\n' || c == '\r') {
+    last_was_cr_ = false;
+    // The rest of this line, found in bulk rather than a byte at a time.
+    std::size_t end = i;
+    while (end < bytes.size() && bytes[end] != '\n' && bytes[end] != '\r')
+      ++end;
+    auto piece = bytes.substr(i, end - i);
+    if (end == bytes.size()) { // no line end yet: keep the fragment
+      if (pending_.size() + piece.size() + data_.size() > max_)
+        return false;
+      pending_.append(piece.data(), piece.size());
+      return true;
+    }
+    if (pending_.size() + piece.size() + data_.size() > max_)
+      return false;
+    last_was_cr_ = bytes[end] == '\r';
+    if (pending_.empty()) {
+      line(piece, out); // the common case: a whole line within one read, no copy
+    } else {
+      pending_.append(piece.data(), piece.size());
       line(pending_, out);
       pending_.clear();
-      continue;
     }
-    pending_ += c;
-    if (pending_.size() + data_.size() > max_)
-      return false;
+    i = end + 1;
   }
   return true;
 }

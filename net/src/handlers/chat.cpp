@@ -1,4 +1,5 @@
 #include "parley/net/chat_api.hpp"
+#include "json/json_text.hpp"
 #include "parley/net/tenant_lookup.hpp"
 
 #include "parley/persistence/ids.hpp"
@@ -90,7 +91,7 @@ bool parse_chat(const exchange_ptr& ex, actors::chat_request& out) {
       return bad(param + ".content must be a string or an array of content parts.",
                  param + ".content");
     }
-    out.messages.push_back(actors::to_chat_message(m.dump()));
+    out.messages.push_back(actors::to_chat_message(m));
   }
   if (auto n = body.find("n"); n != body.end() && !n->is_null()) {
     if (!n->is_number_integer() || n->get<int64_t>() != 1)
@@ -187,22 +188,32 @@ struct relay_state {
 
   std::string id() const { return "chatcmpl-" + req.request_id; }
 
-  json chunk(json delta, json finish) const {
-    json c = {{"id", id()},
-              {"object", "chat.completion.chunk"},
-              {"created", created},
-              {"model", req.model},
-              {"choices",
-               json::array({{{"index", 0},
-                             {"delta", std::move(delta)},
-                             {"logprobs", nullptr},
-                             {"finish_reason", std::move(finish)}}})}};
-    if (req.include_usage)
-      c["usage"] = nullptr;
-    return c;
-  }
-
   void send_event(const json& j) { ex->stream_write("data: " + j.dump() + "\n\n"); }
+
+  /// One chunk event written as text (the hot path of a stream: no JSON tree per token).
+  /// `delta` is the delta object's JSON; `finish` nullptr writes null.
+  void send_chunk(std::string_view delta, const std::string* finish) {
+    std::string c;
+    c.reserve(160 + delta.size() + req.model.size());
+    c += "data: {\"id\":";
+    jsontext::append_string(c, id());
+    c += ",\"object\":\"chat.completion.chunk\",\"created\":";
+    c += std::to_string(created);
+    c += ",\"model\":";
+    jsontext::append_string(c, req.model);
+    c += ",\"choices\":[{\"index\":0,\"delta\":";
+    c.append(delta.data(), delta.size());
+    c += ",\"logprobs\":null,\"finish_reason\":";
+    if (finish)
+      jsontext::append_string(c, *finish);
+    else
+      c += "null";
+    c += "}]";
+    if (req.include_usage)
+      c += ",\"usage\":null";
+    c += "}\n\n";
+    ex->stream_write(std::move(c));
+  }
 
   void start_stream() {
     if (streaming)
@@ -215,7 +226,7 @@ struct relay_state {
     if (!req.conversation_id.empty())
       h.set("x-parley-conversation-id", req.conversation_id);
     ex->begin_stream(std::move(h));
-    send_event(chunk({{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}, nullptr));
+    send_chunk(R"({"role":"assistant","content":"","refusal":null})", nullptr);
   }
 };
 
@@ -232,7 +243,10 @@ void on_delta(relay_ptr self, const std::string& content) {
     return;
   if (s.req.stream) {
     s.start_stream();
-    s.send_event(s.chunk({{"content", content}}, nullptr));
+    std::string delta = "{\"content\":";
+    jsontext::append_string(delta, content);
+    delta += '}';
+    s.send_chunk(delta, nullptr);
   } else {
     s.content += content;
   }
@@ -260,7 +274,7 @@ void on_done(relay_ptr self, const actors::chat_done& d) {
                   {"total_tokens", d.prompt_tokens + d.completion_tokens}};
     if (s.req.stream) {
       s.start_stream();
-      s.send_event(s.chunk(json::object(), d.finish_reason));
+      s.send_chunk("{}", &d.finish_reason);
       if (s.req.include_usage)
         s.send_event({{"id", s.id()},
                       {"object", "chat.completion.chunk"},
@@ -271,19 +285,32 @@ void on_done(relay_ptr self, const actors::chat_done& d) {
       s.ex->stream_write("data: [DONE]\n\n");
       s.ex->end_stream();
     } else {
-      json message = {{"role", "assistant"}, {"content", s.content}, {"refusal", nullptr}};
-      json body = {{"id", s.id()},
-                   {"object", "chat.completion"},
-                   {"created", s.created},
-                   {"model", s.req.model},
-                   {"choices", json::array({{{"index", 0},
-                                             {"message", message},
-                                             {"logprobs", nullptr},
-                                             {"finish_reason", d.finish_reason}}})},
-                   {"usage", usage}};
+      // The answer as text: one pass, no JSON tree.
+      std::string body;
+      body.reserve(256 + s.content.size() + s.req.model.size());
+      body += "{\"id\":";
+      jsontext::append_string(body, s.id());
+      body += ",\"object\":\"chat.completion\",\"created\":";
+      body += std::to_string(s.created);
+      body += ",\"model\":";
+      jsontext::append_string(body, s.req.model);
+      body += ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":";
+      jsontext::append_string(body, s.content);
+      body += ",\"refusal\":null},\"logprobs\":null,\"finish_reason\":";
+      jsontext::append_string(body, d.finish_reason);
+      body += "}],\"usage\":{\"prompt_tokens\":";
+      body += std::to_string(d.prompt_tokens);
+      body += ",\"completion_tokens\":";
+      body += std::to_string(d.completion_tokens);
+      body += ",\"total_tokens\":";
+      body += std::to_string(d.prompt_tokens + d.completion_tokens);
+      body += "}}";
       if (!s.req.conversation_id.empty())
         s.ex->add_header("x-parley-conversation-id", s.req.conversation_id);
-      s.ex->respond_json(http::status::ok, body);
+      response res{http::status::ok, s.ex->req().version()};
+      res.set(http::field::content_type, "application/json");
+      res.body() = std::move(body);
+      s.ex->respond(std::move(res));
     }
   }
   s.finished = true;
@@ -519,7 +546,7 @@ void add_chat_routes(router& r, chat_deps d) {
     req.tenant_id = ctx.tenant_id;
     req.key_id = ctx.key_id;
     req.traceparent = ctx.traceparent();
-    req.tenant_config = ctx.principal ? tenants::to_json_text(ctx.principal->config) : "";
+    req.tenant_config = ctx.principal ? ctx.principal->config_json : "";
     if (req.model.empty() && ctx.principal)
       req.model = ctx.principal->config.default_model;
     // The relay is the only bridge: it holds the exchange and answers through it.

@@ -14,9 +14,15 @@ exchange::exchange(std::shared_ptr<http_session> session, request req,
   : session_(std::move(session)), pipeline_(std::move(p)), req_(std::move(req)) {}
 
 exchange::~exchange() {
-  if (!responded_.load(std::memory_order_acquire) && session_) {
-    asio::post(session_->executor(), [s = session_, id = ctx_.request_id] { s->abandon(id); });
+  if (responded_.load(std::memory_order_acquire) || !session_)
+    return;
+  if (client_left_.load(std::memory_order_acquire)) {
+    // Nobody to answer: record it as nginx does (499, client closed request), then close.
+    pipeline_->finished(*this, 499, false);
+    asio::post(session_->executor(), [s = session_] { s->drop_left(); });
+    return;
   }
+  asio::post(session_->executor(), [s = session_, id = ctx_.request_id] { s->abandon(id); });
 }
 
 asio::any_io_executor exchange::executor() const { return session_->executor(); }

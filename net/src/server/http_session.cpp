@@ -164,7 +164,7 @@ void http_session::write_response(const std::shared_ptr<exchange>& ex, response 
                     [self = shared_from_this(), sp, ex, status](beast::error_code ec, std::size_t) {
                       self->log_access(*ex, status, !ec);
                       if (ec)
-                        self->client_gone();
+                        self->client_gone(ec.message().c_str());
                       self->finish_request();
                       if (ec || self->closing_)
                         return self->do_close();
@@ -302,27 +302,37 @@ void http_session::watch_client(const std::shared_ptr<exchange>& ex) {
       // Readable while we owe an answer: either the client closed (EOF) or it pipelined its
       // next request (data stays in the socket for the next read).
       char c;
-      beast::error_code pec;
+      beast::error_code pec, ignored;
       auto& sock = self->stream_.socket();
-      sock.non_blocking(true, pec);
+      sock.non_blocking(true, ignored);
       auto n = sock.receive(asio::buffer(&c, 1), asio::socket_base::message_peek, pec);
-      sock.non_blocking(false, pec);
+      // (Its own error code: resetting the mode must not clear the receive's would_block,
+      // which would read as end of stream and cancel a healthy request.)
+      sock.non_blocking(false, ignored);
       if (pec == asio::error::would_block || pec == asio::error::try_again)
         return self->watch_client(ex);
       if (n == 0 || pec)
-        self->client_gone();
+        self->client_gone(pec ? pec.message().c_str() : "end of stream");
     });
 }
 
-void http_session::client_gone() {
+void http_session::client_gone(const char* why) {
   std::shared_ptr<exchange> ex = stream_ex_ ? stream_ex_ : watched_.lock();
   if (!ex || !ex->on_gone_)
     return;
   auto gone = std::move(ex->on_gone_);
   ex->on_gone_ = nullptr;
   log::event(pipeline_->logger(), spdlog::level::info, "client went away")
-    .str("request_id", ex->ctx().request_id);
+    .str("request_id", ex->ctx().request_id)
+    .str("why", why);
+  ex->client_left_.store(true, std::memory_order_release);
   gone();
+}
+
+void http_session::drop_left() {
+  // The request whose client went away ended without an answer: count it done and close.
+  finish_request();
+  do_close();
 }
 
 void http_session::abandon(const std::string& request_id) {

@@ -46,6 +46,8 @@ public:
 
   /// An exchange was dropped without answering: answer 500 (strand only).
   void abandon(const std::string& request_id);
+  /// The exchange whose client went away ended unanswered (it logged 499).
+  void drop_left();
 
   asio::any_io_executor executor() { return stream_.get_executor(); }
 
@@ -60,7 +62,7 @@ private:
   void do_close();
   void write_next_chunk();
   void finish_stream(bool ok);
-  void client_gone();
+  void client_gone(const char* why);
   void log_access(const exchange& ex, unsigned status, bool ok);
 
   beast::tcp_stream stream_;

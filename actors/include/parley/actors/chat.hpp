@@ -4,6 +4,7 @@
 #include <caf/atom.hpp>
 #include <caf/meta/type_name.hpp>
 #include <caf/optional.hpp>
+#include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -170,5 +171,7 @@ namespace parley::actors {
 /// Builds a chat_message from an OpenAI message object (JSON text): role, the JSON as is, and
 /// its text (a string content, or the `text` of its text parts joined by newlines).
 chat_message to_chat_message(const std::string& json_text);
+/// The same from a parsed message object (no second parse).
+chat_message to_chat_message(const nlohmann::json& message);
 
 } // namespace parley::actors

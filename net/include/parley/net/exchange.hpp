@@ -84,6 +84,7 @@ private:
   std::function<void()> on_gone_;
   std::function<void()> on_written_;
   std::atomic<bool> responded_{false};
+  std::atomic<bool> client_left_{false}; ///< the client went away before its answer
 };
 
 using exchange_ptr = std::shared_ptr<exchange>;

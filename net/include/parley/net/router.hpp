@@ -27,13 +27,15 @@ public:
   /// True when `path` matches any route (used by CORS to answer preflights only for real routes).
   bool has_path(std::string_view path) const;
 
-private:
+  /// One entry of the table (public for the matcher; not part of the interface).
   struct route {
     http::verb method;
     std::string pattern;
     std::vector<std::string> segments;
     handler fn;
   };
+
+private:
   static bool match(const route& r, std::string_view path,
                     std::vector<std::pair<std::string, std::string>>* params);
   std::vector<route> routes_;

@@ -20,6 +20,7 @@ struct key_principal {
   std::string tenant_status;
   std::string tenant_slug;
   tenant_config config;
+  std::string config_json; ///< `config` as stored JSON text (what chat requests carry)
 };
 
 /// A bounded in-memory LRU of key principals with a TTL: the hot path of authentication
