@@ -12,11 +12,13 @@
 /// Declarations shared by the actor implementations (not public).
 namespace parley::actors::detail {
 
-/// Spawns the actor that runs one stateless completion: it calls the provider, forwards
-/// events to `relay`, records usage, and tells `tenant` when it ends.
-caf::actor spawn_turn(caf::local_actor* parent, chat_request req, route r,
-                      std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,
-                      caf::actor tenant, std::shared_ptr<const chat_services> svc);
+/// Starts one stateless completion: it calls the provider, forwards events to `relay`,
+/// records usage, and tells `tenant` (ended_atom) when it ends. cancel() on the handle stops
+/// it (the client went away). Callable from the tenant actor only.
+std::shared_ptr<call_handle> start_turn(chat_request req, const route& r,
+                                        std::shared_ptr<const tenants::tenant_config> cfg,
+                                        caf::actor relay, tenant_actor tenant,
+                                        std::shared_ptr<const chat_services> svc);
 
 /// Spawns an actor that replays a cached completion to `relay` (deltas, then done) -- the
 /// upstream is not called.

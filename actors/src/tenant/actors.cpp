@@ -53,7 +53,8 @@ struct tenant_state {
   std::shared_ptr<const chat_services> svc;
   std::unordered_map<std::string, caf::actor> conversations;
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
-  std::unordered_set<caf::actor_addr> children; ///< linked turns and conversations alive
+  std::unordered_set<caf::actor_addr> children; ///< linked conversations alive
+  std::unordered_map<std::string, std::shared_ptr<call_handle>> turns; ///< stateless calls by request id
   int64_t in_flight = 0;
   // The tenant's limits: this actor is their single owner, so they are exact.
   tenants::rate_limiter requests;
@@ -74,6 +75,10 @@ struct tenant_state {
   ~tenant_state() {
     if (board && load)
       board->leave(tenant_id, load);
+    // Stopping (shutdown or a crash): the stateless calls stop with us.
+    auto calls = std::move(turns);
+    for (auto& [id, call] : calls)
+      call->cancel();
   }
   void publish_in_flight() {
     if (load)
@@ -244,10 +249,12 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   st.publish_in_flight();
   auto me = caf::actor_cast<caf::actor>(self);
   if (req.conversation_id.empty()) {
-    auto turn = detail::spawn_turn(self, std::move(req), std::move(*r), st.cfg,
-                                   std::move(relay), me, st.svc);
-    st.children.insert(turn.address());
-    return {turn, snap, chat_failure{}};
+    // A stateless turn runs without an actor of its own; we are its producer (the relay
+    // sends us cancel_atom when the client goes away).
+    auto id = req.request_id;
+    st.turns[id] = detail::start_turn(std::move(req), *r, st.cfg, std::move(relay),
+                                      caf::actor_cast<tenant_actor>(self), st.svc);
+    return {me, snap, chat_failure{}};
   }
   auto it = st.conversations.find(req.conversation_id);
   if (it == st.conversations.end()) {
@@ -378,8 +385,17 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.conversations.erase(it);
       caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
     },
+    [=](cancel_atom, const std::string& request_id) {
+      // The client of a stateless turn went away.
+      auto& st = self->state;
+      if (auto it = st.turns.find(request_id); it != st.turns.end()) {
+        auto call = it->second;
+        call->cancel(); // ends it: its `ended` comes back to us
+      }
+    },
     [=](ended_atom, const std::string& request_id, int64_t actual_tokens) {
       auto& st = self->state;
+      st.turns.erase(request_id);
       if (st.in_flight > 0)
         --st.in_flight;
       st.publish_in_flight();

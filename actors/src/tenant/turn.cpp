@@ -1,10 +1,12 @@
-// The turn actor: one stateless completion. It calls the provider, forwards events to the
-// relay, records usage once, and tells the tenant actor when it ends.
+// A stateless completion (turn_call): it calls the provider, forwards events to the relay,
+// records usage once, and tells the tenant actor when it ends.
 #include "internal.hpp"
 
 #include "parley/persistence/ids.hpp"
 
 #include <nlohmann/json.hpp>
+
+#include <mutex>
 
 namespace parley::actors {
 
@@ -90,41 +92,148 @@ void record_usage(const chat_services& svc, const chat_request& req, const chat_
 
 namespace {
 
-struct turn_state {
-  live_count live;
-  chat_request req;
-  caf::actor relay;
-  caf::actor tenant;
-  std::shared_ptr<const chat_services> svc;
-  std::shared_ptr<call_handle> call;
-  int64_t prompt_estimate = 0;
-  int64_t completion_estimate = 0;
-  int64_t produced = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
-  std::vector<std::string> deltas; ///< kept only when the result goes into the response cache
-  bool finished = false;
-  std::string served; ///< the fallback model that serves the call ("" = the one asked for)
-  static inline const char* name = "parley.turn";
-
-  /// Ends the turn exactly once: usage, the tenant's count, the actor.
-  void finish(caf::event_based_actor* self, const chat_done& d, bool failed) {
-    if (finished)
-      return;
-    finished = true;
-    record_usage(*svc, req, d, failed);
-    self->send(tenant, ended_atom::value, req.request_id, d.prompt_tokens + d.completion_tokens);
-    self->quit();
+/// One stateless completion, as a listener of its provider call: it forwards the events to
+/// the relay, cuts the stream off at the tenant's budget, feeds the response cache, records
+/// usage once and tells the tenant when it ends. No actor of its own: events go from the
+/// provider's thread straight to the relay (one message per token, not two), and the tenant
+/// actor holds the handle to cancel it. Thread-safe: provider events and cancel() may come
+/// from different threads; one mutex orders them.
+class turn_call final : public call_listener,
+                        public call_handle,
+                        public std::enable_shared_from_this<turn_call> {
+public:
+  turn_call(chat_request req, caf::actor relay, tenant_actor tenant,
+            std::shared_ptr<const chat_services> svc)
+    : req_(std::move(req)), relay_(std::move(relay)), tenant_(std::move(tenant)),
+      svc_(std::move(svc)) {
+    if (svc_->actors)
+      live_.attach(&svc_->actors->turns);
+    req_.messages.clear(); // the prompt lives in the upstream call now
   }
+
+  void begin(const route& r, upstream_call call, int64_t prompt_estimate) {
+    prompt_estimate_ = prompt_estimate;
+    auto handle = r.provider->start(std::move(call), shared_from_this());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) {
+        call_ = std::move(handle);
+        return;
+      }
+    }
+    handle->cancel(); // cancelled before start() returned (outside our lock: see cancel())
+  }
+
+  /// Refuses before any upstream call (the prompt does not fit).
+  void refuse(chat_failure f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    caf::anon_send(relay_, failed_atom::value, std::move(f));
+    finish_locked(chat_done{}, true);
+  }
+
+  // call_listener
+  void on_delta(std::string content) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_)
+      return;
+    completion_estimate_ += estimate_tokens(content);
+    ++produced_;
+    if (!req_.cache_key.empty())
+      deltas_.push_back(content);
+    caf::anon_send(relay_, delta_atom::value, std::move(content));
+    if (req_.completion_cap > 0 && produced_ >= req_.completion_cap) {
+      // The tenant's daily budget ends here: stop the upstream and end cleanly.
+      if (svc_->counters)
+        svc_->counters->budget_cutoffs.fetch_add(1, std::memory_order_relaxed);
+      // (This thread is inside the call's own event delivery: cancelling it here is safe.)
+      if (call_)
+        call_->cancel();
+      chat_done d{"length", prompt_estimate_, produced_, model(), ""};
+      caf::anon_send(relay_, done_atom::value, d);
+      finish_locked(d, false);
+    }
+  }
+
+  void on_served(const std::string& model) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_)
+      return;
+    served_ = model;
+    caf::anon_send(relay_, served_atom::value, model);
+  }
+
+  void on_done(chat_done d) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_)
+      return;
+    d.model = model(); // the client's name for it
+    if (!req_.cache_key.empty())
+      caf::anon_send(tenant_, cache_atom::value, req_.cache_key, std::move(deltas_),
+                     d.finish_reason, d.prompt_tokens, d.completion_tokens);
+    caf::anon_send(relay_, done_atom::value, d);
+    finish_locked(d, false);
+  }
+
+  void on_failed(chat_failure f) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_)
+      return;
+    caf::anon_send(relay_, failed_atom::value, std::move(f));
+    finish_locked(chat_done{"error", prompt_estimate_, completion_estimate_, "", ""}, true);
+  }
+
+  // call_handle: the client went away (or the tenant stops). What the upstream already
+  // produced still counts.
+  void cancel() override {
+    std::shared_ptr<call_handle> call;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_)
+        return;
+      call = call_;
+      finish_locked(chat_done{"cancelled", prompt_estimate_, completion_estimate_, "", ""}, true);
+    }
+    // Outside our lock: the call may be delivering an event to us right now, holding its own
+    // lock and waiting for ours; it finds us finished and lets go.
+    if (call)
+      call->cancel();
+  }
+
+private:
+  std::string model() const { return served_.empty() ? req_.model : served_; }
+
+  /// Ends the turn exactly once: usage, the tenant's count.
+  void finish_locked(const chat_done& d, bool failed) {
+    if (finished_)
+      return;
+    finished_ = true;
+    record_usage(*svc_, req_, d, failed);
+    caf::anon_send(tenant_, ended_atom::value, req_.request_id,
+                   d.prompt_tokens + d.completion_tokens);
+    call_.reset(); // the call holds us as its listener: break the cycle
+  }
+
+  std::mutex mu_;
+  live_count live_;
+  chat_request req_;
+  caf::actor relay_;
+  tenant_actor tenant_;
+  std::shared_ptr<const chat_services> svc_;
+  std::shared_ptr<call_handle> call_;
+  int64_t prompt_estimate_ = 0;
+  int64_t completion_estimate_ = 0;
+  int64_t produced_ = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
+  std::vector<std::string> deltas_; ///< kept only when the result goes into the response cache
+  std::string served_; ///< the fallback model that serves the call ("" = the one asked for)
+  bool finished_ = false;
 };
 
-caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req, route r,
-                        std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,
-                        caf::actor tenant, std::shared_ptr<const chat_services> svc) {
-  auto& st = self->state;
-  st.relay = std::move(relay);
-  st.tenant = std::move(tenant);
-  st.svc = std::move(svc);
-  if (st.svc->actors)
-    st.live.attach(&st.svc->actors->turns);
+} // namespace
+
+std::shared_ptr<call_handle> start_turn(chat_request req, const route& r,
+                                        std::shared_ptr<const tenants::tenant_config> cfg,
+                                        caf::actor relay, tenant_actor tenant,
+                                        std::shared_ptr<const chat_services> svc) {
   upstream_call call;
   call.request_id = req.request_id;
   call.model = r.upstream_model;
@@ -134,72 +243,22 @@ caf::behavior turn_impl(caf::stateful_actor<turn_state>* self, chat_request req,
   call.client_streaming = req.stream;
   call.allowed_models = cfg->allowed_models;
   call.traceparent = req.traceparent;
-  if (!build_prompt(*cfg, {}, req.messages, r.context_tokens, call.messages)) {
-    st.req = std::move(req);
-    self->send(st.relay, failed_atom::value,
-               chat_failure{chat_error_kind::invalid_request,
-                            "The messages exceed the model's context of " +
-                              std::to_string(r.context_tokens) + " tokens.",
-                            0});
-    st.finish(self, chat_done{}, true);
-    return {};
+  bool fits = build_prompt(*cfg, {}, req.messages, r.context_tokens, call.messages);
+  auto t = std::make_shared<turn_call>(std::move(req), std::move(relay), std::move(tenant),
+                                       std::move(svc));
+  if (!fits) {
+    t->refuse(chat_failure{chat_error_kind::invalid_request,
+                           "The messages exceed the model's context of " +
+                             std::to_string(r.context_tokens) + " tokens.",
+                           0});
+    return t;
   }
+  int64_t prompt_estimate = 0;
   for (auto& m : call.messages)
-    st.prompt_estimate += estimate_tokens(m.text) + 4;
-  st.req = std::move(req);
-  st.call = r.provider->start(std::move(call), actor_listener(caf::actor_cast<caf::actor>(self)));
-  return {
-    [=](delta_atom, std::string& content) {
-      auto& s = self->state;
-      if (s.finished)
-        return;
-      s.completion_estimate += estimate_tokens(content);
-      ++s.produced;
-      if (!s.req.cache_key.empty())
-        s.deltas.push_back(content);
-      self->send(s.relay, delta_atom::value, std::move(content));
-      if (s.req.completion_cap > 0 && s.produced >= s.req.completion_cap) {
-        // The tenant's daily budget ends here: stop the upstream and end cleanly.
-        if (s.svc->counters)
-          s.svc->counters->budget_cutoffs.fetch_add(1, std::memory_order_relaxed);
-        if (s.call)
-          s.call->cancel();
-        chat_done d{"length", s.prompt_estimate, s.produced, s.req.model, ""};
-        self->send(s.relay, done_atom::value, d);
-        s.finish(self, d, false);
-      }
-    },
-    [=](served_atom, std::string& model) {
-      // A fallback model serves this call: the client is told which.
-      auto& s = self->state;
-      s.served = model;
-      self->send(s.relay, served_atom::value, std::move(model));
-    },
-    [=](done_atom, chat_done& d) {
-      auto& s = self->state;
-      d.model = s.served.empty() ? s.req.model : s.served; // the client's name for it
-      if (!s.req.cache_key.empty())
-        caf::anon_send(caf::actor_cast<tenant_actor>(s.tenant), cache_atom::value, s.req.cache_key,
-                       std::move(s.deltas), d.finish_reason, d.prompt_tokens, d.completion_tokens);
-      self->send(s.relay, done_atom::value, d);
-      s.finish(self, d, false);
-    },
-    [=](failed_atom, chat_failure& f) {
-      auto& s = self->state;
-      self->send(s.relay, failed_atom::value, f);
-      s.finish(self, chat_done{"error", s.prompt_estimate, s.completion_estimate, "", ""}, true);
-    },
-    [=](cancel_atom, const std::string&) {
-      // The client went away: stop the upstream call; what it already produced still counts.
-      auto& s = self->state;
-      if (s.call)
-        s.call->cancel();
-      s.finish(self, chat_done{"cancelled", s.prompt_estimate, s.completion_estimate, "", ""}, true);
-    },
-  };
+    prompt_estimate += estimate_tokens(m.text) + 4;
+  t->begin(r, std::move(call), prompt_estimate);
+  return t;
 }
-
-} // namespace
 
 caf::actor spawn_replay(caf::local_actor* parent, tenants::cached_completion hit, std::string model,
                         caf::actor relay) {
@@ -212,14 +271,6 @@ caf::actor spawn_replay(caf::local_actor* parent, tenants::cached_completion hit
     self->quit();
     return {};
   });
-}
-
-caf::actor spawn_turn(caf::local_actor* parent, chat_request req, route r,
-                      std::shared_ptr<const tenants::tenant_config> cfg, caf::actor relay,
-                      caf::actor tenant, std::shared_ptr<const chat_services> svc) {
-  // Linked: a turn dies with its tenant (shutdown); the tenant traps its children's exits.
-  return parent->spawn<caf::linked>(turn_impl, std::move(req), std::move(r), std::move(cfg), std::move(relay),
-                       std::move(tenant), std::move(svc));
 }
 
 } // namespace detail

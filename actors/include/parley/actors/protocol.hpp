@@ -67,6 +67,8 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<flush_atom>::with<int64_t>,
   /// A conversation was deleted: stop its actor.
   caf::reacts_to<forget_atom, std::string>,
+  /// The client of a stateless turn (by request id) went away: stop its upstream call.
+  caf::reacts_to<cancel_atom, std::string>,
   /// A turn ended (from the tenant's own turn and conversation actors): its request id and
   /// the tokens it really used, to settle the estimate taken at admission.
   caf::reacts_to<ended_atom, std::string, int64_t>>;
