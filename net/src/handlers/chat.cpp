@@ -368,6 +368,8 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
   st.req.messages.clear();
   auto fail_now = [=](const caf::error& e) {
     auto& s = self->state;
+    // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
+    detail::forget_tenant(dir, s.req.tenant_id);
     s.ex->respond_error({api_errc::unavailable,
                          e == actors::actor_errc::tenant_isolated
                            ? "This tenant is temporarily isolated after repeated failures; retry later."

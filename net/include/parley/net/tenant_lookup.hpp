@@ -2,6 +2,7 @@
 
 #include "parley/actors/protocol.hpp"
 
+#include <caf/actor_cast.hpp>
 #include <caf/event_based_actor.hpp>
 
 #include <chrono>
@@ -10,19 +11,36 @@
 
 namespace parley::net {
 
-/// Finds a tenant's actor the one way every caller must: ask the tenant directory which
-/// manager owns the tenant (this node, or in a cluster its owner node), then ask that manager
-/// for the tenant actor. Calls `found(tenant_actor)` or `failed(const caf::error&)` from
-/// `self`'s context; each step times out after 5 s.
+namespace detail {
+/// A process-wide cache of tenant actor addresses (weak: a stopped tenant is not kept alive),
+/// keyed by the directory and the tenant id, so that the hot path skips the two lookup round
+/// trips. Thread-safe (a reader-writer lock).
+caf::actor_addr cached_tenant(const actors::tenant_directory_actor& directory, const std::string& tenant_id);
+void cache_tenant(const actors::tenant_directory_actor& directory, const std::string& tenant_id,
+                  const caf::actor_addr& tenant);
+void forget_tenant(const actors::tenant_directory_actor& directory, const std::string& tenant_id);
+} // namespace detail
+
+/// Finds (or starts) the tenant's actor: from the cache when it is alive, else through the
+/// directory (which knows the tenant's manager) and the manager (which spawns or returns the
+/// tenant actor). `found(tenant_actor)` or `failed(caf::error)` runs in `self`'s context.
 template <class Found, class Failed>
 void with_tenant(caf::event_based_actor* self, const actors::tenant_directory_actor& directory,
                  const std::string& tenant_id, Found found, Failed failed) {
   using namespace std::chrono_literals;
+  if (auto addr = detail::cached_tenant(directory, tenant_id))
+    if (auto t = caf::actor_cast<actors::tenant_actor>(addr))
+      return found(std::move(t));
   self->request(directory, 5s, actors::locate_atom::value, tenant_id)
     .then(
       [=](actors::tenant_manager_actor manager) mutable {
         self->request(manager, 5s, actors::tenant_atom::value, tenant_id)
-          .then([=](actors::tenant_actor tenant) mutable { found(std::move(tenant)); }, failed);
+          .then(
+            [=](actors::tenant_actor tenant) mutable {
+              detail::cache_tenant(directory, tenant_id, tenant.address());
+              found(std::move(tenant));
+            },
+            failed);
       },
       failed);
 }
