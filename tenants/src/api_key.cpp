@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <sodium.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -90,14 +91,30 @@ std::optional<parsed_key> parse_key(std::string_view presented) {
 }
 
 std::string hash_secret(std::string_view pepper, std::string_view secret) {
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (!HMAC(EVP_sha256(), pepper.data(), static_cast<int>(pepper.size()),
-            reinterpret_cast<const unsigned char*>(secret.data()), secret.size(), mac, &len))
-    throw std::runtime_error("HMAC failure");
+  // HMAC-SHA-256, on every authenticated request: the keyed state (the pepper's inner and
+  // outer pads) is computed once per thread and copied per call, so a call is two SHA-256
+  // blocks and no allocation (OpenSSL 3's one-shot HMAC() looks its algorithm up each time).
+  struct keyed {
+    std::string pepper;
+    crypto_auth_hmacsha256_state state;
+    bool ready = false;
+  };
+  thread_local keyed k;
+  if (!k.ready || k.pepper != pepper) {
+    crypto_auth_hmacsha256_init(&k.state, reinterpret_cast<const unsigned char*>(pepper.data()),
+                                pepper.size());
+    k.pepper.assign(pepper.data(), pepper.size());
+    k.ready = true;
+  }
+  crypto_auth_hmacsha256_state st = k.state;
+  crypto_auth_hmacsha256_update(&st, reinterpret_cast<const unsigned char*>(secret.data()),
+                                secret.size());
+  unsigned char mac[crypto_auth_hmacsha256_BYTES];
+  crypto_auth_hmacsha256_final(&st, mac);
+  sodium_memzero(&st, sizeof st);
   static constexpr char hex[] = "0123456789abcdef";
-  std::string out(len * 2, '0');
-  for (unsigned i = 0; i < len; ++i) {
+  std::string out(sizeof mac * 2, '0');
+  for (std::size_t i = 0; i < sizeof mac; ++i) {
     out[2 * i] = hex[mac[i] >> 4];
     out[2 * i + 1] = hex[mac[i] & 15];
   }
