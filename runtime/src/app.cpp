@@ -613,10 +613,20 @@ void app::stop() {
   d.flush_timer.reset();
   d.usage_timer.reset();
   d.health_timer.reset();
+  d.metrics_server.reset();
   d.server.reset();
-  d.ioc.reset();
+  // Everything bound to the io_context goes before it: the actors' services hold the routes,
+  // the routes hold upstream clients, and those hold pooled keep-alive sockets whose
+  // destructors use the io_context's reactor.
   d.sys.reset();
   d.caf_cfg.reset();
+  d.request_metrics.reset();
+  d.registry = std::make_shared<metrics::registry>(); // its collectors hold the routes too
+  d.routes.reset();
+  d.any_model.reset();
+  d.named_routes.clear();
+  d.resilient_routes.clear();
+  d.ioc.reset();
   d.executor.reset();
   d.writer.reset();
   d.store.reset();

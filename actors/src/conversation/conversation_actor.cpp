@@ -29,7 +29,7 @@ struct conversation_state {
   std::vector<chat_message> history;
   int64_t next_seq = 1;
 
-  std::deque<pending_turn> queue;
+  std::vector<pending_turn> queue; ///< usually empty or one: no deque (its empty form allocates ~600 B)
   bool busy = false;              ///< the front turn is running
   std::shared_ptr<call_handle> call;
   std::string reply;              ///< assistant text of the running turn
@@ -50,7 +50,7 @@ void process_next(state_ptr self);
 void end_turn(state_ptr self, const chat_done& d, bool failed) {
   auto& st = self->state;
   auto turn = std::move(st.queue.front());
-  st.queue.pop_front();
+  st.queue.erase(st.queue.begin());
   st.busy = false;
   st.call.reset();
   st.reply.clear();

@@ -351,6 +351,10 @@ public:
       return;
     auto now = clock_type::now();
     bool against = counts_against_upstream(f);
+    // A failure weighs as a slow answer in the latency average (at least 250 ms), so that
+    // least_outstanding does not favour a deployment that fails fast.
+    if (against)
+      note_latency(std::max<int64_t>(micros_since(attempt_started_), 250'000));
     settle(!against, now);
     count_outcome(f);
     current_.reset();
