@@ -703,11 +703,17 @@ int run_streams(const args& a) {
       });
     }
   };
+  long most_open_sampled = -1, rss_most_open = 0;
   std::function<void()> sample = [&] {
     if (watch) {
       long r = rss_kib(watch).first;
       if (r > rss_peak)
         rss_peak = r;
+      long open_now = st.open.load();
+      if (open_now >= most_open_sampled) { // the reading with the most streams open
+        most_open_sampled = open_now;
+        rss_most_open = r;
+      }
     }
     sampler.expires_after(std::chrono::milliseconds(100));
     sampler.async_wait([&](error_code ec) {
@@ -741,7 +747,8 @@ int run_streams(const args& a) {
             << ",\"seconds\":" << fmt(secs) << ",\"ttft_ms\":" << percentiles(st.ttft_ms);
   if (watch)
     std::cout << ",\"rss_kib\":{\"before\":" << rss_before << ",\"peak_sampled\":" << rss_peak
-              << ",\"all_open\":" << rss_all_open << ",\"hwm_before\":" << hwm_before << ",\"hwm_after\":" << hwm_after << "}";
+              << ",\"all_open\":" << rss_all_open << ",\"most_open\":" << rss_most_open
+              << ",\"most_open_streams\":" << most_open_sampled << ",\"hwm_before\":" << hwm_before << ",\"hwm_after\":" << hwm_after << "}";
   std::cout << "}" << std::endl;
   return 0;
 }

@@ -32,6 +32,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <algorithm>
+#include <malloc.h>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -165,6 +166,7 @@ struct app::impl {
   uint16_t metrics_port = 0;
   std::atomic<bool> store_up{true};
   std::atomic<uint64_t> store_errors{0};
+  uint64_t trimmed_at = 0; ///< passivations counted at the last malloc_trim (io thread only)
   std::unique_ptr<net::asio::steady_timer> health_timer;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
   std::unique_ptr<net::asio::steady_timer> usage_timer;
@@ -252,6 +254,13 @@ struct app::impl {
         if (!ok)
           errors->fetch_add(1, std::memory_order_relaxed);
       });
+      // After a wave of passivations, hand the freed heap back to the OS (glibc keeps it
+      // otherwise). On a persistence worker: trimming a large heap takes milliseconds.
+      auto passivated = actor_counts.conversation_passivations.load(std::memory_order_relaxed);
+      if (passivated - trimmed_at >= 100) {
+        trimmed_at = passivated;
+        (void)executor->try_post([] { malloc_trim(0); });
+      }
       schedule_health();
     });
   }
