@@ -495,7 +495,7 @@ private:
   http::request<http::string_body> req_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
   beast::flat_buffer buffer_;
-  char slice_[16384];
+  char slice_[4096]; ///< body read buffer: SSE events are small, and thousands of streams add up
   sse_parser sse_;
   std::string error_body_;
   int status_ = 0;
