@@ -381,17 +381,26 @@ bool read_route_resilience(const std::string& name, const std::string& k, const 
   return true;
 }
 
-void read_deployments(const std::string& name, const toml::node& node, route_settings& r) {
+/// Calls fn(item, table) for every table of an array of tables called `name`; item is
+/// "name[i]", for error messages. `form` says what was expected ("[[routes]]").
+template <class Fn>
+void for_each_table(const std::string& name, const toml::node& node, const char* form, Fn fn) {
   auto* arr = node.as_array();
   if (!arr)
-    fail(name, "expected [[routes.deployments]] tables");
+    fail(name, std::string("expected ") + form + " tables");
   for (std::size_t i = 0; i < arr->size(); ++i) {
-    auto dname = name + "[" + std::to_string(i) + "]";
+    auto item = name + "[" + std::to_string(i) + "]";
     auto* t = (*arr)[i].as_table();
     if (!t)
-      fail(dname, "expected a table");
+      fail(item, "expected a table");
+    fn(item, *t);
+  }
+}
+
+void read_deployments(const std::string& name, const toml::node& node, route_settings& r) {
+  for_each_table(name, node, "[[routes.deployments]]", [&](const std::string& dname, const toml::table& t) {
     deployment_settings d;
-    for (auto& [key, value] : *t) {
+    for (auto& [key, value] : t) {
       std::string k(key.str());
       auto field = dname + "." + k;
       if (k == "name") read_toml(field, value, d.name);
@@ -403,24 +412,17 @@ void read_deployments(const std::string& name, const toml::node& node, route_set
       else fail(field, "unknown key (name, provider, base_url, api_key_env, upstream_model, weight)");
     }
     r.deployments.push_back(std::move(d));
-  }
+  });
 }
 
 /// [[routes]]: an array of tables, each a route_settings. Read after [resilience] and the
 /// environment, so a route starts from the effective [resilience] values.
 void read_routes(const toml::node& node, const resilience_settings& defaults,
                  std::vector<route_settings>& out) {
-  auto* arr = node.as_array();
-  if (!arr)
-    fail("routes", "expected [[routes]] tables");
-  for (std::size_t i = 0; i < arr->size(); ++i) {
-    auto name = "routes[" + std::to_string(i) + "]";
-    auto* t = (*arr)[i].as_table();
-    if (!t)
-      fail(name, "expected a table");
+  for_each_table("routes", node, "[[routes]]", [&](const std::string& name, const toml::table& t) {
     route_settings r;
     r.resilience = defaults;
-    for (auto& [key, value] : *t) {
+    for (auto& [key, value] : t) {
       std::string k(key.str());
       auto field = name + "." + k;
       if (k == "model") read_toml(field, value, r.model);
@@ -436,7 +438,7 @@ void read_routes(const toml::node& node, const resilience_settings& defaults,
                     "context_tokens, fallbacks, deployments, or a [resilience] key)");
     }
     out.push_back(std::move(r));
-  }
+  });
 }
 
 void validate_resilience(const std::string& prefix, const resilience_settings& r) {
@@ -474,6 +476,19 @@ bool valid_env_name(const std::string& v) {
   return std::all_of(v.begin(), v.end(), [](unsigned char c) {
     return std::isupper(c) || std::isdigit(c) || c == '_';
   });
+}
+
+/// The checks a route's own upstream and each of its deployments share: a known provider,
+/// an http(s) base_url for openai (when `base_url` is given), an environment variable name.
+void check_upstream(const std::string& name, const std::string& provider, const std::string* base_url,
+                    const std::string& api_key_env, const char* url_problem) {
+  if (provider != "openai" && provider != "builtin")
+    fail(name + ".provider", "'" + provider + "' is not openai or builtin");
+  if (base_url && provider == "openai" && base_url->rfind("http://", 0) != 0 &&
+      base_url->rfind("https://", 0) != 0)
+    fail(name + ".base_url", url_problem);
+  if (!valid_env_name(api_key_env))
+    fail(name + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
 }
 
 } // namespace
@@ -571,16 +586,11 @@ void validate(const settings& s) {
     if (std::find(models.begin(), models.end(), r.model) != models.end())
       fail(name + ".model", "'" + r.model + "' is routed twice");
     models.push_back(r.model);
-    if (r.provider != "openai" && r.provider != "builtin")
-      fail(name + ".provider", "'" + r.provider + "' is not openai or builtin");
-    if (r.deployments.empty() && r.provider == "openai" && r.base_url.rfind("http://", 0) != 0 &&
-        r.base_url.rfind("https://", 0) != 0)
-      fail(name + ".base_url", "an openai route needs an http:// or https:// base_url (or deployments)");
+    check_upstream(name, r.provider, r.deployments.empty() ? &r.base_url : nullptr, r.api_key_env,
+                   "an openai route needs an http:// or https:// base_url (or deployments)");
     if (r.provider == "builtin" &&
         (r.upstream_model.empty() ? r.model : r.upstream_model) != "parley-echo")
       fail(name + ".upstream_model", "the builtin provider serves only parley-echo");
-    if (!valid_env_name(r.api_key_env))
-      fail(name + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
     if (r.context_tokens < 0 || r.context_tokens > 10000000)
       fail(name + ".context_tokens", "must be between 0 and 10000000");
     validate_resilience(name + ".", r.resilience);
@@ -588,13 +598,8 @@ void validate(const settings& s) {
     for (std::size_t j = 0; j < r.deployments.size(); ++j) {
       auto& d = r.deployments[j];
       auto dn = name + ".deployments[" + std::to_string(j) + "]";
-      if (d.provider != "openai" && d.provider != "builtin")
-        fail(dn + ".provider", "'" + d.provider + "' is not openai or builtin");
-      if (d.provider == "openai" && d.base_url.rfind("http://", 0) != 0 &&
-          d.base_url.rfind("https://", 0) != 0)
-        fail(dn + ".base_url", "an openai deployment needs an http:// or https:// base_url");
-      if (!valid_env_name(d.api_key_env))
-        fail(dn + ".api_key_env", "must be an environment variable name (A-Z, 0-9, _)");
+      check_upstream(dn, d.provider, &d.base_url, d.api_key_env,
+                     "an openai deployment needs an http:// or https:// base_url");
       check_range(dn + ".weight", d.weight, 1, 1000000);
       auto label = d.name.empty() ? d.base_url : d.name;
       if (std::find(names.begin(), names.end(), label) != names.end())

@@ -2,26 +2,35 @@
 
 #include <algorithm>
 #include <array>
+#include <stdexcept>
 
 namespace parley::net {
 namespace {
 
-std::vector<std::string> split_path(std::string_view path) {
-  std::vector<std::string> out;
-  std::size_t i = 0;
-  while (i < path.size()) {
-    if (path[i] == '/') {
-      ++i;
-      continue;
+/// A path cut into segments without copying (at most 16; a longer request path never matches).
+struct path_segments {
+  std::array<std::string_view, 16> seg;
+  std::size_t n = 0;
+  bool too_long = false;
+  explicit path_segments(std::string_view path) {
+    std::size_t i = 0;
+    while (i < path.size()) {
+      if (path[i] == '/') {
+        ++i;
+        continue;
+      }
+      auto j = path.find('/', i);
+      if (j == std::string_view::npos)
+        j = path.size();
+      if (n == seg.size()) {
+        too_long = true;
+        return;
+      }
+      seg[n++] = path.substr(i, j - i);
+      i = j;
     }
-    auto j = path.find('/', i);
-    if (j == std::string_view::npos)
-      j = path.size();
-    out.emplace_back(path.substr(i, j - i));
-    i = j;
   }
-  return out;
-}
+};
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -75,36 +84,14 @@ std::string query_param(std::string_view target, std::string_view name) {
 }
 
 void router::add(http::verb method, std::string pattern, handler h) {
-  route r{method, pattern, split_path(pattern), std::move(h)};
+  path_segments p(pattern);
+  if (p.too_long)
+    throw std::invalid_argument("route pattern has more than 16 segments: " + pattern);
+  route r{method, pattern, {p.seg.begin(), p.seg.begin() + static_cast<std::ptrdiff_t>(p.n)}, std::move(h)};
   routes_.push_back(std::move(r));
 }
 
 namespace {
-/// A request path cut into segments without copying (at most 16; more never matches).
-struct path_segments {
-  std::array<std::string_view, 16> seg;
-  std::size_t n = 0;
-  bool too_long = false;
-  explicit path_segments(std::string_view path) {
-    std::size_t i = 0;
-    while (i < path.size()) {
-      if (path[i] == '/') {
-        ++i;
-        continue;
-      }
-      auto j = path.find('/', i);
-      if (j == std::string_view::npos)
-        j = path.size();
-      if (n == seg.size()) {
-        too_long = true;
-        return;
-      }
-      seg[n++] = path.substr(i, j - i);
-      i = j;
-    }
-  }
-};
-
 bool match_segments(const router::route& r, std::string_view path, const path_segments& p,
                     std::vector<std::pair<std::string, std::string>>* params) {
   if (p.too_long || p.n != r.segments.size())

@@ -145,8 +145,6 @@ struct app::impl {
   std::unique_ptr<tenants::admin_ops> ops;
   std::unique_ptr<tenants::usage_batcher> usage;
   std::shared_ptr<const actors::route_table> routes;
-  std::vector<actors::route> named_routes;
-  std::shared_ptr<actors::provider_port> any_model;
   std::vector<std::shared_ptr<net::resilient_route>> resilient_routes;
   std::unique_ptr<caf::actor_system_config> caf_cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -316,7 +314,9 @@ struct app::impl {
   /// Every model this node serves becomes a resilient route over its deployments; then the
   /// fallbacks are linked by name. Upstream clients (connection pools) are shared by
   /// deployments with the same URL, key and timeouts.
-  void build_routes(const std::shared_ptr<actors::provider_port>& echo) {
+  std::shared_ptr<const actors::route_table> build_routes(const std::shared_ptr<actors::provider_port>& echo) {
+    std::vector<actors::route> named_routes;
+    std::shared_ptr<actors::provider_port> any_model;
     std::map<std::string, std::shared_ptr<actors::provider_port>> clients;
     auto client_for = [&](const std::string& url, const std::string& key,
                           const config::resilience_settings& r) {
@@ -426,6 +426,8 @@ struct app::impl {
       log::event(logger, spdlog::level::info, "upstream configured")
         .str("url", settings.upstream.url); // the URL, never the key
     }
+    return std::make_shared<actors::route_table>(std::move(named_routes), std::move(any_model),
+                                                 settings.chat.context_tokens);
   }
 
   void start_actors() {
@@ -435,9 +437,7 @@ struct app::impl {
     actors::register_types(*caf_cfg);
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
     auto echo = actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second);
-    build_routes(echo);
-    routes = std::make_shared<actors::route_table>(std::move(named_routes), std::move(any_model),
-                                                   settings.chat.context_tokens);
+    routes = build_routes(echo);
     auto svc = std::make_shared<actors::chat_services>();
     svc->store = store.get();
     svc->executor = executor.get();
@@ -632,8 +632,6 @@ void app::stop() {
   d.request_metrics.reset();
   d.registry = std::make_shared<metrics::registry>(); // its collectors hold the routes too
   d.routes.reset();
-  d.any_model.reset();
-  d.named_routes.clear();
   d.resilient_routes.clear();
   d.ioc.reset();
   d.executor.reset();

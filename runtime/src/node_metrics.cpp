@@ -41,53 +41,43 @@ void add_node_collectors(metrics::registry& reg, metric_sources src) {
   if (!s->routes.empty())
     reg.add_collector([s](metrics::exposition_writer& w) {
       auto now = std::chrono::steady_clock::now();
-      auto route_name = [](const net::resilient_route& r) { return r.model().empty() ? std::string("*") : r.model(); };
-      w.family("parley_upstream_attempts_total",
-               "Upstream attempts by route, deployment and outcome", metric_type::counter);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments()) {
-          auto rn = route_name(*r);
-          auto& c = d->counters;
-          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "ok"}}, v(c.ok));
-          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "error"}}, v(c.error));
-          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "timeout"}}, v(c.timeout));
-          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "rate_limited"}}, v(c.rate_limited));
-          w.sample({{"route", rn}, {"deployment", d->name}, {"outcome", "breaker_open"}}, v(c.breaker_open));
-        }
-      w.family("parley_upstream_retries_total", "Upstream retries by route and deployment", metric_type::counter);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments())
-          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->counters.retries));
-      w.family("parley_upstream_retry_budget_exhausted_total",
-               "Retries not made because the deployment's retry budget was spent", metric_type::counter);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments())
-          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->counters.budget_exhausted));
+      static const char* outcomes[] = {"ok", "error", "timeout", "rate_limited", "breaker_open"};
       static const char* phases[] = {"connect", "tls", "first_byte", "idle", "total"};
-      w.family("parley_upstream_timeouts_total", "Upstream timeouts by route, deployment and phase",
-               metric_type::counter);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments())
+      // One pass over the deployments; the writer gathers each family's samples under it.
+      for (auto& r : s->routes) {
+        std::string rn = r->model().empty() ? std::string("*") : r->model();
+        for (auto& d : r->deployments()) {
+          auto& c = d->counters;
+          metrics::label route{"route", rn}, dep{"deployment", d->name};
+          const std::atomic<uint64_t>* by_outcome[] = {&c.ok, &c.error, &c.timeout, &c.rate_limited,
+                                                       &c.breaker_open};
+          w.family("parley_upstream_attempts_total", "Upstream attempts by route, deployment and outcome",
+                   metric_type::counter);
+          for (std::size_t i = 0; i < 5; ++i)
+            w.sample({route, dep, {"outcome", outcomes[i]}}, v(*by_outcome[i]));
+          w.family("parley_upstream_retries_total", "Upstream retries by route and deployment",
+                   metric_type::counter);
+          w.sample({route, dep}, v(c.retries));
+          w.family("parley_upstream_retry_budget_exhausted_total",
+                   "Retries not made because the deployment's retry budget was spent", metric_type::counter);
+          w.sample({route, dep}, v(c.budget_exhausted));
+          w.family("parley_upstream_timeouts_total", "Upstream timeouts by route, deployment and phase",
+                   metric_type::counter);
           for (std::size_t p = 0; p < net::deployment_counters::phases; ++p)
-            w.sample({{"route", route_name(*r)}, {"deployment", d->name}, {"phase", phases[p]}},
-                     v(d->counters.timeouts[p]));
-      w.family("parley_upstream_breaker_state",
-               "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open", metric_type::gauge);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments())
-          w.sample({{"route", route_name(*r)}, {"deployment", d->name}},
-                   static_cast<double>(static_cast<int>(d->breaker.current(now))));
-      w.family("parley_upstream_in_flight", "Upstream attempts in flight by route and deployment",
-               metric_type::gauge);
-      for (auto& r : s->routes)
-        for (auto& d : r->deployments())
-          w.sample({{"route", route_name(*r)}, {"deployment", d->name}}, v(d->outstanding));
-      w.family("parley_upstream_fallbacks_total", "Calls served by a fallback model, by route and fallback",
-               metric_type::counter);
-      for (auto& r : s->routes)
+            w.sample({route, dep, {"phase", phases[p]}}, v(c.timeouts[p]));
+          w.family("parley_upstream_breaker_state",
+                   "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open", metric_type::gauge);
+          w.sample({route, dep}, static_cast<double>(static_cast<int>(d->breaker.current(now))));
+          w.family("parley_upstream_in_flight", "Upstream attempts in flight by route and deployment",
+                   metric_type::gauge);
+          w.sample({route, dep}, v(d->outstanding));
+        }
+        w.family("parley_upstream_fallbacks_total", "Calls served by a fallback model, by route and fallback",
+                 metric_type::counter);
         for (std::size_t i = 0; i < r->fallbacks().size(); ++i)
-          w.sample({{"from", route_name(*r)}, {"to", r->fallbacks()[i]->model()}},
+          w.sample({{"from", rn}, {"to", r->fallbacks()[i]->model()}},
                    static_cast<double>(r->fallbacks_served(i)));
+      }
     });
 
   if (s->actors)

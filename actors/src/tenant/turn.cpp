@@ -10,27 +10,14 @@
 
 namespace parley::actors {
 
-chat_message to_chat_message(const std::string& json_text) {
-  auto j = nlohmann::json::parse(json_text, nullptr, false);
-  if (!j.is_object()) {
-    chat_message m;
-    m.json = json_text;
-    return m;
-  }
-  auto m = to_chat_message(j);
-  m.json = json_text; // keep the caller's text as is
-  return m;
-}
-
-chat_message to_chat_message(const nlohmann::json& j) {
-  chat_message m;
-  if (!j.is_object())
-    return m;
-  m.json = j.dump();
+namespace {
+/// Role and text content of a message object (a string content, or the `text` of its text
+/// parts joined by newlines).
+void read_role_and_text(const nlohmann::json& j, chat_message& m) {
   m.role = j.value("role", "");
   auto c = j.find("content");
   if (c == j.end())
-    return m;
+    return;
   if (c->is_string()) {
     m.text = c->get<std::string>();
   } else if (c->is_array()) {
@@ -41,6 +28,24 @@ chat_message to_chat_message(const nlohmann::json& j) {
         m.text += part["text"].get<std::string>();
       }
   }
+}
+} // namespace
+
+chat_message to_chat_message(const std::string& json_text) {
+  chat_message m;
+  m.json = json_text; // the caller's text as is
+  auto j = nlohmann::json::parse(json_text, nullptr, false);
+  if (j.is_object())
+    read_role_and_text(j, m);
+  return m;
+}
+
+chat_message to_chat_message(const nlohmann::json& j) {
+  chat_message m;
+  if (!j.is_object())
+    return m;
+  m.json = j.dump();
+  read_role_and_text(j, m);
   return m;
 }
 

@@ -238,16 +238,10 @@ private:
                               auto& tcp = tcp_layer(*self->stream_);
                               tcp.expires_after(std::chrono::milliseconds(self->up_->settings.connect_timeout_ms));
                               tcp.async_connect(r, [self](beast::error_code ec2, tcp::endpoint) {
-                                if (ec2) {
-                                  bool t = ec2 == beast::error::timeout;
-                                  return self->fail(t ? chat_error_kind::upstream_timeout
-                                                      : chat_error_kind::upstream_error,
-                                                    t ? "the upstream did not accept the connection in time"
-                                                      : "could not connect to the upstream",
-                                                    ec2,
-                                                    t ? failure_cause::connect_timeout
-                                                      : failure_cause::connect);
-                                }
+                                if (ec2)
+                                  return self->fail_io(ec2, "the upstream did not accept the connection in time",
+                                                       "could not connect to the upstream",
+                                                       failure_cause::connect_timeout, failure_cause::connect);
                                 tcp_layer(*self->stream_).socket().set_option(tcp::no_delay(true), ec2);
                                 self->handshake();
                               });
@@ -286,14 +280,9 @@ private:
                                     (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
                                      ec == asio::error::eof))
                                   return self->connect_new();
-                                bool t = ec == beast::error::timeout;
-                                return self->fail(t ? chat_error_kind::upstream_timeout
-                                                    : chat_error_kind::upstream_error,
-                                                  t ? "the upstream did not answer in time"
-                                                    : "the upstream closed the connection without answering",
-                                                  ec,
-                                                  t ? failure_cause::first_byte_timeout
-                                                    : failure_cause::reset);
+                                return self->fail_io(ec, "the upstream did not answer in time",
+                                                     "the upstream closed the connection without answering",
+                                                     failure_cause::first_byte_timeout, failure_cause::reset);
                               }
                               auto& h = self->parser_->get();
                               self->status_ = h.result_int();
@@ -317,17 +306,10 @@ private:
                      [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                        if (ec == http::error::need_buffer)
                          ec = {};
-                       if (ec) {
-                         bool t = ec == beast::error::timeout;
-                         return self->fail(t ? chat_error_kind::upstream_timeout
-                                             : chat_error_kind::upstream_error,
-                                           t ? "the upstream stream stalled"
-                                             : "the upstream stream broke off",
-                                           ec,
-                                           t ? failure_cause::idle_timeout
-                                             : (self->status_ == 200 ? failure_cause::reset
-                                                                     : failure_cause::status));
-                       }
+                       if (ec)
+                         return self->fail_io(ec, "the upstream stream stalled", "the upstream stream broke off",
+                                              failure_cause::idle_timeout,
+                                              self->status_ == 200 ? failure_cause::reset : failure_cause::status);
                        auto n = sizeof self->slice_ - self->parser_->get().body().size;
                        self->on_bytes(std::string_view(self->slice_, n));
                        self->read_body();
@@ -467,6 +449,14 @@ private:
          "the upstream failed with status " + std::to_string(status_), {}, st);
   }
 
+  /// An I/O step failed: by its timer (504, cause `on_timeout`) or otherwise (502, `otherwise`).
+  void fail_io(beast::error_code ec, const char* timed_out, const char* failed, failure_cause on_timeout,
+               failure_cause otherwise) {
+    bool t = ec == beast::error::timeout;
+    fail(t ? chat_error_kind::upstream_timeout : chat_error_kind::upstream_error, t ? timed_out : failed, ec,
+         t ? on_timeout : otherwise);
+  }
+
   void fail(chat_error_kind kind, std::string message, beast::error_code ec, failure_cause cause) {
     if (finished_)
       return;
@@ -529,16 +519,10 @@ void call_op<beast::ssl_stream<beast::tcp_stream>>::handshake() {
   tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.tls_timeout_ms));
   stream_->async_handshake(asio::ssl::stream_base::client,
                            [self = shared_from_this()](beast::error_code ec) {
-                             if (ec) {
-                               bool t = ec == beast::error::timeout;
-                               return self->fail(t ? chat_error_kind::upstream_timeout
-                                                   : chat_error_kind::upstream_error,
-                                                 t ? "the TLS handshake with the upstream timed out"
-                                                   : "the TLS handshake with the upstream failed",
-                                                 ec,
-                                                 t ? failure_cause::tls_timeout
-                                                   : failure_cause::connect);
-                             }
+                             if (ec)
+                               return self->fail_io(ec, "the TLS handshake with the upstream timed out",
+                                                    "the TLS handshake with the upstream failed",
+                                                    failure_cause::tls_timeout, failure_cause::connect);
                              self->write();
                            });
 }

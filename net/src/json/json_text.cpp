@@ -99,6 +99,15 @@ public:
     }
   }
 
+  /// null, or a string: then `present` is set and `out` holds it (a repeated key wins).
+  bool nullable_string(bool& present, std::string& out) {
+    if (literal("null"))
+      return true;
+    present = true;
+    out.clear();
+    return string(&out);
+  }
+
   bool integer(int64_t& v) {
     ws();
     const char* start = p_;
@@ -243,23 +252,13 @@ bool scan_chunk(std::string_view text, chunk_fields& out) {
             if (r.literal("null"))
               return true;
             return r.object([&](const std::string& dk) {
-              if (dk == "content") {
-                if (r.literal("null"))
-                  return true;
-                out.has_content = true;
-                out.content.clear();
-                return r.string(&out.content);
-              }
+              if (dk == "content")
+                return r.nullable_string(out.has_content, out.content);
               return r.skip();
             });
           }
-          if (ck == "finish_reason") {
-            if (r.literal("null"))
-              return true;
-            out.has_finish = true;
-            out.finish_reason.clear();
-            return r.string(&out.finish_reason);
-          }
+          if (ck == "finish_reason")
+            return r.nullable_string(out.has_finish, out.finish_reason);
           return r.skip();
         });
         if (!choice_ok)
