@@ -477,6 +477,28 @@ int run_serve(const args& a) {
 
 // ---- streams: N concurrent SSE streams -------------------------------------------------------
 
+/// A socket with a deadline: when the timer fires first, the socket closes (failing its pending
+/// operation) and `timed_out` says why. Shared by the streaming and the unary clients.
+struct deadline_socket {
+  explicit deadline_socket(asio::io_context& io) : sock(io), timer(io) {}
+  /// Arms the deadline `seconds` from now; `owner` is kept alive until it fires or is cancelled.
+  template <class Owner>
+  void arm(double seconds, std::shared_ptr<Owner> owner) {
+    timed_out = false;
+    timer.expires_after(std::chrono::milliseconds(static_cast<long>(seconds * 1000)));
+    timer.async_wait([this, owner = std::move(owner)](error_code ec) {
+      if (ec)
+        return;
+      timed_out = true;
+      error_code ignore;
+      sock.close(ignore);
+    });
+  }
+  tcp::socket sock;
+  asio::steady_timer timer;
+  bool timed_out = false;
+};
+
 struct streams_state {
   url target;
   std::string body, key, host_header;
@@ -493,23 +515,16 @@ struct streams_state {
 
 class stream_client : public std::enable_shared_from_this<stream_client> {
 public:
-  stream_client(asio::io_context& io, streams_state& st) : sock_(io), deadline_(io), st_(st) {}
+  stream_client(asio::io_context& io, streams_state& st) : ds_(io), st_(st) {}
 
   void start() {
-    deadline_.expires_after(std::chrono::milliseconds(static_cast<long>(st_.timeout_s * 1000)));
-    deadline_.async_wait([self = shared_from_this()](error_code ec) {
+    ds_.arm(st_.timeout_s, shared_from_this());
+    ds_.sock.async_connect(endpoint_of(st_.target), [self = shared_from_this()](error_code ec) {
       if (ec)
-        return;
-      self->timed_out_ = true;
-      error_code ignore;
-      self->sock_.close(ignore);
-    });
-    sock_.async_connect(endpoint_of(st_.target), [self = shared_from_this()](error_code ec) {
-      if (ec)
-        return self->fail(self->timed_out_ ? "timeout" : "connect", ec.message());
+        return self->fail(self->ds_.timed_out ? "timeout" : "connect", ec.message());
       ++self->st_.connected;
       error_code ignore;
-      self->sock_.set_option(tcp::no_delay(true), ignore);
+      self->ds_.sock.set_option(tcp::no_delay(true), ignore);
       self->write();
     });
   }
@@ -529,9 +544,9 @@ private:
     req_.body() = st_.body;
     req_.prepare_payload();
     t_sent_ = steady::now();
-    http::async_write(sock_, req_, [self = shared_from_this()](error_code ec, std::size_t) {
+    http::async_write(ds_.sock, req_, [self = shared_from_this()](error_code ec, std::size_t) {
       if (ec)
-        return self->fail(self->timed_out_ ? "timeout" : "write", ec.message());
+        return self->fail(self->ds_.timed_out ? "timeout" : "write", ec.message());
       self->read_header();
     });
   }
@@ -539,9 +554,9 @@ private:
   void read_header() {
     parser_.emplace();
     parser_->body_limit(std::uint64_t{1} << 40); // not boost::none: Beast 1.74 then rejects any Content-Length
-    http::async_read_header(sock_, buf_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
+    http::async_read_header(ds_.sock, buf_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
       if (ec)
-        return self->fail(self->timed_out_ ? "timeout" : "read_header", ec.message());
+        return self->fail(self->ds_.timed_out ? "timeout" : "read_header", ec.message());
       unsigned status = self->parser_->get().result_int();
       if (status != 200)
         return self->fail("status_" + std::to_string(status), "");
@@ -561,11 +576,11 @@ private:
       return finish();
     parser_->get().body().data = chunk_;
     parser_->get().body().size = sizeof chunk_;
-    http::async_read_some(sock_, buf_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
+    http::async_read_some(ds_.sock, buf_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
       if (ec == http::error::need_buffer)
         ec = {};
       if (ec)
-        return self->fail(self->timed_out_ ? "timeout" : "read_body", ec.message());
+        return self->fail(self->ds_.timed_out ? "timeout" : "read_body", ec.message());
       std::size_t got = sizeof self->chunk_ - self->parser_->get().body().size;
       self->consume(self->chunk_, got);
       self->read_body();
@@ -621,15 +636,14 @@ private:
     if (is_open_)
       --st_.open;
     error_code ignore;
-    deadline_.cancel();
-    sock_.shutdown(tcp::socket::shutdown_both, ignore);
-    sock_.close(ignore);
+    ds_.timer.cancel();
+    ds_.sock.shutdown(tcp::socket::shutdown_both, ignore);
+    ds_.sock.close(ignore);
     if (++st_.finished == st_.n && st_.on_all_finished)
       st_.on_all_finished();
   }
 
-  tcp::socket sock_;
-  asio::steady_timer deadline_;
+  deadline_socket ds_;
   streams_state& st_;
   http::request<http::string_body> req_;
   beast::flat_buffer buf_;
@@ -637,7 +651,7 @@ private:
   char chunk_[4096];
   std::string pending_, error_text_;
   steady::time_point t_sent_;
-  bool got_first_ = false, got_done_ = false, error_frame_ = false, timed_out_ = false;
+  bool got_first_ = false, got_done_ = false, error_frame_ = false;
   bool is_open_ = false, finished_ = false;
 };
 
@@ -765,7 +779,7 @@ class unary_conn : public std::enable_shared_from_this<unary_conn> {
 public:
   using callback = std::function<void(unary_result)>;
   unary_conn(asio::io_context& io, tcp::endpoint ep, std::string host, double timeout_s)
-      : sock_(io), deadline_(io), ep_(ep), host_(std::move(host)), timeout_s_(timeout_s) {}
+      : ds_(io), ep_(ep), host_(std::move(host)), timeout_s_(timeout_s) {}
 
   void request(http::verb verb, const std::string& target, const std::string& body,
                const std::vector<std::pair<std::string, std::string>>& headers, callback cb) {
@@ -781,39 +795,31 @@ public:
       req_.set(k, v);
     req_.body() = body;
     req_.prepare_payload();
-    timed_out_ = false;
-    deadline_.expires_after(std::chrono::milliseconds(static_cast<long>(timeout_s_ * 1000)));
-    deadline_.async_wait([self = shared_from_this()](error_code ec) {
-      if (ec)
-        return;
-      self->timed_out_ = true;
-      error_code ignore;
-      self->sock_.close(ignore);
-    });
-    if (sock_.is_open())
+    ds_.arm(timeout_s_, shared_from_this());
+    if (ds_.sock.is_open())
       return write();
-    sock_.async_connect(ep_, [self = shared_from_this()](error_code ec) {
+    ds_.sock.async_connect(ep_, [self = shared_from_this()](error_code ec) {
       if (ec)
-        return self->complete(self->timed_out_ ? "timeout" : "connect", 0);
+        return self->complete(self->ds_.timed_out ? "timeout" : "connect", 0);
       error_code ignore;
-      self->sock_.set_option(tcp::no_delay(true), ignore);
+      self->ds_.sock.set_option(tcp::no_delay(true), ignore);
       self->write();
     });
   }
 
 private:
   void write() {
-    http::async_write(sock_, req_, [self = shared_from_this()](error_code ec, std::size_t) {
+    http::async_write(ds_.sock, req_, [self = shared_from_this()](error_code ec, std::size_t) {
       if (ec)
-        return self->complete(self->timed_out_ ? "timeout" : "write", 0);
+        return self->complete(self->ds_.timed_out ? "timeout" : "write", 0);
       self->res_ = {};
-      http::async_read(self->sock_, self->buf_, self->res_, [self](error_code ec, std::size_t) {
+      http::async_read(self->ds_.sock, self->buf_, self->res_, [self](error_code ec, std::size_t) {
         if (ec)
-          return self->complete(self->timed_out_ ? "timeout" : "read", 0);
+          return self->complete(self->ds_.timed_out ? "timeout" : "read", 0);
         unsigned status = self->res_.result_int();
         if (!self->res_.keep_alive()) {
           error_code ignore;
-          self->sock_.close(ignore);
+          self->ds_.sock.close(ignore);
         }
         self->complete(status == 200 ? "" : "status_" + std::to_string(status), status);
       });
@@ -821,7 +827,7 @@ private:
   }
 
   void complete(const std::string& kind, unsigned status) {
-    deadline_.cancel();
+    ds_.timer.cancel();
     unary_result r;
     r.ok = kind.empty();
     r.kind = kind;
@@ -829,7 +835,7 @@ private:
     r.body = std::move(res_.body());
     if (!r.ok && status == 0) { // transport failure: reconnect next time
       error_code ignore;
-      sock_.close(ignore);
+      ds_.sock.close(ignore);
       buf_.consume(buf_.size());
     }
     auto cb = std::move(cb_);
@@ -838,8 +844,7 @@ private:
       cb(std::move(r));
   }
 
-  tcp::socket sock_;
-  asio::steady_timer deadline_;
+  deadline_socket ds_;
   tcp::endpoint ep_;
   std::string host_;
   double timeout_s_;
@@ -847,7 +852,6 @@ private:
   http::response<http::string_body> res_;
   beast::flat_buffer buf_;
   callback cb_;
-  bool timed_out_ = false;
 };
 
 // ---- rate: open-loop constant-rate unary requests --------------------------------------------

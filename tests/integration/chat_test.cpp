@@ -313,10 +313,7 @@ TEST_CASE("a client that disconnects mid-stream cancels its completion", "[chat]
     words += "w" + std::to_string(i) + " ";
   {
     http_client c(srv.port());
-    c.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tk.key +
-               "\r\nContent-Type: application/json\r\nContent-Length: " +
-               std::to_string(json{{"model", "parley-echo"}, {"stream", true}, {"messages", {user(words)}}}.dump().size()) +
-               "\r\n\r\n" + json{{"model", "parley-echo"}, {"stream", true}, {"messages", {user(words)}}}.dump());
+    send_chat_raw(c, tk.key, json{{"model", "parley-echo"}, {"stream", true}, {"messages", {user(words)}}}.dump());
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   } // disconnects after ~2 of 50 tokens
   auto t0 = std::chrono::steady_clock::now();

@@ -133,6 +133,19 @@ void check_near(milliseconds took, int setting_ms) {
   CHECK(took.count() <= setting_ms * 11 / 10);
 }
 
+/// After a warm-up, one timed call that must fail with 504 upstream_timeout within 10 % of
+/// `setting_ms`; returns the reply for further checks.
+http_reply expect_timeout_504(const node& n, const json& body, int setting_ms) {
+  n.warm_up();
+  http_reply rep;
+  auto took = timed([&] { rep = n.chat(body); });
+  INFO(rep.body);
+  CHECK(rep.status == 504);
+  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
+  check_near(took, setting_ms);
+  return rep;
+}
+
 /// Polls until `pred` holds or `limit` passes; returns whether it held.
 template <class P>
 bool eventually(P&& pred, milliseconds limit = milliseconds(2000)) {
@@ -274,12 +287,7 @@ TEST_CASE("the connect timeout fires within 10 % of connect_timeout_ms", "[resil
   auto r = single_attempt();
   r.connect_timeout_ms = 800;
   node n({route_to("m", free_port_url("http", acc), r)});
-  n.warm_up();
-  http_reply rep;
-  auto took = timed([&] { rep = n.chat(chat_body("m", "hello")); });
-  CHECK(rep.status == 504);
-  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
-  check_near(took, 800);
+  expect_timeout_504(n, chat_body("m", "hello"), 800);
 }
 
 TEST_CASE("the TLS handshake timeout fires within 10 % of tls_timeout_ms", "[resilience][integration]") {
@@ -289,12 +297,7 @@ TEST_CASE("the TLS handshake timeout fires within 10 % of tls_timeout_ms", "[res
   auto r = single_attempt();
   r.tls_timeout_ms = 800;
   node n({route_to("m", free_port_url("https", acc), r)});
-  n.warm_up();
-  http_reply rep;
-  auto took = timed([&] { rep = n.chat(chat_body("m", "hello")); });
-  CHECK(rep.status == 504);
-  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
-  check_near(took, 800);
+  expect_timeout_504(n, chat_body("m", "hello"), 800);
 }
 
 TEST_CASE("the first-byte timeout fires within 10 % of first_byte_timeout_ms and cancels the upstream request",
@@ -303,12 +306,7 @@ TEST_CASE("the first-byte timeout fires within 10 % of first_byte_timeout_ms and
   auto r = single_attempt();
   r.first_byte_timeout_ms = 800;
   node n({route_to("m", up.url(), r)});
-  n.warm_up();
-  http_reply rep;
-  auto took = timed([&] { rep = n.chat(chat_body("m", "SCRIPT:{\"latency_ms\":3000} slow")); });
-  CHECK(rep.status == 504);
-  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
-  check_near(took, 800);
+  expect_timeout_504(n, chat_body("m", "SCRIPT:{\"latency_ms\":3000} slow"), 800);
   // The upstream saw its client go away (the request was cancelled, not left to run).
   CHECK(eventually([&] { return up.stats()["client_disconnects"] == 1; }, milliseconds(1000)));
   CHECK(up.stats()["open_responses"] == 0);
@@ -347,12 +345,7 @@ TEST_CASE("the idle timeout before the first token answers 504 within 10 % of id
   auto r = single_attempt();
   r.idle_timeout_ms = 800;
   node n({route_to("m", up.url(), r)});
-  n.warm_up();
-  http_reply rep;
-  auto took = timed([&] { rep = n.chat(chat_body("m", "SCRIPT:{\"stall_after_tokens\":0,\"stall_ms\":3000} a b")); });
-  CHECK(rep.status == 504);
-  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
-  check_near(took, 800);
+  expect_timeout_504(n, chat_body("m", "SCRIPT:{\"stall_after_tokens\":0,\"stall_ms\":3000} a b"), 800);
 }
 
 TEST_CASE("the total timeout of a non-streaming call answers 504 within 10 % of total_timeout_ms",
@@ -361,16 +354,8 @@ TEST_CASE("the total timeout of a non-streaming call answers 504 within 10 % of 
   auto r = single_attempt();
   r.total_timeout_ms = 1000;
   node n({route_to("m", up.url(), r)});
-  n.warm_up();
-  http_reply rep;
   // 12 tokens at 5 per second: 2.4 s, each gap well within the idle timeout.
-  auto took = timed([&] {
-    rep = n.chat(chat_body("m", "SCRIPT:{\"tokens_per_second\":5} a b c d e f g h i j k"));
-  });
-  INFO(rep.body);
-  CHECK(rep.status == 504);
-  CHECK(json::parse(rep.body)["error"]["code"] == "upstream_timeout");
-  check_near(took, 1000);
+  expect_timeout_504(n, chat_body("m", "SCRIPT:{\"tokens_per_second\":5} a b c d e f g h i j k"), 1000);
   CHECK(eventually([&] { return up.stats()["client_disconnects"] == 1; }, milliseconds(1000)));
   CHECK(up.stats()["streams_completed"] == 0);
 }
@@ -593,12 +578,8 @@ TEST_CASE("a client disconnect cancels the upstream request", "[resilience][inte
   auto body = chat_body("m", "SCRIPT:{\"tokens_per_second\":10} a b c d e f g h i j k l m n o p q r s t", true).dump();
   {
     http_client c(n.srv->port());
-    c.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + n.key +
-               "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-               "\r\n\r\n" + body);
-    std::string seen;
-    while (seen.find("\"content\":\"echo:\"") == std::string::npos)
-      seen += c.read_some_raw();
+    send_chat_raw(c, n.key, body);
+    read_until(c, "\"content\":\"echo:\"");
     REQUIRE(up.stats()["open_responses"] == 1);
   } // the client goes away after its first chunk
   auto t = steady::now();

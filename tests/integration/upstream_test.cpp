@@ -184,15 +184,10 @@ TEST_CASE("upstream tokens reach the client as they are produced", "[upstream][i
                    {"messages", msg("SCRIPT:{\"tokens_per_second\":10} a b c d e f g h i")}}.dump();
   http_client c(n.srv->port());
   auto t0 = std::chrono::steady_clock::now();
-  c.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + n.key +
-             "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-             "\r\n\r\n" + body);
-  std::string seen;
-  while (seen.find("\"content\":\"echo:\"") == std::string::npos)
-    seen += c.read_some_raw();
+  send_chat_raw(c, n.key, body);
+  auto seen = read_until(c, "\"content\":\"echo:\"");
   auto first = std::chrono::steady_clock::now() - t0;
-  while (seen.find("[DONE]") == std::string::npos)
-    seen += c.read_some_raw();
+  seen = read_until(c, "[DONE]", std::move(seen));
   auto all = std::chrono::steady_clock::now() - t0;
   // 10 tokens at 10/s: the first arrives after ~0.1 s, the last after ~1 s.
   CHECK(first < std::chrono::milliseconds(500));

@@ -83,6 +83,18 @@ http_reply fetch(uint16_t port, http::verb method, const std::string& target,
   return c.request(method, target, body, headers);
 }
 
+void send_chat_raw(http_client& c, const std::string& key, const std::string& body) {
+  c.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+             "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n\r\n" + body);
+}
+
+std::string read_until(http_client& c, const std::string& marker, std::string seen) {
+  while (seen.find(marker) == std::string::npos)
+    seen += c.read_some_raw();
+  return seen;
+}
+
 bool connection_refused(uint16_t port) {
   asio::io_context ioc;
   asio::ip::tcp::socket s(ioc);

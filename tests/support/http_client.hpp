@@ -63,6 +63,13 @@ http_reply fetch(uint16_t port, http::verb method, const std::string& target,
                  const std::string& body = {},
                  const std::map<std::string, std::string>& headers = {});
 
+/// Sends POST /v1/chat/completions with `body` and the bearer `key` as raw bytes, without
+/// waiting for the answer (for reading a stream as it flows, or leaving in the middle).
+void send_chat_raw(http_client& c, const std::string& key, const std::string& body);
+
+/// Reads raw bytes until `marker` has arrived; returns everything read.
+std::string read_until(http_client& c, const std::string& marker, std::string seen = {});
+
 /// True when a TCP connection to 127.0.0.1:port is refused.
 bool connection_refused(uint16_t port);
 

@@ -275,16 +275,30 @@ upstream_call make_call(std::string model, bool streaming = true, std::vector<st
   return c;
 }
 
+/// Starts a call on `route` and waits for its end.
+std::shared_ptr<recorder> call_and_wait(resilient_route& route, upstream_call c) {
+  auto rec = std::make_shared<recorder>();
+  route.start(std::move(c), rec);
+  REQUIRE(rec->wait());
+  return rec;
+}
+
+/// A breaker that opens after `failures` failures in a row only (no ratio trigger).
+breaker_policy consecutive_breaker(int failures, int open_ms = breaker_policy{}.open_ms) {
+  breaker_policy b;
+  b.consecutive_failures = failures;
+  b.failure_ratio = 0;
+  b.open_ms = open_ms;
+  return b;
+}
+
 } // namespace
 
 // ================================ circuit breaker ================================================
 
 TEST_CASE("a circuit breaker opens after the configured number of consecutive failures and then denies calls",
           "[resilience][unit]") {
-  breaker_policy p;
-  p.consecutive_failures = 3;
-  p.failure_ratio = 0;
-  p.open_ms = 1000;
+  auto p = consecutive_breaker(3, 1000);
   circuit_breaker b(p);
   auto now = t0;
   for (int i = 0; i < 2; ++i) {
@@ -354,10 +368,7 @@ TEST_CASE("a circuit breaker opens on the failure ratio in its window, but only 
 }
 
 TEST_CASE("an open circuit breaker admits exactly half_open_probes probes after open_ms", "[resilience][unit]") {
-  breaker_policy p;
-  p.consecutive_failures = 1;
-  p.failure_ratio = 0;
-  p.open_ms = 500;
+  auto p = consecutive_breaker(1, 500);
   p.half_open_probes = 2;
   circuit_breaker b(p);
   b.on_failure(false, t0);
@@ -374,10 +385,7 @@ TEST_CASE("an open circuit breaker admits exactly half_open_probes probes after 
 
 TEST_CASE("a successful probe closes the circuit breaker and a failed probe opens it again",
           "[resilience][unit]") {
-  breaker_policy p;
-  p.consecutive_failures = 2;
-  p.failure_ratio = 0;
-  p.open_ms = 500;
+  auto p = consecutive_breaker(2, 500);
   p.half_open_probes = 1;
   circuit_breaker b(p);
   b.on_failure(false, t0);
@@ -415,10 +423,7 @@ TEST_CASE("a successful probe closes the circuit breaker and a failed probe open
 }
 
 TEST_CASE("an abandoned probe frees its half-open slot", "[resilience][unit]") {
-  breaker_policy p;
-  p.consecutive_failures = 1;
-  p.failure_ratio = 0;
-  p.open_ms = 100;
+  auto p = consecutive_breaker(1, 100);
   p.half_open_probes = 1;
   circuit_breaker b(p);
   b.on_failure(false, t0);
@@ -527,9 +532,7 @@ TEST_CASE("a resilient route retries retryable failures and then succeeds", "[re
   p->script({fails(status_failure(503)), fails(cause_failure(failure_cause::reset)),
              outcome{{"hello", " world"}, std::nullopt, 0, false}});
   auto route = make_route(io.ioc, "m", quick_policy(), {{p, 1}});
-  auto rec = std::make_shared<recorder>();
-  route->start(make_call("m"), rec);
-  REQUIRE(rec->wait());
+  auto rec = call_and_wait(*route, make_call("m"));
   REQUIRE(rec->done());
   CHECK(rec->events() == std::vector<std::string>{"delta:hello", "delta: world", "done"});
   CHECK(rec->done()->attempts == 3);
@@ -551,9 +554,7 @@ TEST_CASE("a resilient route gives up after max_attempts and reports the last fa
   auto policy = quick_policy();
   policy.retry.max_attempts = 2;
   auto route = make_route(io.ioc, "m", policy, {{p, 1}});
-  auto rec = std::make_shared<recorder>();
-  route->start(make_call("m"), rec);
-  REQUIRE(rec->wait());
+  auto rec = call_and_wait(*route, make_call("m"));
   REQUIRE(rec->failed());
   CHECK(rec->failed()->upstream_status == 502);
   CHECK(rec->failed()->attempts == 2);
@@ -568,9 +569,7 @@ TEST_CASE("nothing is retried once the first delta has reached the listener", "[
   auto route = make_route(io.ioc, "m", quick_policy(), {{p, 1}});
   auto fb = make_route(io.ioc, "fallback", quick_policy(), {{fb_provider, 1}});
   route->set_fallbacks({fb});
-  auto rec = std::make_shared<recorder>();
-  route->start(make_call("m"), rec);
-  REQUIRE(rec->wait());
+  auto rec = call_and_wait(*route, make_call("m"));
   std::this_thread::sleep_for(milliseconds(50)); // a retry would have started by now
   CHECK(rec->events() == std::vector<std::string>{"delta:partial", "failed"});
   REQUIRE(rec->failed());
@@ -596,9 +595,7 @@ TEST_CASE("fallbacks are tried in order, skipping models the tenant is not allow
 
   SECTION("in order: the first fallback fails too, the second serves") {
     p1->otherwise = fails(cause_failure(failure_cause::connect));
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m"));
     REQUIRE(rec->done());
     CHECK(log->get() == std::vector<std::string>{"primary:m-upstream", "fb1:m1-upstream", "fb2:m2-upstream"});
     CHECK(rec->done()->model == "m2");
@@ -609,25 +606,19 @@ TEST_CASE("fallbacks are tried in order, skipping models the tenant is not allow
     CHECK(p2->seen().at(0).client_model == "m2");
   }
   SECTION("a fallback the tenant may not use is skipped") {
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m", true, {"m", "m2"}), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m", true, {"m", "m2"}));
     REQUIRE(rec->done());
     CHECK(log->get() == std::vector<std::string>{"primary:m-upstream", "fb2:m2-upstream"});
     CHECK(p1->calls == 0);
     CHECK(rec->done()->model == "m2");
   }
   SECTION("\"*\" allows every fallback") {
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m", true, {"*"}), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m", true, {"*"}));
     REQUIRE(rec->done());
     CHECK(rec->done()->model == "m1");
   }
   SECTION("with no allowed fallback, the primary's failure is reported") {
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m", true, {"m"}), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m", true, {"m"}));
     REQUIRE(rec->failed());
     CHECK(rec->failed()->upstream_status == 503);
     CHECK(p1->calls == 0);
@@ -638,9 +629,7 @@ TEST_CASE("fallbacks are tried in order, skipping models the tenant is not allow
     only_timeouts.fallback_on = {failure_class::timeout};
     auto strict = make_route(io.ioc, "m", only_timeouts, {{pp, 1}});
     strict->set_fallbacks({f1, f2});
-    auto rec = std::make_shared<recorder>();
-    strict->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*strict, make_call("m"));
     REQUIRE(rec->failed());
     CHECK(rec->failed()->upstream_status == 503);
     CHECK(p1->calls == 0);
@@ -659,9 +648,7 @@ TEST_CASE("a fallback announces its model before its first delta and names itsel
   auto primary = make_route(io.ioc, "big", policy, {{pp, 1}});
   auto fb = make_route(io.ioc, "small", policy, {{pf, 1}});
   primary->set_fallbacks({fb});
-  auto rec = std::make_shared<recorder>();
-  primary->start(make_call("big"), rec);
-  REQUIRE(rec->wait());
+  auto rec = call_and_wait(*primary, make_call("big"));
   REQUIRE(rec->done());
   CHECK(rec->events() == std::vector<std::string>{"served:small", "delta:a", "delta:b", "done"});
   CHECK(rec->done()->model == "small");
@@ -670,9 +657,7 @@ TEST_CASE("a fallback announces its model before its first delta and names itsel
 
   // A call the primary serves announces nothing.
   pp->script({outcome{}});
-  auto rec2 = std::make_shared<recorder>();
-  primary->start(make_call("big"), rec2);
-  REQUIRE(rec2->wait());
+  auto rec2 = call_and_wait(*primary, make_call("big"));
   CHECK(rec2->events() == std::vector<std::string>{"delta:ok", "done"});
   CHECK(rec2->done()->model == "big");
 }
@@ -682,15 +667,11 @@ TEST_CASE("client errors are neither retried nor moved to a fallback", "[resilie
   auto pp = std::make_shared<scripted_provider>(io.ioc, "primary");
   auto pf = std::make_shared<scripted_provider>(io.ioc, "fallback");
   pp->otherwise = fails(chat_failure{chat_error_kind::invalid_request, "bad", 400, 0, failure_cause::status});
-  breaker_policy bp;
-  bp.consecutive_failures = 2;
-  bp.failure_ratio = 0;
+  auto bp = consecutive_breaker(2);
   auto primary = make_route(io.ioc, "m", quick_policy(), {{pp, 1}}, bp);
   primary->set_fallbacks({make_route(io.ioc, "f", quick_policy(), {{pf, 1}})});
   for (int i = 0; i < 3; ++i) {
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m"));
     REQUIRE(rec->failed());
     CHECK(rec->failed()->kind == chat_error_kind::invalid_request);
     CHECK(rec->failed()->attempts == 1);
@@ -705,17 +686,12 @@ TEST_CASE("an open circuit breaker fails a call in well under a millisecond", "[
   io_thread io;
   auto p = std::make_shared<scripted_provider>(io.ioc, "p");
   p->otherwise = fails(status_failure(500));
-  breaker_policy bp;
-  bp.consecutive_failures = 2;
-  bp.failure_ratio = 0;
-  bp.open_ms = 60000;
+  auto bp = consecutive_breaker(2, 60000);
   auto policy = quick_policy();
   policy.retry.max_attempts = 1;
   auto route = make_route(io.ioc, "m", policy, {{p, 1}}, bp);
   for (int i = 0; i < 2; ++i) {
-    auto rec = std::make_shared<recorder>();
-    route->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*route, make_call("m"));
   }
   REQUIRE(route->deployments()[0]->breaker.current(std::chrono::steady_clock::now()) == bstate::open);
   std::vector<int64_t> took_us;
@@ -745,18 +721,13 @@ TEST_CASE("an open circuit breaker sends calls to the fallback", "[resilience][u
   auto pp = std::make_shared<scripted_provider>(io.ioc, "primary");
   auto pf = std::make_shared<scripted_provider>(io.ioc, "fallback");
   pp->otherwise = fails(status_failure(503));
-  breaker_policy bp;
-  bp.consecutive_failures = 1;
-  bp.failure_ratio = 0;
-  bp.open_ms = 60000;
+  auto bp = consecutive_breaker(1, 60000);
   auto policy = quick_policy();
   policy.retry.max_attempts = 1;
   auto primary = make_route(io.ioc, "m", policy, {{pp, 1}}, bp);
   primary->set_fallbacks({make_route(io.ioc, "f", policy, {{pf, 1}})});
   for (int i = 0; i < 5; ++i) {
-    auto rec = std::make_shared<recorder>();
-    primary->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*primary, make_call("m"));
     REQUIRE(rec->done());
     CHECK(rec->done()->model == "f");
   }
@@ -767,17 +738,12 @@ TEST_CASE("an open circuit breaker sends calls to the fallback", "[resilience][u
 TEST_CASE("a half-open route probes once, closes on success and serves again", "[resilience][unit]") {
   io_thread io;
   auto p = std::make_shared<scripted_provider>(io.ioc, "p");
-  breaker_policy bp;
-  bp.consecutive_failures = 1;
-  bp.failure_ratio = 0;
-  bp.open_ms = 100;
+  auto bp = consecutive_breaker(1, 100);
   auto policy = quick_policy();
   policy.retry.max_attempts = 1;
   auto route = make_route(io.ioc, "m", policy, {{p, 1}}, bp);
   p->script({fails(status_failure(500))});
-  auto first = std::make_shared<recorder>();
-  route->start(make_call("m"), first);
-  REQUIRE(first->wait());
+  auto first = call_and_wait(*route, make_call("m"));
   REQUIRE(route->deployments()[0]->breaker.current(std::chrono::steady_clock::now()) == bstate::open);
   std::this_thread::sleep_for(milliseconds(120));
   // The probe is slow; meanwhile another call is refused (one probe at a time).
@@ -791,9 +757,7 @@ TEST_CASE("a half-open route probes once, closes on success and serves again", "
   REQUIRE(probe->wait());
   REQUIRE(probe->done());
   CHECK(route->deployments()[0]->breaker.current(std::chrono::steady_clock::now()) == bstate::closed);
-  auto after = std::make_shared<recorder>();
-  route->start(make_call("m"), after);
-  REQUIRE(after->wait());
+  auto after = call_and_wait(*route, make_call("m"));
   CHECK(after->done());
   CHECK(p->calls == 3);
 }
@@ -874,9 +838,7 @@ TEST_CASE("a retry prefers a deployment the call has not tried", "[resilience][u
   policy.retry.max_attempts = 2;
   auto route = make_route(io.ioc, "m", policy, {{a, 1}, {b, 1}});
   for (int i = 0; i < 20; ++i) {
-    auto rec = std::make_shared<recorder>();
-    route->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*route, make_call("m"));
     REQUIRE(rec->failed());
     CHECK(rec->failed()->attempts == 2);
   }
@@ -928,9 +890,7 @@ TEST_CASE("a spent retry budget returns the failure instead of retrying", "[resi
   policy.retry.budget_min_per_second = 0;
   auto route = make_route(io.ioc, "m", policy, {{p, 1}});
   for (int i = 0; i < 50; ++i) {
-    auto rec = std::make_shared<recorder>();
-    route->start(make_call("m"), rec);
-    REQUIRE(rec->wait());
+    auto rec = call_and_wait(*route, make_call("m"));
     REQUIRE(rec->failed());
   }
   // 50 requests earn 10 retries: without the budget there would be 150 attempts.
@@ -965,9 +925,7 @@ TEST_CASE("a non-streaming call that exceeds total_timeout_ms fails with total_t
 
   SECTION("a streaming call has no total deadline") {
     p->otherwise = outcome{{"late"}, std::nullopt, 400, false};
-    auto rec2 = std::make_shared<recorder>();
-    route->start(make_call("m", true), rec2);
-    REQUIRE(rec2->wait());
+    auto rec2 = call_and_wait(*route, make_call("m", true));
     CHECK(rec2->done());
   }
 }
