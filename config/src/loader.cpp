@@ -1,4 +1,5 @@
 #include "parley/config/loader.hpp"
+#include "parley/config/cidr.hpp"
 
 #include <toml++/toml.h>
 
@@ -79,6 +80,11 @@ void read_toml(const std::string& name, const toml::node& n, int& out) {
     fail(name, "integer out of range");
   out = static_cast<int>(v);
 }
+void read_toml(const std::string& name, const toml::node& n, int64_t& out) {
+  if (!n.is_integer())
+    fail(name, std::string("expected an integer, got ") + toml_type_name(n));
+  out = *n.value<int64_t>();
+}
 void read_toml(const std::string& name, const toml::node& n, std::size_t& out) {
   if (!n.is_integer())
     fail(name, std::string("expected an integer, got ") + toml_type_name(n));
@@ -127,6 +133,9 @@ void read_env(const std::string& name, const std::string& v, int& out) {
     fail(name, "integer out of range");
   out = static_cast<int>(n);
 }
+void read_env(const std::string& name, const std::string& v, int64_t& out) {
+  out = parse_env_int(name, v);
+}
 void read_env(const std::string& name, const std::string& v, std::size_t& out) {
   auto n = parse_env_int(name, v);
   if (n < 0)
@@ -160,6 +169,7 @@ void read_env(const std::string& name, const std::string& v, std::vector<int>& o
 
 std::string show_value(const std::string& v) { return "\"" + v + "\""; }
 std::string show_value(int v) { return std::to_string(v); }
+std::string show_value(int64_t v) { return std::to_string(v); }
 std::string show_value(std::size_t v) { return std::to_string(v); }
 std::string show_value(bool v) { return v ? "true" : "false"; }
 std::string show_value(const std::vector<std::string>& v) {
@@ -180,6 +190,7 @@ template <class T> const char* type_name();
 template <> const char* type_name<std::vector<int>>() { return "integer list"; }
 template <> const char* type_name<std::string>() { return "string"; }
 template <> const char* type_name<int>() { return "integer"; }
+template <> const char* type_name<int64_t>() { return "integer"; }
 template <> const char* type_name<std::size_t>() { return "integer"; }
 template <> const char* type_name<bool>() { return "boolean"; }
 template <> const char* type_name<std::vector<std::string>>() { return "string list"; }
@@ -229,6 +240,18 @@ const std::vector<field>& fields() {
          "One write to a slow client may take this long before the connection is dropped"),
     make("http", "cors_allowed_origins", &settings::http, &http_settings::cors_allowed_origins,
          "Origins allowed by CORS (exact, or \"*\"); empty disables CORS"),
+    make("http", "max_connections", &settings::http, &http_settings::max_connections,
+         "Open connections per listener; a connection beyond it is closed at once"),
+    make("http", "max_connections_per_client", &settings::http,
+         &http_settings::max_connections_per_client,
+         "Open connections per client address (after trusted proxies: the peer); 0 = no cap"),
+    make("http", "trusted_proxies", &settings::http, &http_settings::trusted_proxies,
+         "Addresses or CIDR blocks of reverse proxies whose X-Forwarded-For/Forwarded name the "
+         "client; empty = headers ignored, the peer is the client"),
+    make("http", "tls_cert_file", &settings::http, &http_settings::tls_cert_file,
+         "PEM certificate chain; with tls_key_file the listener speaks HTTPS (TLS 1.2+, AEAD ciphers)"),
+    make("http", "tls_key_file", &settings::http, &http_settings::tls_key_file,
+         "PEM private key of tls_cert_file"),
     make("log", "level", &settings::log, &log_settings::level,
          "Log level: trace, debug, info, warn, error, critical or off"),
     make("log", "file", &settings::log, &log_settings::file,
@@ -293,6 +316,24 @@ const std::vector<field>& fields() {
          "Chat requests in flight on this node; beyond it requests answer 503 with Retry-After"),
     make("chat", "tenant_max_in_flight", &settings::chat, &chat_settings::tenant_max_in_flight,
          "In-flight chat requests of one tenant that sets no limits.max_concurrent; beyond: 429"),
+    make("chat", "max_output_tokens", &settings::chat, &chat_settings::max_output_tokens,
+         "Completion cap of a model whose route sets none: max_tokens sent upstream is the least "
+         "of the request's, the tenant's max_request_tokens and this"),
+    make("tenant_defaults", "requests_per_minute", &settings::tenant_defaults,
+         &tenant_default_settings::requests_per_minute,
+         "Requests per minute of a new tenant that sets none (0 = no limit)"),
+    make("tenant_defaults", "tokens_per_minute", &settings::tenant_defaults,
+         &tenant_default_settings::tokens_per_minute,
+         "Tokens per minute of a new tenant that sets none (0 = no limit)"),
+    make("tenant_defaults", "tokens_per_day", &settings::tenant_defaults,
+         &tenant_default_settings::tokens_per_day,
+         "Daily token budget of a new tenant that sets none (0 = no limit)"),
+    make("tenant_defaults", "max_concurrent", &settings::tenant_defaults,
+         &tenant_default_settings::max_concurrent,
+         "Concurrent requests of a new tenant that sets none (0 = no limit)"),
+    make("tenant_defaults", "max_request_tokens", &settings::tenant_defaults,
+         &tenant_default_settings::max_request_tokens,
+         "Tokens one request may reserve, for a new tenant that sets none (0 = no limit)"),
     make("upstream", "url", &settings::upstream, &upstream_settings::url,
          "OpenAI-compatible base URL (e.g. https://api.openai.com/v1) that serves every model "
          "not served otherwise; empty = none"),
@@ -304,6 +345,10 @@ const std::vector<field>& fields() {
          "Empty: /metrics is served on http.listen and needs the admin key; HOST:PORT: served there instead, without authentication (bind it to a private address)"),
     make("metrics", "tenant_label", &settings::metrics, &metrics_settings::tenant_label,
          "Label request and token metrics with the tenant id; false records \"-\" (fewer series)"),
+    make("metrics", "key", &settings::metrics, &metrics_settings::key,
+         "Bearer credential that may read GET /metrics on http.listen and nothing else (at least "
+         "32 characters); empty = only the admin key may",
+         true),
     make("metrics", "top_tenants", &settings::metrics, &metrics_settings::top_tenants,
          "How many tenants, the busiest first, parley_tenant_in_flight reports"),
     make("resilience", "connect_timeout_ms", &settings::resilience, &resilience_settings::connect_timeout_ms,
@@ -431,11 +476,12 @@ void read_routes(const toml::node& node, const resilience_settings& defaults,
       else if (k == "base_url") read_toml(field, value, r.base_url);
       else if (k == "api_key_env") read_toml(field, value, r.api_key_env);
       else if (k == "context_tokens") read_toml(field, value, r.context_tokens);
+      else if (k == "max_output_tokens") read_toml(field, value, r.max_output_tokens);
       else if (k == "fallbacks") read_toml(field, value, r.fallbacks);
       else if (k == "deployments") read_deployments(field, value, r);
       else if (!read_route_resilience(field, k, value, r))
         fail(field, "unknown key (model, provider, upstream_model, base_url, api_key_env, "
-                    "context_tokens, fallbacks, deployments, or a [resilience] key)");
+                    "context_tokens, max_output_tokens, fallbacks, deployments, or a [resilience] key)");
     }
     out.push_back(std::move(r));
   });
@@ -577,6 +623,26 @@ void validate(const settings& s) {
   check_range("chat.usage_flush_seconds", s.chat.usage_flush_seconds, 1, 3600);
   check_range("chat.max_in_flight", s.chat.max_in_flight, 1, 10000000);
   check_range("chat.tenant_max_in_flight", s.chat.tenant_max_in_flight, 1, 10000000);
+  check_range("chat.max_output_tokens", s.chat.max_output_tokens, 1, 10000000);
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"tenant_defaults.requests_per_minute",
+                                                         s.tenant_defaults.requests_per_minute},
+                         {"tenant_defaults.tokens_per_minute", s.tenant_defaults.tokens_per_minute},
+                         {"tenant_defaults.tokens_per_day", s.tenant_defaults.tokens_per_day},
+                         {"tenant_defaults.max_concurrent", s.tenant_defaults.max_concurrent},
+                         {"tenant_defaults.max_request_tokens", s.tenant_defaults.max_request_tokens}})
+    check_range(name, v, 0, 1'000'000'000'000LL);
+  check_range("http.max_connections", s.http.max_connections, 1, 10000000);
+  check_range("http.max_connections_per_client", s.http.max_connections_per_client, 0, 10000000);
+  for (auto& p : s.http.trusted_proxies)
+    if (!valid_cidr(p))
+      fail("http.trusted_proxies", "'" + p + "' is not an IP address or CIDR block");
+  if (s.http.tls_cert_file.empty() != s.http.tls_key_file.empty())
+    fail(s.http.tls_cert_file.empty() ? "http.tls_cert_file" : "http.tls_key_file",
+         "set both tls_cert_file and tls_key_file, or neither");
+  if (!s.metrics.key.empty() && s.metrics.key.size() < 32)
+    fail("metrics.key", "must be at least 32 characters");
+  if (!s.metrics.key.empty() && s.metrics.key == s.admin.key)
+    fail("metrics.key", "must differ from admin.key");
   std::vector<std::string> models;
   for (std::size_t i = 0; i < s.routes.size(); ++i) {
     auto& r = s.routes[i];
@@ -593,6 +659,8 @@ void validate(const settings& s) {
       fail(name + ".upstream_model", "the builtin provider serves only parley-echo");
     if (r.context_tokens < 0 || r.context_tokens > 10000000)
       fail(name + ".context_tokens", "must be between 0 and 10000000");
+    if (r.max_output_tokens < 0 || r.max_output_tokens > 10000000)
+      fail(name + ".max_output_tokens", "must be between 0 and 10000000");
     validate_resilience(name + ".", r.resilience);
     std::vector<std::string> names;
     for (std::size_t j = 0; j < r.deployments.size(); ++j) {

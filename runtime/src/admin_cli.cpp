@@ -149,7 +149,7 @@ int run_admin(const admin_options& o, const config::settings& s) {
     std::cerr << "parley: store unavailable: " << persistence::to_string(m.code()) << "\n";
     return 1;
   }
-  admin_ops ops(*store, resolve_pepper(s));
+  admin_ops ops(*store, resolve_pepper(s), default_limits(s));
   audit_context who{"cli", ""};
   auto parse_config = [&](json& body) -> bool {
     if (o.config_json.empty())

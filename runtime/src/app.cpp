@@ -92,10 +92,13 @@ public:
                  std::atomic<bool>& draining)
     : store_(store), exec_(exec), draining_(draining) {}
 
+  std::vector<net::dependency_status> instant() override {
+    return {{"node", !draining_.load(), draining_.load() ? "draining" : "serving"}};
+  }
+
   void check(std::function<void(std::vector<net::dependency_status>)> done) override {
-    net::dependency_status node{"node", !draining_.load(), draining_.load() ? "draining" : "serving"};
-    auto job = [this, node, done] {
-      std::vector<net::dependency_status> deps{node};
+    auto job = [this, done] {
+      std::vector<net::dependency_status> deps;
       auto ping = store_.ping();
       deps.push_back({"store", ping.ok(),
                       ping.ok() ? std::string(store_.backend()) + " reachable"
@@ -114,7 +117,7 @@ public:
       done(std::move(deps));
     };
     if (!exec_.try_post(job))
-      done({node, {"store", false, "persistence workers saturated"}, {"migrations", false, "unknown"}});
+      done({{"store", false, "persistence workers saturated"}, {"migrations", false, "unknown"}});
   }
 
 private:
@@ -154,6 +157,7 @@ struct app::impl {
   std::unique_ptr<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::server> server;
+  std::shared_ptr<const net::pipeline> api_pipeline;
   std::shared_ptr<std::atomic<int64_t>> chat_in_flight = std::make_shared<std::atomic<int64_t>>(0);
   actors::admission_counters counters;
   actors::actor_counters actor_counts;
@@ -162,6 +166,7 @@ struct app::impl {
   std::shared_ptr<net::request_metrics> request_metrics;
   std::unique_ptr<net::server> metrics_server;
   uint16_t metrics_port = 0;
+  std::atomic<uint64_t> io_escapes{0}; ///< exceptions that unwound out of io_context::run
   std::atomic<bool> store_up{true};
   std::atomic<uint64_t> store_errors{0};
   uint64_t trimmed_at = 0; ///< passivations counted at the last malloc_trim (io thread only)
@@ -382,7 +387,8 @@ struct app::impl {
       d.provider = "builtin";
       auto r = make_route("parley-echo", "parley-echo", {d}, settings.resilience);
       by_model["parley-echo"] = r;
-      named_routes.push_back({"parley-echo", "parley-echo", r, settings.chat.context_tokens, "parley"});
+      named_routes.push_back({"parley-echo", "parley-echo", r, settings.chat.context_tokens, "parley",
+                              settings.chat.max_output_tokens});
     }
     for (auto& rs : settings.routes) {
       auto deps = rs.deployments;
@@ -402,7 +408,9 @@ struct app::impl {
       by_model[rs.model] = r;
       named_routes.push_back({rs.model, upstream_model, r,
                               rs.context_tokens > 0 ? rs.context_tokens : settings.chat.context_tokens,
-                              rs.provider == "builtin" && rs.deployments.empty() ? "parley" : "upstream"});
+                              rs.provider == "builtin" && rs.deployments.empty() ? "parley" : "upstream",
+                              rs.max_output_tokens > 0 ? rs.max_output_tokens
+                                                       : settings.chat.max_output_tokens});
       links.emplace_back(r, rs.fallbacks);
       for (auto& d : deps)
         log::event(logger, spdlog::level::info, "route")
@@ -427,7 +435,8 @@ struct app::impl {
         .str("url", settings.upstream.url); // the URL, never the key
     }
     return std::make_shared<actors::route_table>(std::move(named_routes), std::move(any_model),
-                                                 settings.chat.context_tokens);
+                                                 settings.chat.context_tokens,
+                                                 settings.chat.max_output_tokens);
   }
 
   void start_actors() {
@@ -459,14 +468,18 @@ struct app::impl {
     std::vector<std::unique_ptr<net::middleware>> chain;
     // 1. Request id first: every later step, log line and error carries it.
     chain.push_back(net::make_request_id());
-    // 2. Security headers: decorate every response, local replies included.
+    // 2. The client's address (behind trusted proxies: from their headers) before anything
+    //    that keys on it -- the failed-authentication throttle and the access log.
+    chain.push_back(net::make_client_address(settings.http.trusted_proxies));
+    // 3. Security headers: decorate every response, local replies included.
     chain.push_back(net::make_security_headers());
-    // 3. CORS before auth: browsers send preflights without credentials.
+    // 4. CORS before auth: browsers send preflights without credentials.
     chain.push_back(net::make_cors(settings.http.cors_allowed_origins));
-    // 4. Authentication: admin key for /admin, tenant API keys for /v1.
+    // 5. Authentication and authorization of the matched route (routing ran before the chain).
     chain.push_back(net::make_auth(net::auth_deps{*store, *executor, *keys, *throttle, *last_used,
-                                                  pepper, admin_key, logger}));
-    // 5. Rate-limit headers on /v1 responses (chat completions get them from admission).
+                                                  pepper, admin_key, settings.metrics.key,
+                                                  logger}));
+    // 6. Rate-limit headers on /v1 responses (chat completions get them from admission).
     chain.push_back(net::make_rate_headers(*sys, tenant_directory));
     net::router routes;
     net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory,
@@ -485,21 +498,40 @@ struct app::impl {
                         net::build_info{version_string(), git_commit(), build_type()},
                         [rr = resilient_routes] { return net::upstream_status(rr); });
     if (settings.metrics.enabled && settings.metrics.listen.empty())
-      net::add_metrics_route(routes, registry);
+      net::add_metrics_route(routes, registry, net::access::metrics());
     return std::make_shared<net::pipeline>(std::move(chain), std::move(routes), logger,
                                            request_metrics);
+  }
+
+  /// An io thread. Handlers catch what they throw (the pipeline's error guard, the session's
+  /// own error paths); should anything still unwind out of run(), it is logged and the thread
+  /// goes on serving: one bad request never ends the process.
+  void run_io() {
+    for (;;) {
+      try {
+        ioc->run();
+        return;
+      } catch (const std::exception& e) {
+        log::event(logger, spdlog::level::critical, "exception escaped an io handler")
+          .str("error", e.what());
+      } catch (...) {
+        log::event(logger, spdlog::level::critical, "non-standard exception escaped an io handler");
+      }
+      io_escapes.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 
   void start_http() {
     work = std::make_unique<net::asio::executor_work_guard<net::asio::io_context::executor_type>>(
       ioc->get_executor());
     setup_metrics();
-    server = std::make_unique<net::server>(*ioc, settings.http, build_pipeline(), logger);
+    api_pipeline = build_pipeline();
+    server = std::make_unique<net::server>(*ioc, settings.http, api_pipeline, logger);
     port = server->start();
     if (settings.metrics.enabled && !settings.metrics.listen.empty()) {
       // Its own listener for the scraper: /metrics only, no authentication.
       net::router r;
-      net::add_metrics_route(r, registry);
+      net::add_metrics_route(r, registry, net::access::anyone());
       std::vector<std::unique_ptr<net::middleware>> chain;
       chain.push_back(net::make_request_id());
       auto ms = settings.http;
@@ -519,7 +551,7 @@ struct app::impl {
     usage_timer = std::make_unique<net::asio::steady_timer>(*ioc);
     schedule_usage_flush();
     for (int i = 0; i < settings.http.io_threads; ++i)
-      io_threads.emplace_back([this] { ioc->run(); });
+      io_threads.emplace_back([this] { run_io(); });
   }
 };
 
@@ -543,7 +575,8 @@ uint16_t app::start() {
   d.throttle = std::make_unique<tenants::failure_throttle>(d.settings.auth.failed_auth_per_minute);
   d.last_used = std::make_unique<tenants::last_used_recorder>();
   d.usage = std::make_unique<tenants::usage_batcher>();
-  d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper);
+  d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper,
+                                               detail::default_limits(d.settings));
   // The io_context exists before the actors (upstream clients live on it); its threads
   // start with the listener.
   d.ioc = std::make_unique<net::asio::io_context>(d.settings.http.io_threads);
@@ -624,6 +657,7 @@ void app::stop() {
   d.health_timer.reset();
   d.metrics_server.reset();
   d.server.reset();
+  d.api_pipeline.reset();
   // Everything bound to the io_context goes before it: the actors' services hold the routes,
   // the routes hold upstream clients, and those hold pooled keep-alive sockets whose
   // destructors use the io_context's reactor.
@@ -642,6 +676,16 @@ void app::stop() {
 }
 
 uint16_t app::port() const noexcept { return impl_->port; }
+
+std::vector<route_info> app::routes() const {
+  std::vector<route_info> out;
+  if (!impl_->api_pipeline)
+    return out;
+  for (auto& r : impl_->api_pipeline->routes().routes())
+    out.push_back({std::string(net::http::to_string(r.method)), r.pattern,
+                   net::to_string(r.who.who), r.who.scope});
+  return out;
+}
 const config::settings& app::settings() const noexcept { return impl_->settings; }
 
 } // namespace parley::runtime

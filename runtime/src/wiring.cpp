@@ -34,4 +34,15 @@ std::string resolve_pepper(const config::settings& s) {
   return load_or_create_secret((std::filesystem::path(s.data.dir) / "pepper").string());
 }
 
+tenants::tenant_limits default_limits(const config::settings& s) {
+  auto& d = s.tenant_defaults;
+  tenants::tenant_limits l;
+  l.requests_per_minute = d.requests_per_minute;
+  l.tokens_per_minute = d.tokens_per_minute;
+  l.tokens_per_day = d.tokens_per_day;
+  l.max_concurrent = d.max_concurrent;
+  l.max_request_tokens = d.max_request_tokens;
+  return l;
+}
+
 } // namespace parley::runtime::detail

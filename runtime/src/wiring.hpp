@@ -2,6 +2,7 @@
 
 #include "parley/config/settings.hpp"
 #include "parley/persistence/store.hpp"
+#include "parley/tenants/tenant_config.hpp"
 
 #include <memory>
 #include <string>
@@ -18,5 +19,7 @@ std::string sqlite_path(const config::settings& s);
 std::string resolve_admin_key(const config::settings& s, std::string* generated_path);
 /// The pepper: from config/env, else the generated <data.dir>/pepper.
 std::string resolve_pepper(const config::settings& s);
+/// The limits a new tenant gets unless its creator sets others ([tenant_defaults]).
+tenants::tenant_limits default_limits(const config::settings& s);
 
 } // namespace parley::runtime::detail

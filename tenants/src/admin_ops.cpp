@@ -64,7 +64,8 @@ const std::vector<std::string>& known_scopes() {
   return scopes;
 }
 
-admin_ops::admin_ops(store& s, std::string pepper) : store_(s), pepper_(std::move(pepper)) {}
+admin_ops::admin_ops(store& s, std::string pepper, tenant_limits default_limits)
+  : store_(s), pepper_(std::move(pepper)), default_limits_(default_limits) {}
 
 void admin_ops::record(const audit_context& who, const std::string& action,
                        const std::string& target, const std::string& tenant_id, json details) {
@@ -101,7 +102,10 @@ op_result<tenant_record> admin_ops::create_tenant(const json& body, const audit_
       return invalid("status must be \"active\" or \"suspended\"", "status");
     t.status = st->get<std::string>();
   }
+  // A new tenant starts from the node's finite default limits; the creator's config (which may
+  // say 0 = no limit, explicitly) is applied on top.
   tenant_config cfg;
+  cfg.limits = default_limits_;
   if (auto c = body.find("config"); c != body.end())
     if (auto problem = apply_config_patch(cfg, *c))
       return invalid(problem->message, problem->param);

@@ -97,10 +97,21 @@ auth_outcome authenticate(const key_principal& p, const std::string& secret,
 failure_throttle::failure_throttle(int per_minute, std::size_t max_tracked)
   : per_minute_(per_minute), max_tracked_(max_tracked) {}
 
-bool failure_throttle::blocked(const std::string& address, int64_t now_ms,
-                               int64_t& retry_after_s) {
+std::string failure_throttle::key_of(const std::string& address, const std::string& key_id) {
+  std::string k;
+  k.reserve(address.size() + 1 + key_id.size());
+  k += address;
+  k += '\n';
+  k += key_id;
+  return k;
+}
+
+bool failure_throttle::blocked(const std::string& address, const std::string& key_id,
+                               int64_t now_ms, int64_t& retry_after_s) {
+  if (per_minute_ <= 0)
+    return false;
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = windows_.find(address);
+  auto it = windows_.find(key_of(address, key_id));
   if (it == windows_.end() || now_ms - it->second.start_ms >= 60000)
     return false;
   if (it->second.count < per_minute_)
@@ -109,29 +120,39 @@ bool failure_throttle::blocked(const std::string& address, int64_t now_ms,
   return true;
 }
 
-void failure_throttle::record_failure(const std::string& address, int64_t now_ms) {
+void failure_throttle::record_failure(const std::string& address, const std::string& key_id,
+                                      int64_t now_ms) {
+  if (per_minute_ <= 0)
+    return;
   std::lock_guard<std::mutex> lock(mu_);
-  auto& w = windows_.try_emplace(address, window{now_ms, 0}).first->second;
-  if (now_ms - w.start_ms >= 60000) {
-    w.start_ms = now_ms;
+  // Expired windows sit at the front: drop them (amortized O(1) per call).
+  while (!order_.empty()) {
+    auto old = windows_.find(order_.front());
+    if (old == windows_.end() || now_ms - old->second.start_ms < 60000)
+      break;
+    windows_.erase(old);
+    order_.pop_front();
+  }
+  auto key = key_of(address, key_id);
+  auto [it, fresh] = windows_.try_emplace(key, window{now_ms, 0, {}});
+  auto& w = it->second;
+  if (fresh) {
+    w.pos = order_.insert(order_.end(), key);
+  } else if (now_ms - w.start_ms >= 60000) {
+    w.start_ms = now_ms; // a new window: it is now the youngest
     w.count = 0;
+    order_.splice(order_.end(), order_, w.pos);
   }
   ++w.count;
   if (windows_.size() > max_tracked_) {
-    // Forget expired windows; if none expired, forget the oldest one.
-    auto oldest = windows_.begin();
-    for (auto i = windows_.begin(); i != windows_.end();) {
-      if (now_ms - i->second.start_ms >= 60000) {
-        i = windows_.erase(i);
-        continue;
-      }
-      if (i->second.start_ms < oldest->second.start_ms)
-        oldest = i;
-      ++i;
-    }
-    if (windows_.size() > max_tracked_ && oldest != windows_.end())
-      windows_.erase(oldest);
+    windows_.erase(order_.front());
+    order_.pop_front();
   }
+}
+
+std::size_t failure_throttle::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return windows_.size();
 }
 
 } // namespace parley::tenants

@@ -32,7 +32,13 @@ TEST_CASE("healthz, readyz and version answer on a fresh node", "[net][integrati
   CHECK(h.status == 200);
   CHECK(json::parse(h.body)["status"] == "ok");
 
-  auto r = fetch(srv.port(), http::verb::get, "/readyz");
+  // Anonymous callers get the status only; the admin gets every dependency.
+  auto anon = fetch(srv.port(), http::verb::get, "/readyz");
+  CHECK(anon.status == 200);
+  CHECK(json::parse(anon.body) == json{{"status", "ready"}});
+  std::map<std::string, std::string> admin{
+    {"Authorization", std::string("Bearer ") + server_fixture::admin_key}};
+  auto r = fetch(srv.port(), http::verb::get, "/readyz", "", admin);
   INFO(r.body);
   CHECK(r.status == 200);
   auto rj = json::parse(r.body);
@@ -44,7 +50,13 @@ TEST_CASE("healthz, readyz and version answer on a fresh node", "[net][integrati
   }
   CHECK(names == std::set<std::string>{"node", "store", "migrations"});
 
-  auto v = fetch(srv.port(), http::verb::get, "/version");
+  auto anon_v = fetch(srv.port(), http::verb::get, "/version");
+  CHECK(anon_v.status == 200);
+  CHECK(json::parse(anon_v.body) == json{{"status", "ok"}});
+  CHECK(fetch(srv.port(), http::verb::get, "/version", "",
+              {{"Authorization", "Bearer wrong-key-0123456789abcdef0123456789"}})
+          .status == 401);
+  auto v = fetch(srv.port(), http::verb::get, "/version", "", admin);
   CHECK(v.status == 200);
   auto vj = json::parse(v.body);
   CHECK(vj["version"].get<std::string>().size() > 0);
@@ -57,7 +69,8 @@ TEST_CASE("readyz answers 503 once the node is draining", "[net][integration]") 
   CHECK(fetch(srv.port(), http::verb::get, "/readyz").status == 200);
   // A readiness probe in flight when draining starts: its header is in, its body is not.
   http_client c(srv.port());
-  c.send_raw("GET /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{");
+  c.send_raw(std::string("GET /readyz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ") +
+             server_fixture::admin_key + "\r\nContent-Length: 2\r\n\r\n{");
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   srv.app().begin_shutdown();
   CHECK(connection_refused(srv.port()));
@@ -99,7 +112,10 @@ TEST_CASE("a sane incoming request id is echoed and a bad one is replaced", "[ne
 TEST_CASE("an unknown route answers 404 and a wrong method 405 with Allow", "[net][integration]") {
   server_fixture srv;
   expect_openai_error(fetch(srv.port(), http::verb::get, "/nope"), 404, "unknown_url");
-  expect_openai_error(fetch(srv.port(), http::verb::get, "/healthz/"), 404, "unknown_url");
+  // A trailing slash is not the route's canonical spelling: refused before routing.
+  auto slash = fetch(srv.port(), http::verb::get, "/healthz/");
+  CHECK(slash.status == 400);
+  CHECK(json::parse(slash.body)["error"]["type"] == "invalid_request_error");
   auto r = fetch(srv.port(), http::verb::post, "/healthz", "{}");
   expect_openai_error(r, 405, "method_not_allowed");
   CHECK(r.header("allow") == "GET");

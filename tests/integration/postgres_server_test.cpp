@@ -35,7 +35,7 @@ TEST_CASE("on PostgreSQL a tenant key works end to end, dies on revoke, and no s
   auto env = std::map<std::string, std::string>{{"PARLEY_STORE_POSTGRES_DSN", schema.scoped_dsn()},
                                                 {"PARLEY_ADMIN_KEY", admin}};
   auto proc = start_parley(d, cfg, port, env);
-  auto ready = fetch(port, http::verb::get, "/readyz");
+  auto ready = fetch(port, http::verb::get, "/readyz", "", admin_h());
   INFO(ready.body);
   CHECK(ready.status == 200);
   CHECK(ready.body.find("postgres reachable") != std::string::npos);

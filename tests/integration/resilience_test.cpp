@@ -99,7 +99,11 @@ struct node {
   http_reply chat(const json& body) const {
     return fetch(srv->port(), http::verb::post, "/v1/chat/completions", body.dump(), bearer(key));
   }
-  json readyz() const { return json::parse(fetch(srv->port(), http::verb::get, "/readyz").body); }
+  json readyz() const {
+    return json::parse(fetch(srv->port(), http::verb::get, "/readyz", "",
+                             {{"Authorization", std::string("Bearer ") + server_fixture::admin_key}})
+                         .body);
+  }
   /// This deployment's entry in /readyz's upstreams.
   json upstream(const std::string& route) const {
     auto r = readyz();

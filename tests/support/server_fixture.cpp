@@ -37,6 +37,9 @@ server_fixture::server_fixture(void (*tweak)(config::settings&), const std::stri
   settings_.actors.scheduler_threads = 2;
   settings_.shutdown.grace_seconds = 5;
   settings_.log.level = "debug";
+  // Tests that are not about limits create tenants without any: said explicitly here (the
+  // product's defaults are finite; tests of those defaults set them back).
+  settings_.tenant_defaults = config::tenant_default_settings{0, 0, 0, 0, 0};
   if (tweak)
     tweak(settings_);
   sink_ = std::make_shared<capture_sink>();

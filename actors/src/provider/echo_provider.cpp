@@ -125,17 +125,19 @@ std::shared_ptr<provider_port> make_echo_provider(caf::actor_system& sys, int to
 }
 
 route_table::route_table(std::vector<route> routes, std::shared_ptr<provider_port> fallback,
-                         int64_t fallback_context_tokens)
+                         int64_t fallback_context_tokens, int64_t fallback_max_output_tokens)
   : routes_(std::move(routes)),
     fallback_(std::move(fallback)),
-    fallback_context_tokens_(fallback_context_tokens) {}
+    fallback_context_tokens_(fallback_context_tokens),
+    fallback_max_output_tokens_(fallback_max_output_tokens) {}
 
 std::optional<route> route_table::find(const std::string& model) const {
   for (auto& r : routes_)
     if (r.model == model)
       return r;
   if (fallback_ && !model.empty())
-    return route{model, model, fallback_, fallback_context_tokens_, "upstream"};
+    return route{model, model, fallback_, fallback_context_tokens_, "upstream",
+                 fallback_max_output_tokens_};
   return std::nullopt;
 }
 

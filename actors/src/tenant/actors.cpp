@@ -1,4 +1,7 @@
 #include "parley/actors/spawn.hpp"
+
+#include <algorithm>
+#include <cctype>
 #include "internal.hpp"
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/rate_limiter.hpp"
@@ -118,14 +121,33 @@ struct tenant_state {
 constexpr int64_t default_completion_allowance = 256;
 int64_t prompt_estimate(const chat_request& req, const tenants::tenant_config& cfg) {
   int64_t n = cfg.system_prompt.empty() ? 0 : estimate_tokens(cfg.system_prompt) + 4;
+  n += req.extra_tokens;
   for (auto& m : req.messages)
-    n += estimate_tokens(m.text) + 4;
+    n += m.tokens;
   return n;
 }
 
 int64_t admission_estimate(const chat_request& req, const tenants::tenant_config& cfg) {
   return prompt_estimate(req, cfg) +
          (req.max_tokens > 0 ? req.max_tokens : default_completion_allowance);
+}
+
+/// What the upstream is asked for, decided here and never left to the upstream's default:
+/// the least of the client's max_tokens, the model's cap, what the tenant's per-request token
+/// limit leaves after the prompt, and what the daily budget leaves (completion_cap).
+int64_t upstream_max_tokens(const chat_request& req, const route& r,
+                            const tenants::tenant_limits& lim, int64_t prompt) {
+  int64_t cap = 0;
+  auto lower = [&cap](int64_t v) {
+    if (v > 0 && (cap == 0 || v < cap))
+      cap = v;
+  };
+  lower(req.max_tokens);
+  lower(r.max_output_tokens);
+  if (lim.max_request_tokens > 0)
+    lower(std::max<int64_t>(1, lim.max_request_tokens - prompt));
+  lower(req.completion_cap);
+  return cap;
 }
 
 /// Supervisor exit handling, shared by the tenant manager and tenant actors. Every linked
@@ -141,6 +163,15 @@ void absorb_child_exits(Self* self) {
         return;
     }
     self->quit(em.reason);
+  });
+}
+
+/// A tenant id as the store makes them: 1-64 characters of [A-Za-z0-9_-].
+bool valid_tenant_id(const std::string& id) {
+  if (id.empty() || id.size() > 64)
+    return false;
+  return std::all_of(id.begin(), id.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-';
   });
 }
 
@@ -240,6 +271,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
     st.reservations[req.request_id] = grant.reserved;
     req.completion_cap = std::max<int64_t>(1, grant.reserved - prompt);
   }
+  req.max_tokens = upstream_max_tokens(req, *r, lim, prompt);
   auto tk = st.tokens.take(now, est);
   st.estimates[req.request_id] = st.tokens.limit() > 0 ? est : 0;
   auto snap = st.snapshot(rq, tk);
@@ -471,6 +503,10 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
   return {
     [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
       auto& st = self->state;
+      // Only authentication names tenants, with ids read from the store: an empty or
+      // malformed id is a bug upstream, never a reason to invent a tenant (with no limits).
+      if (!valid_tenant_id(tenant_id))
+        return caf::make_error(actor_errc::unknown_tenant);
       auto it = st.tenants.find(tenant_id);
       if (it != st.tenants.end())
         return it->second;

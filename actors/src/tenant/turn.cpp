@@ -11,23 +11,53 @@
 namespace parley::actors {
 
 namespace {
-/// Role and text content of a message object (a string content, or the `text` of its text
-/// parts joined by newlines).
+/// OpenAI's documented image cost: 85 tokens at detail "low"; a 1024x1024 image at "high"
+/// (and "auto", which may pick high) is 85 + 4 tiles x 170. The size is not known without
+/// fetching the image, so every non-low image is counted at that.
+constexpr int64_t image_tokens_low = 85;
+constexpr int64_t image_tokens_high = 765;
+/// Per-message framing (role and separators).
+constexpr int64_t message_overhead_tokens = 4;
+
+/// The estimated prompt cost of one content part that is not text.
+int64_t part_tokens(const nlohmann::json& part) {
+  auto type = part.value("type", "");
+  if (type == "image_url") {
+    auto img = part.find("image_url");
+    bool low = img != part.end() && img->is_object() && img->value("detail", "") == "low";
+    return low ? image_tokens_low : image_tokens_high;
+  }
+  // Audio, files and anything newer: their encoded payload, as text (conservative).
+  return estimate_tokens(part.dump());
+}
+
+/// Role, text content (a string content, or the `text` of its text parts joined by
+/// newlines) and the estimated prompt cost of a message object.
 void read_role_and_text(const nlohmann::json& j, chat_message& m) {
   m.role = j.value("role", "");
+  m.tokens = message_overhead_tokens;
+  int64_t other = 0;
+  for (auto& [k, v] : j.items())
+    if (k != "role" && k != "content")
+      other += estimate_tokens(v.dump()); // tool_calls, function_call, name, ...
   auto c = j.find("content");
-  if (c == j.end())
-    return;
-  if (c->is_string()) {
-    m.text = c->get<std::string>();
-  } else if (c->is_array()) {
-    for (auto& part : *c)
-      if (part.is_object() && part.contains("text") && part["text"].is_string()) {
-        if (!m.text.empty())
-          m.text += "\n";
-        m.text += part["text"].get<std::string>();
+  if (c != j.end()) {
+    if (c->is_string()) {
+      m.text = c->get<std::string>();
+    } else if (c->is_array()) {
+      for (auto& part : *c) {
+        if (part.is_object() && part.value("type", "") == "text" && part.contains("text") &&
+            part["text"].is_string()) {
+          if (!m.text.empty())
+            m.text += "\n";
+          m.text += part["text"].get<std::string>();
+        } else if (part.is_object()) {
+          other += part_tokens(part);
+        }
       }
+    }
   }
+  m.tokens += estimate_tokens(m.text) + other;
 }
 } // namespace
 
@@ -62,13 +92,13 @@ bool build_prompt(const tenants::tenant_config& cfg, const std::vector<chat_mess
     used += estimate_tokens(cfg.system_prompt) + 4;
   }
   for (auto& m : fresh)
-    used += estimate_tokens(m.text) + 4;
+    used += m.tokens;
   if (used > budget_tokens)
     return false;
   // Newest history first, as far as the budget allows; then back in order.
   std::size_t keep = 0;
   for (auto it = history.rbegin(); it != history.rend(); ++it) {
-    auto cost = estimate_tokens(it->text) + 4;
+    auto cost = it->tokens;
     if (used + cost > budget_tokens)
       break;
     used += cost;
@@ -260,7 +290,7 @@ std::shared_ptr<call_handle> start_turn(chat_request req, const route& r,
   }
   int64_t prompt_estimate = 0;
   for (auto& m : call.messages)
-    prompt_estimate += estimate_tokens(m.text) + 4;
+    prompt_estimate += m.tokens;
   t->begin(r, std::move(call), prompt_estimate);
   return t;
 }

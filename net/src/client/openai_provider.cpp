@@ -3,6 +3,7 @@
 // read the response header, then read the streamed body in 16 KiB slices through the SSE
 // parser, sending each delta to the listening actor. Every step has a timeout.
 #include "parley/net/openai_provider.hpp"
+#include "parley/net/json_body.hpp"
 #include "parley/net/sse_parser.hpp"
 #include "json/json_text.hpp"
 
@@ -367,8 +368,8 @@ private:
 
   /// The same fields through nlohmann's parser (odd but valid JSON). False: not an object.
   static bool read_with_parser(const std::string& data, jsontext::chunk_fields& f) {
-    auto j = json::parse(data, nullptr, false);
-    if (!j.is_object())
+    json j;
+    if (parse_untrusted_json(data, j) || !j.is_object())
       return false;
     if (auto e = j.find("error"); e != j.end() && !e->is_null()) {
       f.error = true;
@@ -428,8 +429,8 @@ private:
   /// the request); everything else gets a generic one: no upstream detail reaches clients.
   void fail_status() {
     std::string msg;
-    auto j = json::parse(error_body_, nullptr, false);
-    if (j.is_object() && j.contains("error") && j["error"].is_object())
+    json j;
+    if (!parse_untrusted_json(error_body_, j) && j.is_object() && j.contains("error") && j["error"].is_object())
       msg = j["error"].value("message", "");
     auto st = failure_cause::status;
     if (status_ == 400 || status_ == 422)

@@ -1,5 +1,6 @@
 #include "parley/net/admin_api.hpp"
 
+#include "parley/net/json_body.hpp"
 #include "parley/net/store_call.hpp"
 #include "parley/net/tenant_lookup.hpp"
 
@@ -33,10 +34,8 @@ bool parse_body(const exchange_ptr& ex, json& out) {
     out = json::object();
     return true;
   }
-  out = json::parse(body, nullptr, false);
-  if (out.is_discarded()) {
-    ex->respond_error({api_errc::invalid_json,
-                       "We could not parse the JSON body of your request.", ""});
+  if (auto bad = parse_untrusted_json(body, out)) {
+    ex->respond_error(*bad);
     return false;
   }
   if (!out.is_object()) {
@@ -114,7 +113,7 @@ void add_admin_routes(router& r, admin_deps d) {
   auto* keys = &d.keys;
   const std::string tenants_path = "/admin/v1/tenants";
 
-  r.add(http::verb::post, tenants_path, [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, tenants_path, access::admin(), [=](const exchange_ptr& ex) {
     json body;
     if (!parse_body(ex, body))
       return;
@@ -125,7 +124,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::get, tenants_path, [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, tenants_path, access::admin(), [=](const exchange_ptr& ex) {
     persistence::page_request p;
     if (!parse_page(ex, p))
       return;
@@ -138,7 +137,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::get, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, tenants_path + "/{id}", access::admin(), [=](const exchange_ptr& ex) {
     auto id = ex->ctx().param("id");
     store_call(ex, *exec, [=] { return ops->get_tenant(id); },
                [ex](op_result<tenant_record> res) {
@@ -146,7 +145,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::patch, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+  r.add(http::verb::patch, tenants_path + "/{id}", access::admin(), [=](const exchange_ptr& ex) {
     json body;
     if (!parse_body(ex, body))
       return;
@@ -160,7 +159,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::delete_, tenants_path + "/{id}", [=](const exchange_ptr& ex) {
+  r.add(http::verb::delete_, tenants_path + "/{id}", access::admin(), [=](const exchange_ptr& ex) {
     auto id = ex->ctx().param("id");
     auto w = who(ex);
     store_call(ex, *exec, [=] { return ops->delete_tenant(id, w); },
@@ -178,7 +177,7 @@ void add_admin_routes(router& r, admin_deps d) {
     return j;
   };
 
-  r.add(http::verb::post, tenants_path + "/{id}/keys", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, tenants_path + "/{id}/keys", access::admin(), [=](const exchange_ptr& ex) {
     json body;
     if (!parse_body(ex, body))
       return;
@@ -190,7 +189,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::get, tenants_path + "/{id}/keys", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, tenants_path + "/{id}/keys", access::admin(), [=](const exchange_ptr& ex) {
     persistence::page_request p;
     if (!parse_page(ex, p))
       return;
@@ -203,7 +202,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/revoke", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/revoke", access::admin(), [=](const exchange_ptr& ex) {
     auto id = ex->ctx().param("id");
     auto key_id = ex->ctx().param("key_id");
     auto w = who(ex);
@@ -215,7 +214,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/rotate", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/rotate", access::admin(), [=](const exchange_ptr& ex) {
     json body;
     if (!parse_body(ex, body))
       return;
@@ -231,7 +230,7 @@ void add_admin_routes(router& r, admin_deps d) {
 
   // Node-wide admission counters (the observability work exports them as metrics too).
   if (auto* c = d.counters)
-    r.add(http::verb::get, "/admin/v1/stats", [c](const exchange_ptr& ex) {
+    r.add(http::verb::get, "/admin/v1/stats", access::admin(), [c](const exchange_ptr& ex) {
       auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
       ex->respond_json(http::status::ok,
                        {{"object", "stats"},
@@ -247,7 +246,7 @@ void add_admin_routes(router& r, admin_deps d) {
   // Empties one tenant's response cache (in its tenant actor).
   auto* sys = d.sys;
   auto dir = d.directory;
-  r.add(http::verb::post, tenants_path + "/{id}/cache/flush", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, tenants_path + "/{id}/cache/flush", access::admin(), [=](const exchange_ptr& ex) {
     auto id = ex->ctx().param("id");
     store_call(ex, *exec, [=] { return ops->get_tenant(id); },
                [ex, sys, dir, id](op_result<tenant_record> res) {
@@ -269,7 +268,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::get, tenants_path + "/{id}/usage", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, tenants_path + "/{id}/usage", access::admin(), [=](const exchange_ptr& ex) {
     std::optional<int64_t> from, to;
     if (!parse_time(ex, "from", from) || !parse_time(ex, "to", to))
       return;
@@ -286,7 +285,7 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
-  r.add(http::verb::get, "/admin/v1/audit", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/admin/v1/audit", access::admin(), [=](const exchange_ptr& ex) {
     persistence::page_request p;
     persistence::audit_filter f;
     if (!parse_page(ex, p) || !parse_time(ex, "since", f.since) || !parse_time(ex, "until", f.until))
@@ -303,7 +302,7 @@ void add_admin_routes(router& r, admin_deps d) {
 }
 
 void add_model_routes(router& r, std::vector<model_info> models) {
-  r.add(http::verb::get, "/v1/models", [models](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/v1/models", access::tenant(), [models](const exchange_ptr& ex) {
     auto data = json::array();
     auto& p = ex->ctx().principal;
     for (auto& m : models)
@@ -312,7 +311,7 @@ void add_model_routes(router& r, std::vector<model_info> models) {
                         {"owned_by", m.owned_by}});
     ex->respond_json(http::status::ok, {{"object", "list"}, {"data", data}});
   });
-  r.add(http::verb::get, "/v1/models/{model}", [models](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/v1/models/{model}", access::tenant(), [models](const exchange_ptr& ex) {
     auto& p = ex->ctx().principal;
     auto& id = ex->ctx().param("model");
     for (auto& m : models)

@@ -1,4 +1,5 @@
 #include "parley/net/chat_api.hpp"
+#include "parley/net/chat_request.hpp"
 #include "json/json_text.hpp"
 #include "parley/net/tenant_lookup.hpp"
 
@@ -18,13 +19,6 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 using actors::chat_error_kind;
 
-constexpr std::size_t max_messages = 4096;
-const std::set<std::string>& valid_roles() {
-  static const std::set<std::string> roles{"system", "developer", "user", "assistant", "tool",
-                                           "function"};
-  return roles;
-}
-
 api_error to_api(const actors::chat_failure& f) {
   switch (f.kind) {
     case chat_error_kind::invalid_request: return {api_errc::invalid_request, f.message, "messages"};
@@ -40,125 +34,6 @@ api_error to_api(const actors::chat_failure& f) {
     case chat_error_kind::internal: break;
   }
   return {api_errc::internal, "", ""};
-}
-
-/// Validates the body into a chat_request; answers 400 and returns false when it is bad.
-bool parse_chat(const exchange_ptr& ex, actors::chat_request& out) {
-  auto body = json::parse(ex->req().body(), nullptr, false);
-  auto bad = [&](std::string msg, std::string param) {
-    ex->respond_error({api_errc::invalid_request, std::move(msg), std::move(param)});
-    return false;
-  };
-  if (body.is_discarded()) {
-    ex->respond_error({api_errc::invalid_json, "We could not parse the JSON body of your request.", ""});
-    return false;
-  }
-  if (!body.is_object())
-    return bad("The request body must be a JSON object.", "");
-  if (auto m = body.find("model"); m != body.end()) {
-    if (!m->is_string() || m->get<std::string>().size() > 256)
-      return bad("model must be a string.", "model");
-    out.model = m->get<std::string>();
-  }
-  auto msgs = body.find("messages");
-  if (msgs == body.end())
-    return bad("Missing required parameter: 'messages'.", "messages");
-  if (!msgs->is_array() || msgs->empty())
-    return bad("messages must be a non-empty array.", "messages");
-  if (msgs->size() > max_messages)
-    return bad("Too many messages (at most 4096).", "messages");
-  for (std::size_t i = 0; i < msgs->size(); ++i) {
-    auto& m = (*msgs)[i];
-    auto param = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object())
-      return bad(param + " must be an object.", param);
-    auto role = m.find("role");
-    if (role == m.end() || !role->is_string() || !valid_roles().count(role->get<std::string>()))
-      return bad(param + ".role must be one of system, developer, user, assistant, tool.",
-                 param + ".role");
-    auto content = m.find("content");
-    bool may_omit = *role == "assistant" && (m.contains("tool_calls") || m.contains("function_call"));
-    if (content == m.end() || content->is_null()) {
-      if (!may_omit)
-        return bad(param + ".content is required.", param + ".content");
-    } else if (content->is_array()) {
-      for (auto& part : *content)
-        if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
-          return bad(param + ".content parts must be objects with a type.", param + ".content");
-        else if (part["type"] == "text" && (!part.contains("text") || !part["text"].is_string()))
-          return bad(param + ".content text parts need a string text.", param + ".content");
-    } else if (!content->is_string()) {
-      return bad(param + ".content must be a string or an array of content parts.",
-                 param + ".content");
-    }
-    out.messages.push_back(actors::to_chat_message(m));
-  }
-  if (auto n = body.find("n"); n != body.end() && !n->is_null()) {
-    if (!n->is_number_integer() || n->get<int64_t>() != 1)
-      return bad("Only n = 1 is supported.", "n");
-  }
-  if (auto s = body.find("stream"); s != body.end() && !s->is_null()) {
-    if (!s->is_boolean())
-      return bad("stream must be a boolean.", "stream");
-    out.stream = s->get<bool>();
-  }
-  if (auto so = body.find("stream_options"); so != body.end() && !so->is_null()) {
-    if (!so->is_object())
-      return bad("stream_options must be an object.", "stream_options");
-    if (!out.stream)
-      return bad("stream_options is only allowed when stream is true.", "stream_options");
-    if (auto iu = so->find("include_usage"); iu != so->end()) {
-      if (!iu->is_boolean())
-        return bad("stream_options.include_usage must be a boolean.", "stream_options.include_usage");
-      out.include_usage = iu->get<bool>();
-    }
-  }
-  for (const char* name : {"max_tokens", "max_completion_tokens"}) {
-    auto mt = body.find(name);
-    if (mt == body.end() || mt->is_null())
-      continue;
-    if (!mt->is_number_integer() || mt->get<int64_t>() < 1 || mt->get<int64_t>() > 10'000'000)
-      return bad(std::string(name) + " must be a positive integer.", name);
-    out.max_tokens = mt->get<int64_t>();
-  }
-  if (auto c = body.find("conversation"); c != body.end() && !c->is_null()) {
-    if (!c->is_string() || c->get<std::string>().empty() || c->get<std::string>().size() > 64)
-      return bad("conversation must be a conversation id.", "conversation");
-    out.conversation_id = c->get<std::string>();
-  }
-  if (auto t = body.find("temperature"); t != body.end() && !t->is_null()) {
-    if (!t->is_number() || t->get<double>() < 0 || t->get<double>() > 2)
-      return bad("temperature must be a number between 0 and 2.", "temperature");
-  }
-  // Everything else is passed to the upstream as is.
-  json extra = json::object();
-  for (auto& [k, v] : body.items())
-    if (k != "model" && k != "messages" && k != "stream" && k != "stream_options" &&
-        k != "max_tokens" && k != "max_completion_tokens" && k != "n" && k != "conversation")
-      extra[k] = v;
-  out.extra_json = extra.dump();
-  // The response cache: used when the output is deterministic (temperature 0) or the client
-  // opts in with `x-parley-cache: use`; `x-parley-cache: bypass` skips it.
-  auto opt = ex->req()["x-parley-cache"];
-  auto t = body.find("temperature");
-  bool deterministic = t != body.end() && t->is_number() && t->get<double>() == 0.0;
-  if (beast::iequals(opt, "bypass"))
-    out.cache_mode = 2;
-  else if (beast::iequals(opt, "use") || deterministic)
-    out.cache_mode = 1;
-  if (out.cache_mode == 1 && out.conversation_id.empty()) {
-    // Everything that changes the output; not `stream` (a cached answer replays either way)
-    // nor `user`/`metadata` (they label, they do not change the text).
-    json key = extra;
-    key.erase("user");
-    key.erase("metadata");
-    key.erase("store");
-    key["model"] = out.model;
-    key["messages"] = *msgs;
-    key["max_tokens"] = out.max_tokens;
-    out.cache_key = tenants::cache_key(key.dump());
-  }
-  return true;
 }
 
 /// A duration as OpenAI's rate-limit headers write it: "250ms", "6s", "1m0s".
@@ -493,8 +368,9 @@ public:
   const char* name() const noexcept override { return "rate_headers"; }
 
   filter_status on_request(const exchange_ptr& ex) override {
-    auto path = path_of(ex->req().target());
-    if (path.substr(0, 4) != "/v1/" || path == "/v1/chat/completions" || !ex->ctx().principal)
+    auto* needs = ex->ctx().needs;
+    if (!needs || needs->who != access::kind::tenant || !ex->ctx().principal ||
+        ex->ctx().route == "/v1/chat/completions")
       return filter_status::proceed;
     auto tenant_id = ex->ctx().tenant_id;
     auto config = tenants::to_json_text(ex->ctx().principal->config);
@@ -531,7 +407,7 @@ void add_chat_routes(router& r, chat_deps d) {
   auto in_flight = d.in_flight;
   auto max_in_flight = d.max_in_flight;
   auto* counters = d.counters;
-  r.add(http::verb::post, "/v1/chat/completions", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, "/v1/chat/completions", access::tenant("chat"), [=](const exchange_ptr& ex) {
     // Node-wide load shedding: refuse at once rather than queue without bound.
     if (in_flight->load(std::memory_order_relaxed) >= max_in_flight) {
       if (counters)
@@ -541,8 +417,8 @@ void add_chat_routes(router& r, chat_deps d) {
       return;
     }
     actors::chat_request req;
-    if (!parse_chat(ex, req))
-      return;
+    if (auto bad = parse_chat_request(ex->req().body(), ex->req()["x-parley-cache"], req))
+      return ex->respond_error(*bad);
     auto& ctx = ex->ctx();
     req.request_id = ctx.request_id;
     req.tenant_id = ctx.tenant_id;

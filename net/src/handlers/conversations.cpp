@@ -1,5 +1,6 @@
 #include "parley/net/chat_api.hpp"
 
+#include "parley/net/json_body.hpp"
 #include "parley/net/store_call.hpp"
 #include "parley/net/tenant_lookup.hpp"
 #include "parley/persistence/ids.hpp"
@@ -92,12 +93,11 @@ void add_conversation_routes(router& r, chat_deps d) {
   auto* sys = &d.sys;
   auto dir = d.directory;
 
-  r.add(http::verb::post, "/v1/conversations", [=](const exchange_ptr& ex) {
+  r.add(http::verb::post, "/v1/conversations", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     json body = json::object();
     if (!ex->req().body().empty()) {
-      body = json::parse(ex->req().body(), nullptr, false);
-      if (body.is_discarded())
-        return ex->respond_error({api_errc::invalid_json, "We could not parse the JSON body of your request.", ""});
+      if (auto bad = parse_untrusted_json(ex->req().body(), body))
+        return ex->respond_error(*bad);
       if (!body.is_object())
         return ex->respond_error({api_errc::invalid_request, "The request body must be a JSON object.", ""});
     }
@@ -127,7 +127,7 @@ void add_conversation_routes(router& r, chat_deps d) {
                });
   });
 
-  r.add(http::verb::get, "/v1/conversations", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/v1/conversations", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     page_request p;
     if (!parse_limit(ex, p.limit))
       return;
@@ -149,7 +149,7 @@ void add_conversation_routes(router& r, chat_deps d) {
                });
   });
 
-  r.add(http::verb::get, "/v1/conversations/{id}", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/v1/conversations/{id}", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     auto tenant = ex->ctx().tenant_id;
     auto id = ex->ctx().param("id");
     store_call(ex, *exec, [st, tenant, id] { return st->get_conversation(tenant, id); },
@@ -160,7 +160,7 @@ void add_conversation_routes(router& r, chat_deps d) {
                });
   });
 
-  r.add(http::verb::delete_, "/v1/conversations/{id}", [=](const exchange_ptr& ex) {
+  r.add(http::verb::delete_, "/v1/conversations/{id}", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     auto tenant = ex->ctx().tenant_id;
     auto id = ex->ctx().param("id");
     store_call(ex, *exec, [st, tenant, id] { return st->delete_conversation(tenant, id); },
@@ -173,7 +173,7 @@ void add_conversation_routes(router& r, chat_deps d) {
                });
   });
 
-  r.add(http::verb::get, "/v1/conversations/{id}/items", [=](const exchange_ptr& ex) {
+  r.add(http::verb::get, "/v1/conversations/{id}/items", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     int limit = 100;
     if (!parse_limit(ex, limit))
       return;

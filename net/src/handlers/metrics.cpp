@@ -50,8 +50,8 @@ void request_metrics::record(const exchange& ex, unsigned status, double seconds
     tokens_.with({tenant, ctx.model, "completion"}).inc(static_cast<uint64_t>(ctx.completion_tokens));
 }
 
-void add_metrics_route(router& r, std::shared_ptr<const metrics::registry> reg) {
-  r.add(http::verb::get, "/metrics", [reg](const exchange_ptr& ex) {
+void add_metrics_route(router& r, std::shared_ptr<const metrics::registry> reg, access who) {
+  r.add(http::verb::get, "/metrics", std::move(who), [reg](const exchange_ptr& ex) {
     response res{http::status::ok, ex->req().version()};
     res.set(http::field::content_type, metrics::content_type);
     reg->render_into(res.body());

@@ -10,22 +10,11 @@
 namespace parley::net {
 namespace {
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
 /// The bearer token of an Authorization header, or "".
 std::string_view bearer(const request& req) {
   auto h = req[http::field::authorization];
   if (h.size() > 7 && beast::iequals(h.substr(0, 7), "Bearer "))
     return h.substr(7);
-  return {};
-}
-
-/// The scope a /v1 path needs ("" = any valid key).
-std::string scope_for(std::string_view path) {
-  if (starts_with(path, "/v1/chat/"))
-    return "chat";
-  if (starts_with(path, "/v1/conversations"))
-    return "conversations";
   return {};
 }
 
@@ -36,53 +25,79 @@ public:
   const char* name() const noexcept override { return "auth"; }
 
   filter_status on_request(const exchange_ptr& ex) override {
-    auto path = path_of(ex->req().target());
-    if (starts_with(path, "/admin/") || path == "/metrics")
-      return check_admin(ex); // /metrics on the API listener is the operators' (admin key)
-    if (starts_with(path, "/v1/"))
-      return check_tenant(ex, scope_for(path));
-    return filter_status::proceed;
+    // Decided by the matched route's declaration; no route (404/405 follows) needs nothing.
+    auto* needs = ex->ctx().needs;
+    if (!needs)
+      return filter_status::proceed;
+    switch (needs->who) {
+      case access::kind::anyone:
+        return filter_status::proceed;
+      case access::kind::anyone_or_admin:
+        // Details for the admin; anonymous callers get the short answer. A credential that
+        // is sent must be right (it is not silently ignored).
+        if (bearer(ex->req()).empty())
+          return filter_status::proceed;
+        return check_admin(ex, false);
+      case access::kind::admin:
+        return check_admin(ex, false);
+      case access::kind::metrics:
+        return check_admin(ex, true);
+      case access::kind::tenant:
+        return check_tenant(ex, needs->scope);
+    }
+    return filter_status::stop; // unreachable: every kind is handled above
   }
 
 private:
-  bool throttled(const exchange_ptr& ex) {
+  /// Answers 429 when (client, key id) is over its failure budget. Checked only after the
+  /// credential failed, so a request with a valid credential is never throttled.
+  bool throttled(const exchange_ptr& ex, const std::string& key_id) {
     int64_t retry = 0;
-    if (!d_.throttle.blocked(ex->ctx().client_address, persistence::now_millis(), retry))
+    if (!d_.throttle.blocked(ex->ctx().client_address, key_id, persistence::now_millis(), retry))
       return false;
     ex->add_header("Retry-After", std::to_string(retry));
     ex->respond_error({api_errc::too_many_auth_failures, "", ""});
     return true;
   }
 
-  void fail(const exchange_ptr& ex, api_errc code, std::string message) {
+  /// Answers a failed authentication (429 when the client is over its budget). `key_id` is
+  /// the id of an existing key whose secret was wrong, "" when no existing key was named.
+  void fail(const exchange_ptr& ex, api_errc code, std::string message,
+            const std::string& key_id = {}) {
+    if (throttled(ex, key_id))
+      return;
     if (code == api_errc::invalid_api_key)
-      d_.throttle.record_failure(ex->ctx().client_address, persistence::now_millis());
+      d_.throttle.record_failure(ex->ctx().client_address, key_id, persistence::now_millis());
     log::event(d_.logger, spdlog::level::info, "authentication failed")
       .str("request_id", ex->ctx().request_id)
       .str("client", ex->ctx().client_address)
+      .str("key_id", key_id)
       .str("reason", message);
     ex->respond_error({code, std::move(message), ""});
   }
 
-  filter_status check_admin(const exchange_ptr& ex) {
-    if (throttled(ex))
-      return filter_status::stop;
-    auto token = bearer(ex->req());
-    bool ok = !d_.admin_key.empty() && token.size() == d_.admin_key.size() &&
-              CRYPTO_memcmp(token.data(), d_.admin_key.data(), token.size()) == 0;
-    if (!ok) {
-      fail(ex, api_errc::invalid_api_key,
-           token.empty() ? "Admin routes need Authorization: Bearer <admin key>."
-                         : "Incorrect admin key provided.");
-      return filter_status::stop;
-    }
-    ex->ctx().admin = true;
-    return filter_status::proceed;
+  static bool same(std::string_view token, const std::string& secret) {
+    return !secret.empty() && token.size() == secret.size() &&
+           CRYPTO_memcmp(token.data(), secret.data(), token.size()) == 0;
   }
 
-  filter_status check_tenant(const exchange_ptr& ex, std::string scope) {
-    if (throttled(ex))
-      return filter_status::stop;
+  /// The admin credential (or, when `metrics_ok`, the metrics credential too).
+  filter_status check_admin(const exchange_ptr& ex, bool metrics_ok) {
+    auto token = bearer(ex->req());
+    if (same(token, d_.admin_key)) {
+      ex->ctx().admin = true;
+      return filter_status::proceed;
+    }
+    if (metrics_ok && same(token, d_.metrics_key))
+      return filter_status::proceed;
+    fail(ex, api_errc::invalid_api_key,
+         token.empty() ? (metrics_ok ? "This route needs Authorization: Bearer <metrics or admin key>."
+                                     : "This route needs Authorization: Bearer <admin key>.")
+                       : "Incorrect credential provided.");
+    return filter_status::stop;
+  }
+
+  filter_status check_tenant(const exchange_ptr& ex, const std::string& scope) {
     auto token = bearer(ex->req());
     if (token.empty()) {
       fail(ex, api_errc::invalid_api_key,
@@ -98,6 +113,9 @@ private:
     if (auto cached = d_.keys.find(parsed->key_id, now))
       return decide(ex, cached, parsed->secret, scope) ? filter_status::proceed
                                                        : filter_status::stop;
+    // A client that keeps naming unknown keys gets no more store lookups this minute.
+    if (throttled(ex, {}))
+      return filter_status::stop;
     // Cache miss: look the key and its tenant up on a persistence worker, then resume.
     auto key_id = parsed->key_id;
     auto secret = parsed->secret;
@@ -144,17 +162,23 @@ private:
   bool decide(const exchange_ptr& ex, const std::shared_ptr<const tenants::key_principal>& p,
               const std::string& secret, const std::string& scope) {
     auto now = persistence::now_millis();
-    switch (tenants::authenticate(*p, secret, d_.pepper, now, scope)) {
+    // A key names its tenant; a principal without one (not found, or a bad row) never passes.
+    auto outcome = p->found && !p->key.tenant_id.empty()
+                     ? tenants::authenticate(*p, secret, d_.pepper, now, scope)
+                     : tenants::auth_outcome::invalid_key;
+    auto existing = p->found ? p->key.id : std::string();
+    switch (outcome) {
       case tenants::auth_outcome::ok:
         break;
       case tenants::auth_outcome::invalid_key:
-        fail(ex, api_errc::invalid_api_key, "Incorrect API key provided.");
+        fail(ex, api_errc::invalid_api_key, "Incorrect API key provided.", existing);
         return false;
       case tenants::auth_outcome::tenant_inactive:
-        fail(ex, api_errc::permission_denied, "This tenant is suspended.");
+        fail(ex, api_errc::permission_denied, "This tenant is suspended.", existing);
         return false;
       case tenants::auth_outcome::missing_scope:
-        fail(ex, api_errc::permission_denied, "This API key lacks the '" + scope + "' scope.");
+        fail(ex, api_errc::permission_denied, "This API key lacks the '" + scope + "' scope.",
+             existing);
         return false;
     }
     auto& ctx = ex->ctx();

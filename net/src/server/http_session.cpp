@@ -11,18 +11,17 @@ namespace parley::net {
 http_session::http_session(asio::ip::tcp::socket&& socket,
                            std::shared_ptr<const config::http_settings> settings,
                            std::shared_ptr<const pipeline> p,
-                           std::shared_ptr<session_registry> registry)
+                           std::shared_ptr<session_registry> registry, std::string peer)
   : stream_(std::move(socket)),
     settings_(std::move(settings)),
     pipeline_(std::move(p)),
-    registry_(std::move(registry)) {
-  beast::error_code ec;
-  auto ep = stream_.socket().remote_endpoint(ec);
-  if (!ec)
-    peer_ = ep.address().to_string();
-}
+    registry_(std::move(registry)),
+    peer_(std::move(peer)) {}
 
-http_session::~http_session() { registry_->remove(this); }
+http_session::~http_session() {
+  registry_->release(peer_);
+  registry_->remove(this);
+}
 
 void http_session::start() {
   registry_->add(shared_from_this());
@@ -132,10 +131,13 @@ void http_session::reply_parse_error(api_errc code) {
     registry_->total.fetch_add(1);
   }
   request req;
-  if (parser_) {
+  req.version(11);
+  if (parser_ && parser_->is_header_done()) {
     // Keep what was parsed of the header (method, target) for the log line, not the body.
+    // method_string, not method(): an unknown method has no verb, and Beast's method(verb)
+    // throws for verb::unknown.
     auto& h = parser_->get();
-    req.method(h.method());
+    req.method_string(h.method_string());
     req.target(h.target());
     req.version(h.version() ? h.version() : 11);
     if (auto it = h.find(http::field::origin); it != h.end())

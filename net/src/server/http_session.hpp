@@ -27,7 +27,8 @@ class http_session : public std::enable_shared_from_this<http_session> {
 public:
   http_session(asio::ip::tcp::socket&& socket,
                std::shared_ptr<const config::http_settings> settings,
-               std::shared_ptr<const pipeline> p, std::shared_ptr<session_registry> registry);
+               std::shared_ptr<const pipeline> p, std::shared_ptr<session_registry> registry,
+               std::string peer);
   ~http_session();
 
   /// Starts reading (any thread).

@@ -9,6 +9,9 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+
+#include <cerrno>
 #include <future>
 
 namespace parley::net {
@@ -52,6 +55,8 @@ void pipeline::finished(const exchange& ex, unsigned status, bool write_ok) cons
 void pipeline::run(const exchange_ptr& ex) const {
   // The error guard: nothing thrown by a filter or handler may unwind into Asio.
   try {
+    if (ex->next_filter == 0 && !route(ex))
+      return;
     while (ex->next_filter < chain_.size()) {
       auto& step = chain_[ex->next_filter++];
       if (step->on_request(ex) == filter_status::stop)
@@ -70,6 +75,25 @@ void pipeline::run(const exchange_ptr& ex) const {
       .str("request_id", ex->ctx().request_id);
     ex->respond_error({api_errc::internal, "", ""});
   }
+}
+
+bool pipeline::route(const exchange_ptr& ex) const {
+  // Routing comes first, so that authorization is decided by the route that will run, never
+  // by how its path is spelled: one canonical spelling per route, everything else is 400.
+  auto& ctx = ex->ctx();
+  if (auto why = canonical_path_error(ex->req().target())) {
+    ex->respond_error({api_errc::invalid_request, why, ""});
+    return false;
+  }
+  auto m = router_.match(ex->req().method(), path_of(ex->req().target()));
+  if (m.found) {
+    ctx.route = m.found->pattern;
+    ctx.params = std::move(m.params);
+    ctx.needs = &m.found->who;
+    ctx.handler = &m.found->fn;
+  }
+  ctx.allow = std::move(m.allow);
+  return true;
 }
 
 void pipeline::decorate(exchange& ex, response& res) const {
@@ -97,6 +121,26 @@ void session_registry::remove(http_session* s) {
   for (auto it = sessions_.begin(); it != sessions_.end();)
     it = it->expired() ? sessions_.erase(it) : std::next(it);
   (void)s;
+}
+
+bool session_registry::admit(const std::string& peer, int max_total, int per_client) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (connections_ >= max_total)
+    return false;
+  auto& n = per_client_[peer];
+  if (per_client > 0 && n >= per_client)
+    return false;
+  ++n;
+  ++connections_;
+  return true;
+}
+
+void session_registry::release(const std::string& peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  --connections_;
+  auto it = per_client_.find(peer);
+  if (it != per_client_.end() && --it->second <= 0)
+    per_client_.erase(it);
 }
 
 void session_registry::drain_all() {
@@ -131,7 +175,8 @@ public:
       settings_(std::move(settings)),
       pipeline_(std::move(p)),
       logger_(std::move(logger)),
-      registry_(std::move(registry)) {}
+      registry_(std::move(registry)),
+      backoff_(acceptor_.get_executor()) {}
 
   uint16_t start() {
     auto [host, port] = config::split_host_port(settings_->listen, "http.listen");
@@ -157,6 +202,7 @@ public:
     asio::post(acceptor_.get_executor(), [self = shared_from_this(), closed] {
       beast::error_code ec;
       self->acceptor_.close(ec);
+      self->backoff_.cancel();
       closed->set_value();
     });
     done.wait_for(std::chrono::seconds(2));
@@ -170,14 +216,52 @@ private:
                                                       asio::ip::tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->accepting_.load())
         return;
-      if (!ec) {
-        socket.set_option(asio::ip::tcp::no_delay(true), ec);
-        std::make_shared<http_session>(std::move(socket), self->settings_, self->pipeline_,
-                                       self->registry_)
-          ->start();
-      } else {
-        log::event(self->logger_, spdlog::level::warn, "accept failed").str("error", ec.message());
-      }
+      if (ec)
+        return self->on_accept_error(ec);
+      self->backoff_ms_ = 0;
+      self->admit(std::move(socket));
+      self->do_accept();
+    });
+  }
+
+  /// Starts a session for the connection, or closes it at once when it is over the
+  /// listener's caps (a client holding many idle connections cannot starve the others).
+  void admit(asio::ip::tcp::socket socket) {
+    beast::error_code ec;
+    auto ep = socket.remote_endpoint(ec);
+    if (ec)
+      return; // already gone
+    auto peer = ep.address().to_string();
+    if (!registry_->admit(peer, settings_->max_connections, settings_->max_connections_per_client)) {
+      registry_->refused.fetch_add(1, std::memory_order_relaxed);
+      // RST rather than FIN: nothing of the connection lingers in TIME_WAIT here.
+      socket.set_option(asio::socket_base::linger(true, 0), ec);
+      socket.close(ec);
+      return;
+    }
+    socket.set_option(asio::ip::tcp::no_delay(true), ec);
+    std::make_shared<http_session>(std::move(socket), settings_, pipeline_, registry_, peer)
+      ->start();
+  }
+
+  /// A failed accept. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
+  /// pending connection stays queued and accepting again at once would spin: back off,
+  /// doubling from 10 ms to 1 s, and log once per episode. Other errors (a connection reset
+  /// before it was accepted) are the client's: go on.
+  void on_accept_error(beast::error_code ec) {
+    registry_->accept_errors.fetch_add(1, std::memory_order_relaxed);
+    bool resources = ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
+                     ec == asio::error::no_memory || ec.value() == ENFILE;
+    if (!resources)
+      return do_accept();
+    if (backoff_ms_ == 0)
+      log::event(logger_, spdlog::level::warn, "accept failed; backing off")
+        .str("error", ec.message());
+    backoff_ms_ = backoff_ms_ == 0 ? 10 : std::min(backoff_ms_ * 2, 1000);
+    backoff_.expires_after(std::chrono::milliseconds(backoff_ms_));
+    backoff_.async_wait([self = shared_from_this()](beast::error_code wec) {
+      if (wec || !self->accepting_.load())
+        return;
       self->do_accept();
     });
   }
@@ -189,6 +273,8 @@ private:
   log::logger_ptr logger_;
   std::shared_ptr<session_registry> registry_;
   std::atomic<bool> accepting_{false};
+  asio::steady_timer backoff_;
+  int backoff_ms_ = 0; ///< current accept backoff (acceptor strand only); 0 = none
 };
 
 // -- server -----------------------------------------------------------------------

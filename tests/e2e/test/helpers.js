@@ -25,8 +25,8 @@ export const HOOK_TIMEOUT = 30000;
 // ---------------------------------------------------------------------------------------------
 // OpenAI's schemas
 //
-// shared/spec/openai-schemas.json (beside the repository, as CI lays it out; PARLEY_OPENAI_SCHEMAS
-// overrides) is one JSON Schema 2020-12 document: {"$schema", "title", "$comment", "$defs"} with
+// net/spec/openai-schemas.json (in the repository, with its source noted in net/spec/README.md;
+// PARLEY_OPENAI_SCHEMAS overrides) is one JSON Schema 2020-12 document: {"$schema", "title", "$comment", "$defs"} with
 // 79 component schemas under "$defs" (the targets CreateChatCompletionResponse,
 // CreateChatCompletionStreamResponse, ListModelsResponse, Model, ErrorResponse, Error, ... and
 // everything they reference). Its extractor already normalised the OpenAPI 3.1 dialect away:
@@ -45,7 +45,7 @@ export const HOOK_TIMEOUT = 30000;
 //    "unknown format ... ignored" warnings. `uri` and `date` come from ajv-formats.
 // ---------------------------------------------------------------------------------------------
 const schemaFile = process.env.PARLEY_OPENAI_SCHEMAS ||
-  path.resolve(repoRoot, '..', 'shared', 'spec', 'openai-schemas.json');
+  path.resolve(repoRoot, 'net', 'spec', 'openai-schemas.json');
 if (!fs.existsSync(schemaFile)) {
   throw new Error(`OpenAI schemas not found at ${schemaFile} (set PARLEY_OPENAI_SCHEMAS)`);
 }

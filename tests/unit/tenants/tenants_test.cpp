@@ -127,18 +127,37 @@ TEST_CASE("the key cache expires entries, evicts the least recently used and inv
   CHECK_FALSE(cache.find("d", 1));
 }
 
-TEST_CASE("the failure throttle blocks an address over its budget for the minute",
+TEST_CASE("the failure throttle blocks a client and key over its budget for the minute",
           "[tenants][unit]") {
   failure_throttle t(3);
   int64_t retry = 0;
   for (int i = 0; i < 3; ++i) {
-    CHECK_FALSE(t.blocked("1.2.3.4", 1000, retry));
-    t.record_failure("1.2.3.4", 1000);
+    CHECK_FALSE(t.blocked("1.2.3.4", "key_a", 1000, retry));
+    t.record_failure("1.2.3.4", "key_a", 1000);
   }
-  CHECK(t.blocked("1.2.3.4", 1500, retry));
+  CHECK(t.blocked("1.2.3.4", "key_a", 1500, retry));
   CHECK(retry == 60);
-  CHECK_FALSE(t.blocked("5.6.7.8", 1500, retry));
-  CHECK_FALSE(t.blocked("1.2.3.4", 61000, retry));
+  // Another key from the same address, and the same key from another address, are not blocked.
+  CHECK_FALSE(t.blocked("1.2.3.4", "key_b", 1500, retry));
+  CHECK_FALSE(t.blocked("1.2.3.4", "", 1500, retry));
+  CHECK_FALSE(t.blocked("5.6.7.8", "key_a", 1500, retry));
+  CHECK_FALSE(t.blocked("1.2.3.4", "key_a", 61000, retry));
+}
+
+TEST_CASE("the failure throttle stays bounded and drops the oldest window first",
+          "[tenants][unit]") {
+  failure_throttle t(1, 1000);
+  int64_t retry = 0;
+  // 100k distinct guessers in one minute: memory stays at the bound, the newest are kept.
+  for (int i = 0; i < 100000; ++i)
+    t.record_failure("10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256), "",
+                     1000 + i / 100);
+  CHECK(t.size() == 1000);
+  CHECK(t.blocked("10.0.390.159", "", 2000, retry)); // the last one recorded (i = 99999)
+  CHECK_FALSE(t.blocked("10.0.0.0", "", 2000, retry)); // the first one, evicted
+  // Expired windows are dropped as time moves on.
+  t.record_failure("192.0.2.1", "", 200000);
+  CHECK(t.size() == 1);
 }
 
 TEST_CASE("the last-used recorder keeps the latest time per key and empties on take",

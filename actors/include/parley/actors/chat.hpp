@@ -43,11 +43,14 @@ struct chat_message {
   std::string role;
   std::string json;   ///< the whole message object
   std::string text;   ///< its text content, for token estimates and the echo model
+  /// Its estimated prompt cost: text, non-text parts at their documented cost (images),
+  /// tool calls and other fields, and the per-message framing.
+  int64_t tokens = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_message& x) {
-  return f(caf::meta::type_name("chat_message"), x.role, x.json, x.text);
+  return f(caf::meta::type_name("chat_message"), x.role, x.json, x.text, x.tokens);
 }
 
 /// A validated chat completion request, as the tenant actor receives it.
@@ -62,6 +65,9 @@ struct chat_request {
   int64_t max_tokens = 0;       ///< 0 = not set
   std::string conversation_id;  ///< "" = stateless
   std::string extra_json;       ///< other OpenAI fields to pass through ("{}" when none)
+  /// Prompt tokens of the request beyond its messages (tools, functions, response_format,
+  /// prediction, ...): estimated from extra_json, counted at admission.
+  int64_t extra_tokens = 0;
   std::string tenant_config;    ///< the tenant's config (JSON text) as authentication saw it
   /// Set by the tenant actor at admission: the most completion tokens this call may produce
   /// within the tenant's daily budget (0 = no cap). The stream is cut off there.
@@ -77,7 +83,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
   return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
            x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
-           x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key, x.traceparent);
+           x.extra_tokens, x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key, x.traceparent);
 }
 
 /// The end of a completion.

@@ -70,6 +70,8 @@ struct route {
   std::shared_ptr<provider_port> provider;
   int64_t context_tokens = 8192;///< prompt budget: history is trimmed to fit
   std::string owned_by;
+  /// Completion cap of the model: max_tokens sent upstream never exceeds it (0 = none).
+  int64_t max_output_tokens = 0;
 };
 
 /// Rough token estimate of a text (about 4 characters per token, as OpenAI documents for

@@ -22,7 +22,8 @@ namespace parley::actors {
 class route_table {
 public:
   explicit route_table(std::vector<route> routes, std::shared_ptr<provider_port> fallback = {},
-                       int64_t fallback_context_tokens = 8192);
+                       int64_t fallback_context_tokens = 8192,
+                       int64_t fallback_max_output_tokens = 0);
   /// The route for `model`: an exact match, else the fallback upstream (quick-start mode:
   /// any other model name is forwarded as is), else nothing. Thread-safe.
   std::optional<route> find(const std::string& model) const;
@@ -34,6 +35,7 @@ private:
   std::vector<route> routes_;
   std::shared_ptr<provider_port> fallback_;
   int64_t fallback_context_tokens_;
+  int64_t fallback_max_output_tokens_;
 };
 
 /// Node-wide admission counters (monotonic), kept by tenant actors and the chat handler and

@@ -19,6 +19,13 @@ struct http_settings {
   int idle_timeout_seconds = 75;           ///< keep-alive connections idle longer are closed
   int write_timeout_seconds = 30;          ///< one write to a slow client may take this long
   std::vector<std::string> cors_allowed_origins; ///< exact origins or "*"; empty = no CORS
+  int max_connections = 10000;             ///< open connections per listener; beyond: closed at once
+  int max_connections_per_client = 256;    ///< open connections per client address; 0 = no cap
+  /// Addresses or CIDR blocks of reverse proxies whose X-Forwarded-For / Forwarded headers
+  /// name the client; empty = the peer address is the client, headers are ignored.
+  std::vector<std::string> trusted_proxies;
+  std::string tls_cert_file;               ///< PEM certificate chain; set with tls_key_file = HTTPS
+  std::string tls_key_file;                ///< PEM private key (secret file)
 };
 
 /// [log]
@@ -80,6 +87,17 @@ struct chat_settings {
   int usage_flush_seconds = 2;             ///< write-behind period of usage counters
   int max_in_flight = 20000;               ///< chat requests in flight per node; beyond: 503
   int tenant_max_in_flight = 2000;         ///< per tenant without its own max_concurrent; beyond: 429
+  int max_output_tokens = 4096;            ///< completion cap of a model without its own; sent upstream as max_tokens
+};
+
+/// [tenant_defaults]: the limits a new tenant gets unless its creator sets others. Finite by
+/// default: a tenant without limits must be created so on purpose (0 = no limit).
+struct tenant_default_settings {
+  int64_t requests_per_minute = 600;
+  int64_t tokens_per_minute = 200000;
+  int64_t tokens_per_day = 2000000;
+  int64_t max_concurrent = 20;
+  int64_t max_request_tokens = 0;
 };
 
 /// [upstream]: quick start -- forward every model not served otherwise to one
@@ -94,6 +112,7 @@ struct metrics_settings {
   bool enabled = true;                     ///< serve GET /metrics
   std::string listen;                      ///< "" = on http.listen, admin key required; else its own HOST:PORT, no auth
   bool tenant_label = true;                ///< per-tenant labels (off: "-", for cardinality)
+  std::string key;                         ///< bearer credential that may read /metrics and nothing else (secret)
   int top_tenants = 20;                    ///< tenants in parley_tenant_in_flight
 };
 
@@ -141,6 +160,7 @@ struct route_settings {
   std::string base_url;         ///< e.g. "https://api.openai.com/v1" (openai provider)
   std::string api_key_env;      ///< environment variable holding the upstream key; "" = none
   int context_tokens = 0;       ///< prompt budget; 0 = chat.context_tokens
+  int max_output_tokens = 0;    ///< completion cap; 0 = chat.max_output_tokens
   /// Several deployments; when empty, the route's own provider/base_url/api_key_env is its
   /// one deployment.
   std::vector<deployment_settings> deployments;
@@ -160,6 +180,7 @@ struct settings {
   admin_settings admin;
   auth_settings auth;
   chat_settings chat;
+  tenant_default_settings tenant_defaults;
   upstream_settings upstream;
   resilience_settings resilience;
   metrics_settings metrics;

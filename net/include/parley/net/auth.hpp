@@ -20,16 +20,19 @@ struct auth_deps {
   tenants::failure_throttle& throttle;
   tenants::last_used_recorder& last_used;
   std::string pepper;     ///< HMAC key of API key secrets
-  std::string admin_key;  ///< bearer credential of /admin routes
+  std::string admin_key;  ///< bearer credential of admin routes
+  std::string metrics_key; ///< bearer credential of GET /metrics only ("" = none)
   log::logger_ptr logger;
 };
 
-/// Authentication: `/admin/...` needs the admin key; `/v1/...` needs a tenant API key
-/// (`Authorization: Bearer prly_<id>_<secret>`), checked against the in-memory key cache and,
-/// on a miss, the store (off the io thread; the chain resumes when the lookup returns).
-/// Unknown, wrong, revoked or expired keys and deleted tenants answer 401; a suspended tenant
-/// or a missing scope 403. Repeated failures from one client address answer 429 for the
-/// rest of the minute. Other paths (ops endpoints) pass through.
+/// Authentication and authorization of the matched route (ctx().needs, set by routing):
+/// admin routes need the admin key; the metrics route the metrics key or the admin key;
+/// tenant routes a tenant API key (`Authorization: Bearer prly_<id>_<secret>`) with the
+/// route's scope, checked against the in-memory key cache and, on a miss, the store (off the
+/// io thread; the chain resumes when the lookup returns). Unknown, wrong, revoked or expired
+/// keys and deleted tenants answer 401; a suspended tenant or a missing scope 403. Repeated
+/// failures from one client address answer 429 for the rest of the minute. Requests that
+/// matched no route pass through to the router's 404/405.
 std::unique_ptr<middleware> make_auth(auth_deps deps);
 
 } // namespace parley::net

@@ -29,7 +29,8 @@ private:
   metrics::histogram& overhead_;
 };
 
-/// GET /metrics: the registry in the Prometheus text format 0.0.4.
-void add_metrics_route(router& r, std::shared_ptr<const metrics::registry> reg);
+/// GET /metrics: the registry in the Prometheus text format 0.0.4, for callers `who` may
+/// be (the metrics or admin credential on the API listener; anyone on its own listener).
+void add_metrics_route(router& r, std::shared_ptr<const metrics::registry> reg, access who);
 
 } // namespace parley::net

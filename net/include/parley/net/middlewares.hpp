@@ -14,6 +14,13 @@ namespace parley::net {
 /// one; stores it in ctx().request_id and echoes it as `x-request-id` on every response.
 std::unique_ptr<middleware> make_request_id();
 
+/// Sets ctx().client_address from X-Forwarded-For or Forwarded (RFC 7239), but only when the
+/// peer is one of `trusted_proxies` (addresses or CIDR blocks): walking the hops from the
+/// nearest back, the first address that is not a trusted proxy is the client. With no trusted
+/// proxies (the default) the headers are ignored and the peer is the client. Throws
+/// std::invalid_argument for an entry that is not an address or block (start-up only).
+std::unique_ptr<middleware> make_client_address(const std::vector<std::string>& trusted_proxies);
+
 /// Adds defensive headers to every response (nosniff, no-store, frame denial, no referrer,
 /// a CSP that allows nothing: the API serves JSON, never pages).
 std::unique_ptr<middleware> make_security_headers();

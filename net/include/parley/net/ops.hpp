@@ -25,6 +25,9 @@ public:
   /// Evaluates every dependency without blocking the caller and calls `done` exactly once,
   /// from any thread. Ready means every entry is ok.
   virtual void check(std::function<void(std::vector<dependency_status>)> done) = 0;
+  /// Dependencies that cost nothing to evaluate (the node's own draining flag): asked on every
+  /// call, never cached, listed before check()'s.
+  virtual std::vector<dependency_status> instant() { return {}; }
 };
 
 /// What GET /version reports.
@@ -35,9 +38,11 @@ struct build_info {
 };
 
 /// Adds GET /healthz (alive: always 200 while the process serves HTTP), GET /readyz (200 when
-/// every dependency is ok, else 503, with the list as JSON) and GET /version. `upstreams`, if
-/// set, adds the upstream deployments' breaker states to /readyz as details: an open breaker
-/// does not make the node unready (its other routes and fallbacks still serve).
+/// every dependency is ok, else 503; evaluated at most once a second, whoever asks) and GET
+/// /version. Anonymous callers get only `{"status":...}`; with the admin credential /readyz
+/// lists every dependency and, if `upstreams` is set, the upstream deployments' breaker states
+/// (an open breaker does not make the node unready: its other routes and fallbacks still
+/// serve), and /version the version, commit and build type.
 void add_ops_routes(router& r, std::shared_ptr<readiness_source> readiness, build_info info,
                     std::function<nlohmann::json()> upstreams = {});
 

@@ -1,14 +1,18 @@
 #pragma once
 
+#include "parley/net/access.hpp"
 #include "parley/tenants/key_cache.hpp"
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace parley::net {
+
+class exchange;
 
 /// Per-request facts that middleware and handlers fill in as the request moves along.
 /// Owned by its exchange; touched only on the session strand (or by the one handler that
@@ -19,6 +23,12 @@ struct request_context {
   std::string client_address;     ///< peer IP
   std::string route;              ///< matched route pattern, e.g. "/admin/v1/tenants/{id}"
   std::vector<std::pair<std::string, std::string>> params; ///< captured path parameters
+  /// Set by routing, before any middleware runs: who may call the matched route (null when
+  /// no route matched: the request ends in 404 or 405), its handler, and for 405 the methods
+  /// the path allows. They point into the router, which outlives every exchange.
+  const access* needs = nullptr;
+  const std::function<void(const std::shared_ptr<exchange>&)>* handler = nullptr;
+  std::string allow;
   std::string tenant_id;          ///< set by authentication
   std::string key_id;             ///< set by authentication
   std::vector<std::string> scopes;

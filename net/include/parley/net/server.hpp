@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 #include <vector>
 
 namespace parley::net {
@@ -24,8 +25,10 @@ public:
   pipeline(std::vector<std::unique_ptr<middleware>> chain, router r, log::logger_ptr logger,
            std::shared_ptr<request_metrics> metrics = nullptr);
 
-  /// Runs the chain from ex->next_filter, then the router. Catches every exception (the
-  /// error guard): a throwing step answers 500 in OpenAI's shape and is logged.
+  /// Runs the chain from ex->next_filter, then the router. On the first run the target is
+  /// checked for canonical form (else 400) and matched to its route before any middleware,
+  /// so middleware (authentication above all) sees the route that will run. Catches every
+  /// exception (the error guard): a throwing step answers 500 in OpenAI's shape and is logged.
   void run(const exchange_ptr& ex) const;
   /// Applies all on_response hooks in reverse order.
   void decorate(exchange& ex, response& res) const;
@@ -35,6 +38,9 @@ public:
   void finished(const exchange& ex, unsigned status, bool write_ok) const;
 
 private:
+  /// Checks the target's form and matches the route (ctx().needs/handler/params); answers
+  /// 400 and returns false for a non-canonical target.
+  bool route(const exchange_ptr& ex) const;
   std::vector<std::unique_ptr<middleware>> chain_;
   router router_;
   log::logger_ptr logger_;
@@ -47,6 +53,11 @@ class session_registry {
 public:
   void add(const std::shared_ptr<http_session>& s);
   void remove(http_session* s);
+  /// Counts a new connection from `peer` against the listener's caps (total, and per client
+  /// address when `per_client` > 0); false (and nothing counted) when it is over either.
+  bool admit(const std::string& peer, int max_total, int per_client);
+  /// The connection admitted for `peer` has closed.
+  void release(const std::string& peer);
   /// Posts a drain to every live session: idle ones close, busy ones close after their
   /// current response.
   void drain_all();
@@ -56,10 +67,14 @@ public:
   std::atomic<int64_t> in_flight{0};   ///< requests read but not yet fully answered
   std::atomic<uint64_t> total{0};      ///< requests seen since start
   std::atomic<int64_t> streams{0};     ///< SSE streams being written now
+  std::atomic<uint64_t> refused{0};    ///< connections closed at accept: over a cap
+  std::atomic<uint64_t> accept_errors{0}; ///< failed accepts (e.g. out of file descriptors)
 
 private:
   mutable std::mutex mu_;
   std::set<std::weak_ptr<http_session>, std::owner_less<std::weak_ptr<http_session>>> sessions_;
+  int64_t connections_ = 0;                          ///< admitted and not yet released
+  std::unordered_map<std::string, int> per_client_;  ///< open connections by peer address
 };
 
 class listener;
@@ -89,6 +104,8 @@ public:
   int64_t streams() const noexcept { return registry_->streams.load(); }
   std::size_t open_sessions() const { return registry_->size(); }
   uint64_t requests_total() const noexcept { return registry_->total.load(); }
+  /// Connections closed at accept because they were over a cap.
+  uint64_t connections_refused() const noexcept { return registry_->refused.load(); }
 
 private:
   std::shared_ptr<session_registry> registry_;

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace parley::runtime {
 
@@ -12,6 +14,14 @@ namespace parley::runtime {
 /// written by a background thread so io and actor threads never wait on the terminal.
 /// `async` = false gives a synchronous logger (tests, CLI).
 log::logger_ptr make_logger(const config::log_settings& s, bool async = true);
+
+/// One route of the API listener as declared (for tests and docs).
+struct route_info {
+  std::string method;   ///< "GET", "POST", ...
+  std::string pattern;  ///< "/admin/v1/tenants/{id}"
+  std::string access;   ///< "anyone", "anyone_or_admin", "tenant", "admin", "metrics"
+  std::string scope;    ///< the key scope a tenant route needs ("" = any)
+};
 
 /// The composition root of one node. Builds and starts every part in order -- secrets,
 /// store, persistence workers, actor system (tenant manager and directory), io threads,
@@ -42,6 +52,8 @@ public:
   void stop();
 
   uint16_t port() const noexcept;
+  /// Every route of the API listener, in table order (after start()).
+  std::vector<route_info> routes() const;
   const config::settings& settings() const noexcept;
 
 private:

@@ -51,7 +51,8 @@ struct issued_key {
 /// Thread safety: stateless apart from its references; safe to share between threads.
 class admin_ops {
 public:
-  admin_ops(persistence::store& store, std::string pepper);
+  /// `default_limits`: what a new tenant gets unless its creator sets other limits.
+  admin_ops(persistence::store& store, std::string pepper, tenant_limits default_limits = {});
 
   op_result<persistence::tenant_record> create_tenant(const nlohmann::json& body,
                                                       const audit_context& who);
@@ -95,6 +96,7 @@ private:
 
   persistence::store& store_;
   std::string pepper_;
+  tenant_limits default_limits_;
 };
 
 /// The scopes a key may carry.

@@ -68,25 +68,34 @@ auth_outcome authenticate(const key_principal& p, const std::string& secret,
                           const std::string& pepper, int64_t now_ms,
                           const std::string& required_scope);
 
-/// Counts failed authentications per client address in one-minute windows, to slow down key
-/// guessing. Bounded memory: beyond `max_tracked` addresses the oldest window is dropped.
-/// Thread-safe.
+/// Counts failed authentications per (client address, key id) in one-minute windows, to slow
+/// down key guessing. Failures that name no existing key (malformed or unknown key ids, a
+/// wrong admin credential) count under the address with key id "". Bounded memory: beyond
+/// `max_tracked` entries the one with the oldest window is dropped, in O(1) (windows are kept
+/// in the order they started). Thread-safe.
 class failure_throttle {
 public:
   failure_throttle(int per_minute, std::size_t max_tracked = 65536);
-  /// True when `address` is over its budget; `retry_after_s` receives the seconds to wait.
-  bool blocked(const std::string& address, int64_t now_ms, int64_t& retry_after_s);
-  void record_failure(const std::string& address, int64_t now_ms);
+  /// True when (`address`, `key_id`) is over its budget; `retry_after_s` receives the
+  /// seconds to wait.
+  bool blocked(const std::string& address, const std::string& key_id, int64_t now_ms,
+               int64_t& retry_after_s);
+  void record_failure(const std::string& address, const std::string& key_id, int64_t now_ms);
+  /// Entries tracked now (for tests).
+  std::size_t size() const;
 
 private:
   struct window {
     int64_t start_ms = 0;
     int count = 0;
+    std::list<std::string>::iterator pos; ///< its place in order_
   };
-  std::mutex mu_;
+  static std::string key_of(const std::string& address, const std::string& key_id);
+  mutable std::mutex mu_;
   int per_minute_;
   std::size_t max_tracked_;
   std::unordered_map<std::string, window> windows_;
+  std::list<std::string> order_; ///< keys by window start, oldest first
 };
 
 } // namespace parley::tenants
