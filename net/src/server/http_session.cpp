@@ -2,60 +2,178 @@
 
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
+#include <deque>
+#include <optional>
 
 namespace parley::net {
+namespace {
 
-http_session::http_session(asio::ip::tcp::socket&& socket,
+template <class Stream>
+constexpr bool is_tls = !std::is_same_v<Stream, beast::tcp_stream>;
+
+/// Plain streams take the socket; TLS streams also the listener's context.
+template <class Stream>
+Stream make_stream(asio::ip::tcp::socket&& socket, asio::ssl::context* tls) {
+  if constexpr (is_tls<Stream>)
+    return Stream(std::move(socket), *tls);
+  else
+    return Stream(std::move(socket));
+}
+
+} // namespace
+
+template <class Stream>
+class basic_http_session final : public http_session {
+public:
+  basic_http_session(asio::ip::tcp::socket&& socket,
+                     std::shared_ptr<const config::http_settings> settings,
+                     std::shared_ptr<const pipeline> p, std::shared_ptr<session_registry> registry,
+                     std::string peer, std::shared_ptr<asio::ssl::context> tls);
+  ~basic_http_session() override;
+
+  void start() override;
+  void drain() override;
+  void write_response(const std::shared_ptr<exchange>& ex, response res) override;
+  void begin_stream(const std::shared_ptr<exchange>& ex, response header) override;
+  void stream_chunk(std::string data) override;
+  void end_stream() override;
+  void watch_client(const std::shared_ptr<exchange>& ex) override;
+  void abandon(const std::string& request_id) override;
+  void drop_left() override;
+  asio::any_io_executor executor() override { return stream_.get_executor(); }
+
+private:
+  void do_read_header();
+  void on_read_header(beast::error_code ec, std::size_t);
+  void do_read_body();
+  void on_read_body(beast::error_code ec, std::size_t);
+  void start_exchange();
+  void reply_parse_error(api_errc code);
+  void finish_request();
+  void do_close();
+  void write_next_chunk();
+  void finish_stream(bool ok);
+  void client_gone(const char* why);
+  void log_access(const exchange& ex, unsigned status, bool ok);
+
+  std::shared_ptr<basic_http_session> self() {
+    return std::static_pointer_cast<basic_http_session>(shared_from_this());
+  }
+  beast::tcp_stream& tcp() { return beast::get_lowest_layer(stream_); }
+  void do_handshake();
+
+  std::shared_ptr<asio::ssl::context> tls_; ///< kept alive while the stream uses it
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<const config::http_settings> settings_;
+  std::shared_ptr<const pipeline> pipeline_;
+  std::shared_ptr<session_registry> registry_;
+  std::string peer_;
+  bool first_request_ = true;
+  bool busy_ = false;     ///< an exchange is in flight
+  bool closing_ = false;  ///< close after the current response
+  bool closed_ = false;
+
+  // The streamed response in progress, if any.
+  std::shared_ptr<exchange> stream_ex_;
+  std::shared_ptr<http::response<http::empty_body>> stream_header_;
+  std::shared_ptr<http::response_serializer<http::empty_body>> stream_sr_;
+  std::deque<std::string> stream_queue_;
+  std::size_t stream_queued_bytes_ = 0;
+  bool stream_writing_ = false;
+  bool stream_ending_ = false;
+  // The exchange being processed, watched for a client disconnect.
+  std::weak_ptr<exchange> watched_;
+  bool watching_ = false;
+};
+
+
+template <class Stream>
+basic_http_session<Stream>::basic_http_session(asio::ip::tcp::socket&& socket,
                            std::shared_ptr<const config::http_settings> settings,
                            std::shared_ptr<const pipeline> p,
-                           std::shared_ptr<session_registry> registry, std::string peer)
-  : stream_(std::move(socket)),
+                           std::shared_ptr<session_registry> registry, std::string peer,
+                           std::shared_ptr<asio::ssl::context> tls)
+  : tls_(std::move(tls)),
+    stream_(make_stream<Stream>(std::move(socket), tls_.get())),
     settings_(std::move(settings)),
     pipeline_(std::move(p)),
     registry_(std::move(registry)),
     peer_(std::move(peer)) {}
 
-http_session::~http_session() {
+template <class Stream>
+basic_http_session<Stream>::~basic_http_session() {
   registry_->release(peer_);
   registry_->remove(this);
 }
 
-void http_session::start() {
-  registry_->add(shared_from_this());
-  asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+template <class Stream>
+void basic_http_session<Stream>::start() {
+  registry_->add(self());
+  asio::dispatch(stream_.get_executor(), [self = self()] {
     if (self->registry_->draining.load())
       return self->do_close();
-    self->do_read_header();
+    if constexpr (is_tls<Stream>)
+      self->do_handshake();
+    else
+      self->do_read_header();
   });
 }
 
-void http_session::drain() {
-  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+template <class Stream>
+void basic_http_session<Stream>::do_handshake() {
+  if constexpr (is_tls<Stream>) {
+    // The handshake must finish within the read timeout, like a first request.
+    tcp().expires_after(std::chrono::seconds(settings_->read_timeout_seconds));
+    stream_.async_handshake(asio::ssl::stream_base::server, buffer_.data(),
+                            [self = self()](beast::error_code ec, std::size_t used) {
+                              if (ec) // not TLS, an old protocol, no shared cipher, a timeout
+                                return self->do_close();
+                              self->buffer_.consume(used);
+                              self->do_read_header();
+                            });
+  }
+}
+
+template <class Stream>
+void basic_http_session<Stream>::drain() {
+  asio::post(stream_.get_executor(), [self = self()] {
     self->closing_ = true;
     if (!self->busy_)
       self->do_close();
   });
 }
 
-void http_session::do_read_header() {
+template <class Stream>
+void basic_http_session<Stream>::do_read_header() {
   // A fresh parser per request: limits apply per message and no state leaks between them.
   parser_.emplace();
   parser_->header_limit(static_cast<std::uint32_t>(settings_->max_header_bytes));
   parser_->body_limit(settings_->max_body_bytes);
   // The first request must arrive within the read timeout; a kept-alive connection may sit
   // idle for the idle timeout before its next request starts.
-  stream_.expires_after(std::chrono::seconds(first_request_ ? settings_->read_timeout_seconds
+  tcp().expires_after(std::chrono::seconds(first_request_ ? settings_->read_timeout_seconds
                                                             : settings_->idle_timeout_seconds));
   http::async_read_header(stream_, buffer_, *parser_,
-                          [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                          [self = self()](beast::error_code ec, std::size_t n) {
                             self->on_read_header(ec, n);
                           });
 }
 
-void http_session::on_read_header(beast::error_code ec, std::size_t) {
+template <class Stream>
+void basic_http_session<Stream>::on_read_header(beast::error_code ec, std::size_t) {
   if (ec == http::error::header_limit)
     return reply_parse_error(api_errc::headers_too_large);
   if (ec == http::error::body_limit)
@@ -76,9 +194,9 @@ void http_session::on_read_header(beast::error_code ec, std::size_t) {
   auto expect = req[http::field::expect];
   if (beast::iequals(expect, "100-continue") && !parser_->is_done()) {
     static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+    tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
     asio::async_write(stream_, asio::buffer(continue_line, sizeof continue_line - 1),
-                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                      [self = self()](beast::error_code ec, std::size_t) {
                         if (ec) {
                           self->finish_request();
                           return self->do_close();
@@ -90,17 +208,19 @@ void http_session::on_read_header(beast::error_code ec, std::size_t) {
   do_read_body();
 }
 
-void http_session::do_read_body() {
+template <class Stream>
+void basic_http_session<Stream>::do_read_body() {
   if (parser_->is_done())
     return start_exchange();
-  stream_.expires_after(std::chrono::seconds(settings_->read_timeout_seconds));
+  tcp().expires_after(std::chrono::seconds(settings_->read_timeout_seconds));
   http::async_read(stream_, buffer_, *parser_,
-                   [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                   [self = self()](beast::error_code ec, std::size_t n) {
                      self->on_read_body(ec, n);
                    });
 }
 
-void http_session::on_read_body(beast::error_code ec, std::size_t) {
+template <class Stream>
+void basic_http_session<Stream>::on_read_body(beast::error_code ec, std::size_t) {
   if (ec == http::error::body_limit)
     return reply_parse_error(api_errc::payload_too_large);
   if (ec == asio::error::operation_aborted || ec == beast::error::timeout ||
@@ -114,15 +234,17 @@ void http_session::on_read_body(beast::error_code ec, std::size_t) {
   start_exchange();
 }
 
-void http_session::start_exchange() {
+template <class Stream>
+void basic_http_session<Stream>::start_exchange() {
   // No timer while the request is processed: handlers bound their own work.
-  stream_.expires_never();
-  auto ex = std::make_shared<exchange>(shared_from_this(), parser_->release(), pipeline_);
+  tcp().expires_never();
+  auto ex = std::make_shared<exchange>(self(), parser_->release(), pipeline_);
   ex->ctx().client_address = peer_;
   pipeline_->run(ex);
 }
 
-void http_session::reply_parse_error(api_errc code) {
+template <class Stream>
+void basic_http_session<Stream>::reply_parse_error(api_errc code) {
   // The message cannot be read to its end, so the connection cannot be reused.
   closing_ = true;
   if (!busy_) {
@@ -145,12 +267,13 @@ void http_session::reply_parse_error(api_errc code) {
     if (auto it = h.find("x-request-id"); it != h.end())
       req.set("x-request-id", it->value());
   }
-  auto ex = std::make_shared<exchange>(shared_from_this(), std::move(req), pipeline_);
+  auto ex = std::make_shared<exchange>(self(), std::move(req), pipeline_);
   ex->ctx().client_address = peer_;
   ex->respond_error({code, "", ""});
 }
 
-void http_session::write_response(const std::shared_ptr<exchange>& ex, response res) {
+template <class Stream>
+void basic_http_session<Stream>::write_response(const std::shared_ptr<exchange>& ex, response res) {
   pipeline_->decorate(*ex, res);
   bool keep = ex->req().keep_alive() && !closing_ && !registry_->draining.load();
   if (!keep)
@@ -161,9 +284,9 @@ void http_session::write_response(const std::shared_ptr<exchange>& ex, response 
   res.prepare_payload();
   auto status = res.result_int();
   auto sp = std::make_shared<response>(std::move(res));
-  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
   http::async_write(stream_, *sp,
-                    [self = shared_from_this(), sp, ex, status](beast::error_code ec, std::size_t) {
+                    [self = self(), sp, ex, status](beast::error_code ec, std::size_t) {
                       self->log_access(*ex, status, !ec);
                       if (ec)
                         self->client_gone(ec.message().c_str());
@@ -174,7 +297,8 @@ void http_session::write_response(const std::shared_ptr<exchange>& ex, response 
                     });
 }
 
-void http_session::log_access(const exchange& ex, unsigned status, bool ok) {
+template <class Stream>
+void basic_http_session<Stream>::log_access(const exchange& ex, unsigned status, bool ok) {
   pipeline_->finished(ex, status, ok);
 }
 
@@ -185,7 +309,8 @@ namespace {
 constexpr std::size_t max_stream_queue_bytes = 4u << 20;
 } // namespace
 
-void http_session::begin_stream(const std::shared_ptr<exchange>& ex, response header) {
+template <class Stream>
+void basic_http_session<Stream>::begin_stream(const std::shared_ptr<exchange>& ex, response header) {
   pipeline_->decorate(*ex, header);
   bool keep = ex->req().keep_alive() && !closing_ && !registry_->draining.load();
   if (!keep)
@@ -201,16 +326,17 @@ void http_session::begin_stream(const std::shared_ptr<exchange>& ex, response he
   stream_ending_ = false;
   stream_writing_ = true; // the header goes first
   stream_sr_ = std::make_shared<http::response_serializer<http::empty_body>>(*stream_header_);
-  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
   http::async_write_header(stream_, *stream_sr_,
-                           [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                           [self = self()](beast::error_code ec, std::size_t) {
                              if (ec)
                                return self->finish_stream(false);
                              self->write_next_chunk();
                            });
 }
 
-void http_session::stream_chunk(std::string data) {
+template <class Stream>
+void basic_http_session<Stream>::stream_chunk(std::string data) {
   if (!stream_ex_ || stream_ending_)
     return;
   stream_queued_bytes_ += data.size();
@@ -225,7 +351,8 @@ void http_session::stream_chunk(std::string data) {
     write_next_chunk();
 }
 
-void http_session::end_stream() {
+template <class Stream>
+void basic_http_session<Stream>::end_stream() {
   if (!stream_ex_)
     return;
   stream_ending_ = true;
@@ -233,7 +360,8 @@ void http_session::end_stream() {
     write_next_chunk();
 }
 
-void http_session::write_next_chunk() {
+template <class Stream>
+void basic_http_session<Stream>::write_next_chunk() {
   if (!stream_ex_)
     return;
   if (stream_queue_.empty()) {
@@ -242,18 +370,18 @@ void http_session::write_next_chunk() {
       return;
     }
     stream_writing_ = true;
-    stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+    tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
     asio::async_write(stream_, http::make_chunk_last(),
-                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                      [self = self()](beast::error_code ec, std::size_t) {
                         self->finish_stream(!ec);
                       });
     return;
   }
   stream_writing_ = true;
   // The front string stays in the queue (and alive) until its write completes.
-  stream_.expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
+  tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
   asio::async_write(stream_, http::make_chunk(asio::buffer(stream_queue_.front())),
-                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                    [self = self()](beast::error_code ec, std::size_t) {
                       if (ec)
                         return self->finish_stream(false);
                       self->stream_queued_bytes_ -= self->stream_queue_.front().size();
@@ -264,7 +392,8 @@ void http_session::write_next_chunk() {
                     });
 }
 
-void http_session::finish_stream(bool ok) {
+template <class Stream>
+void basic_http_session<Stream>::finish_stream(bool ok) {
   auto ex = std::move(stream_ex_);
   stream_ex_.reset();
   stream_queue_.clear();
@@ -290,13 +419,14 @@ void http_session::finish_stream(bool ok) {
   do_read_header();
 }
 
-void http_session::watch_client(const std::shared_ptr<exchange>& ex) {
+template <class Stream>
+void basic_http_session<Stream>::watch_client(const std::shared_ptr<exchange>& ex) {
   watched_ = ex;
   if (watching_ || closed_)
     return;
   watching_ = true;
-  stream_.socket().async_wait(
-    asio::ip::tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+  tcp().socket().async_wait(
+    asio::ip::tcp::socket::wait_read, [self = self()](beast::error_code ec) {
       self->watching_ = false;
       auto ex = self->watched_.lock();
       if (ec || !ex || self->closed_)
@@ -305,7 +435,7 @@ void http_session::watch_client(const std::shared_ptr<exchange>& ex) {
       // next request (data stays in the socket for the next read).
       char c;
       beast::error_code pec, ignored;
-      auto& sock = self->stream_.socket();
+      auto& sock = self->tcp().socket();
       sock.non_blocking(true, ignored);
       auto n = sock.receive(asio::buffer(&c, 1), asio::socket_base::message_peek, pec);
       // (Its own error code: resetting the mode must not clear the receive's would_block,
@@ -318,7 +448,8 @@ void http_session::watch_client(const std::shared_ptr<exchange>& ex) {
     });
 }
 
-void http_session::client_gone(const char* why) {
+template <class Stream>
+void basic_http_session<Stream>::client_gone(const char* why) {
   std::shared_ptr<exchange> ex = stream_ex_ ? stream_ex_ : watched_.lock();
   if (!ex || !ex->on_gone_)
     return;
@@ -331,25 +462,28 @@ void http_session::client_gone(const char* why) {
   gone();
 }
 
-void http_session::drop_left() {
+template <class Stream>
+void basic_http_session<Stream>::drop_left() {
   // The request whose client went away ended without an answer: count it done and close.
   finish_request();
   do_close();
 }
 
-void http_session::abandon(const std::string& request_id) {
+template <class Stream>
+void basic_http_session<Stream>::abandon(const std::string& request_id) {
   // A bug dropped an exchange without an answer: still answer, and keep the counts right.
   log::event(pipeline_->logger(), spdlog::level::err, "exchange dropped without a response")
     .str("request_id", request_id);
   request req;
-  auto ex = std::make_shared<exchange>(shared_from_this(), std::move(req), pipeline_);
+  auto ex = std::make_shared<exchange>(self(), std::move(req), pipeline_);
   ex->ctx().request_id = request_id;
   // busy_ is still set from the dropped request: this answer's write completes it.
   closing_ = true;
   ex->respond_error({api_errc::internal, "", ""});
 }
 
-void http_session::finish_request() {
+template <class Stream>
+void basic_http_session<Stream>::finish_request() {
   watched_.reset();
   if (busy_) {
     busy_ = false;
@@ -357,13 +491,30 @@ void http_session::finish_request() {
   }
 }
 
-void http_session::do_close() {
+template <class Stream>
+void basic_http_session<Stream>::do_close() {
   if (closed_)
     return;
   closed_ = true;
   beast::error_code ec;
-  stream_.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
-  stream_.socket().close(ec);
+  tcp().socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  tcp().socket().close(ec);
+}
+
+
+std::shared_ptr<http_session> make_http_session(asio::ip::tcp::socket&& socket,
+                                                std::shared_ptr<const config::http_settings> settings,
+                                                std::shared_ptr<const pipeline> p,
+                                                std::shared_ptr<session_registry> registry,
+                                                std::string peer,
+                                                std::shared_ptr<asio::ssl::context> tls) {
+  if (tls)
+    return std::make_shared<basic_http_session<beast::ssl_stream<beast::tcp_stream>>>(
+      std::move(socket), std::move(settings), std::move(p), std::move(registry), std::move(peer),
+      std::move(tls));
+  return std::make_shared<basic_http_session<beast::tcp_stream>>(
+    std::move(socket), std::move(settings), std::move(p), std::move(registry), std::move(peer),
+    nullptr);
 }
 
 } // namespace parley::net

@@ -9,7 +9,9 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <openssl/ssl.h>
 
 #include <cerrno>
 #include <future>
@@ -165,6 +167,36 @@ std::size_t session_registry::size() const {
 
 // -- listener -----------------------------------------------------------------------
 
+std::shared_ptr<asio::ssl::context> make_tls_context(const config::http_settings& s) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  // TLS 1.2 and 1.3 only; no compression, no renegotiation, the server's cipher order.
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                   asio::ssl::context::no_tlsv1_1 | asio::ssl::context::no_compression |
+                   asio::ssl::context::single_dh_use);
+  auto* native = ctx->native_handle();
+  SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+  SSL_CTX_set_options(native, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  // TLS 1.2: forward-secret AEAD suites only (TLS 1.3's suites are all of that kind).
+  if (SSL_CTX_set_cipher_list(native,
+                              "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                              "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                              "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1)
+    throw std::runtime_error("http.tls: no usable cipher");
+  beast::error_code ec;
+  ctx->use_certificate_chain_file(s.tls_cert_file, ec);
+  if (ec)
+    throw std::runtime_error("http.tls_cert_file: cannot load '" + s.tls_cert_file +
+                             "': " + ec.message());
+  ctx->use_private_key_file(s.tls_key_file, asio::ssl::context::pem, ec);
+  if (ec)
+    throw std::runtime_error("http.tls_key_file: cannot load '" + s.tls_key_file +
+                             "': " + ec.message());
+  if (SSL_CTX_check_private_key(native) != 1)
+    throw std::runtime_error("http.tls_key_file: the key does not match the certificate");
+  return ctx;
+}
+
 class listener : public std::enable_shared_from_this<listener> {
 public:
   listener(asio::io_context& ioc, std::shared_ptr<const config::http_settings> settings,
@@ -176,7 +208,8 @@ public:
       pipeline_(std::move(p)),
       logger_(std::move(logger)),
       registry_(std::move(registry)),
-      backoff_(acceptor_.get_executor()) {}
+      backoff_(acceptor_.get_executor()),
+      tls_(settings_->tls_cert_file.empty() ? nullptr : make_tls_context(*settings_)) {}
 
   uint16_t start() {
     auto [host, port] = config::split_host_port(settings_->listen, "http.listen");
@@ -240,8 +273,7 @@ private:
       return;
     }
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
-    std::make_shared<http_session>(std::move(socket), settings_, pipeline_, registry_, peer)
-      ->start();
+    make_http_session(std::move(socket), settings_, pipeline_, registry_, peer, tls_)->start();
   }
 
   /// A failed accept. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
@@ -275,6 +307,7 @@ private:
   std::atomic<bool> accepting_{false};
   asio::steady_timer backoff_;
   int backoff_ms_ = 0; ///< current accept backoff (acceptor strand only); 0 = none
+  std::shared_ptr<asio::ssl::context> tls_; ///< null: plain HTTP
 };
 
 // -- server -----------------------------------------------------------------------

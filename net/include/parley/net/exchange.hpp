@@ -75,7 +75,8 @@ public:
 
 private:
   friend class pipeline;
-  friend class http_session;
+  template <class Stream>
+  friend class basic_http_session;
   std::shared_ptr<http_session> session_;
   std::shared_ptr<const pipeline> pipeline_;
   request req_;
