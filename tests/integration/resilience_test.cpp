@@ -417,7 +417,7 @@ TEST_CASE("a reset after the first token ends the stream with an error event and
 
 // ---- Retry-After ---------------------------------------------------------------------------------
 
-TEST_CASE("an upstream's Retry-After is waited for up to retry_after_max_ms; a longer one is not retried",
+TEST_CASE("an upstream's Retry-After is waited for up to retry_after_max_ms and a longer one is not retried",
           "[resilience][integration]") {
   fake_upstream up;
   auto r = quick();

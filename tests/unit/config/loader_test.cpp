@@ -242,3 +242,30 @@ TEST_CASE("invalid resilience settings are refused naming the key", "[config][un
           .find("distinct names") != std::string::npos);
   CHECK(error_of("[metrics]\nlisten = \"nowhere\"\n").find("metrics.listen") != std::string::npos);
 }
+
+TEST_CASE("edge settings are validated and tenants get finite default limits", "[config][unit]") {
+  auto s = config::load("", {});
+  CHECK(s.tenant_defaults.requests_per_minute > 0);
+  CHECK(s.tenant_defaults.tokens_per_minute > 0);
+  CHECK(s.tenant_defaults.tokens_per_day > 0);
+  CHECK(s.tenant_defaults.max_concurrent > 0);
+  CHECK(s.http.max_connections > 0);
+  CHECK(s.http.max_connections_per_client > 0);
+  CHECK(s.http.trusted_proxies.empty());
+  auto ok = config::load("", {{"PARLEY_HTTP_TRUSTED_PROXIES", "10.0.0.0/8,::1"},
+                              {"PARLEY_TENANT_DEFAULTS_TOKENS_PER_DAY", "0"}});
+  CHECK(ok.http.trusted_proxies == std::vector<std::string>{"10.0.0.0/8", "::1"});
+  CHECK(ok.tenant_defaults.tokens_per_day == 0);
+  CHECK(error_of("[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").find("http.trusted_proxies") !=
+        std::string::npos);
+  CHECK(error_of("[http]\ntls_cert_file = \"/x/cert.pem\"\n").find("http.tls_key_file") !=
+        std::string::npos);
+  CHECK(error_of("[metrics]\nkey = \"short\"\n").find("metrics.key") != std::string::npos);
+  std::string same(40, 'k');
+  CHECK(error_of("[metrics]\nkey = \"" + same + "\"\n[admin]\nkey = \"" + same + "\"\n")
+          .find("metrics.key: must differ") != std::string::npos);
+  CHECK(error_of("[tenant_defaults]\nmax_concurrent = -1\n").find("tenant_defaults.max_concurrent") !=
+        std::string::npos);
+  CHECK(error_of("[chat]\nmax_output_tokens = 0\n").find("chat.max_output_tokens") !=
+        std::string::npos);
+}

@@ -847,7 +847,7 @@ TEST_CASE("a retry prefers a deployment the call has not tried", "[resilience][u
   CHECK(b->calls == 20);
 }
 
-TEST_CASE("a Retry-After above retry_after_max_ms is not retried; a shorter one is waited for",
+TEST_CASE("a Retry-After above retry_after_max_ms is not retried but a shorter one is waited for",
           "[resilience][unit]") {
   io_thread io;
   auto p = std::make_shared<scripted_provider>(io.ioc, "p");
