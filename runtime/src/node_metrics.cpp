@@ -112,6 +112,14 @@ void add_node_collectors(metrics::registry& reg, metric_sources src) {
       w.sample(srv ? static_cast<double>(srv->streams()) : 0.0);
       w.family("parley_http_connections", "Open client connections", metric_type::gauge);
       w.sample(srv ? static_cast<double>(srv->open_sessions()) : 0.0);
+      w.family("parley_http_connections_refused_total",
+               "Connections reset at accept because they were over http.max_connections or "
+               "http.max_connections_per_client", metric_type::counter);
+      w.sample(srv ? static_cast<double>(srv->connections_refused()) : 0.0);
+      w.family("parley_http_accept_errors_total",
+               "Failed accepts (out of file descriptors or memory: the listener backs off)",
+               metric_type::counter);
+      w.sample(srv ? static_cast<double>(srv->accept_errors()) : 0.0);
     });
 
   if (s->store)

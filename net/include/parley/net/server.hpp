@@ -106,6 +106,8 @@ public:
   uint64_t requests_total() const noexcept { return registry_->total.load(); }
   /// Connections closed at accept because they were over a cap.
   uint64_t connections_refused() const noexcept { return registry_->refused.load(); }
+  /// Accepts that failed (out of descriptors or memory, or reset before accepted).
+  uint64_t accept_errors() const noexcept { return registry_->accept_errors.load(); }
 
 private:
   std::shared_ptr<session_registry> registry_;
