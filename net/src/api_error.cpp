@@ -96,7 +96,10 @@ std::string error_body(const api_error& e) {
     {"param", e.param.empty() ? nlohmann::json(nullptr) : nlohmann::json(e.param)},
     {"code", *sp.code ? nlohmann::json(sp.code) : nlohmann::json(nullptr)},
   };
-  return nlohmann::json{{"error", std::move(err)}}.dump();
+  // A message may quote client input (a key, a parameter name) cut at any byte: invalid UTF-8
+  // is replaced, never thrown (an error answer must not itself fail).
+  return nlohmann::json{{"error", std::move(err)}}.dump(-1, ' ', false,
+                                                         nlohmann::json::error_handler_t::replace);
 }
 
 api_error from_store(const persistence::store_error& e, std::string not_found_message) {

@@ -63,7 +63,9 @@ struct relay_state {
 
   std::string id() const { return "chatcmpl-" + req.request_id; }
 
-  void send_event(const json& j) { ex->stream_write("data: " + j.dump() + "\n\n"); }
+  void send_event(const json& j) {
+    ex->stream_write("data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n");
+  }
 
   /// One chunk event written as text (the hot path of a stream: no JSON tree per token).
   /// `delta` is the delta object's JSON; `finish` nullptr writes null.

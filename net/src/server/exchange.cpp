@@ -49,7 +49,8 @@ void exchange::respond_error(const api_error& e) {
 void exchange::respond_json(http::status status, const nlohmann::json& body) {
   response res{status, req_.version() ? req_.version() : 11};
   res.set(http::field::content_type, "application/json");
-  res.body() = body.dump();
+  // Values may carry client or upstream text cut at any byte: replace invalid UTF-8, never throw.
+  res.body() = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   respond(std::move(res));
 }
 
