@@ -1,5 +1,7 @@
 #include "parley/net/router.hpp"
 
+#include "parley/net/json_body.hpp"
+
 #include <algorithm>
 #include <array>
 #include <stdexcept>
@@ -206,6 +208,17 @@ bool router::has_path(std::string_view path) const {
 void router::dispatch(const exchange_ptr& ex) const {
   auto& ctx = ex->ctx();
   if (ctx.handler) {
+    // GET, HEAD and DELETE take no body here: one sent anyway (other than `{}`) is refused
+    // rather than ignored while the action runs. Checked after authorization.
+    auto method = ex->req().method();
+    if (!ex->req().body().empty() &&
+        (method == http::verb::get || method == http::verb::head || method == http::verb::delete_)) {
+      nlohmann::json body;
+      if (parse_untrusted_json(ex->req().body(), body) || !body.is_object() || !body.empty()) {
+        ex->respond_error({api_errc::invalid_request, "This method takes no request body.", ""});
+        return;
+      }
+    }
     (*ctx.handler)(ex);
     return;
   }

@@ -343,8 +343,12 @@ private:
     jsontext::chunk_fields f;
     if (!jsontext::scan_chunk(data, f)) {
       f = jsontext::chunk_fields{};
+      if (data.empty())
+        return; // an empty event carries nothing
+      // Not a JSON object: the stream is broken (dropping it would silently lose text).
       if (!read_with_parser(data, f))
-        return;
+        return fail(chat_error_kind::upstream_error, "the upstream sent a malformed event", {},
+                    failure_cause::broken);
     }
     if (f.error)
       return fail(chat_error_kind::upstream_error,

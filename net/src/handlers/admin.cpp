@@ -45,6 +45,21 @@ bool parse_body(const exchange_ptr& ex, json& out) {
   return true;
 }
 
+/// For routes that take no fields: an empty body or `{}` (anything else answers 400, so a body
+/// is never silently ignored while the action runs).
+bool no_body(const exchange_ptr& ex) {
+  json body;
+  if (!parse_body(ex, body))
+    return false;
+  if (!body.empty()) {
+    auto k = body.begin().key().substr(0, 64);
+    ex->respond_error({api_errc::unknown_parameter,
+                       "Unrecognized request argument supplied: " + k, k});
+    return false;
+  }
+  return true;
+}
+
 /// Reads ?limit=&after= ; answers 400 and returns false on a bad limit.
 bool parse_page(const exchange_ptr& ex, persistence::page_request& p) {
   auto target = ex->req().target();
@@ -203,6 +218,8 @@ void add_admin_routes(router& r, admin_deps d) {
   });
 
   r.add(http::verb::post, tenants_path + "/{id}/keys/{key_id}/revoke", access::admin(), [=](const exchange_ptr& ex) {
+    if (!no_body(ex))
+      return;
     auto id = ex->ctx().param("id");
     auto key_id = ex->ctx().param("key_id");
     auto w = who(ex);
@@ -247,6 +264,8 @@ void add_admin_routes(router& r, admin_deps d) {
   auto* sys = d.sys;
   auto dir = d.directory;
   r.add(http::verb::post, tenants_path + "/{id}/cache/flush", access::admin(), [=](const exchange_ptr& ex) {
+    if (!no_body(ex))
+      return;
     auto id = ex->ctx().param("id");
     store_call(ex, *exec, [=] { return ops->get_tenant(id); },
                [ex, sys, dir, id](op_result<tenant_record> res) {

@@ -98,7 +98,7 @@ struct relay_state {
     streaming = true;
     response h{http::status::ok, ex->req().version()};
     h.set(http::field::content_type, "text/event-stream");
-    h.set(http::field::cache_control, "no-cache");
+    h.set(http::field::cache_control, "no-store"); // a tenant's completion: never kept by caches
     h.set("X-Accel-Buffering", "no");
     if (!req.conversation_id.empty())
       h.set("x-parley-conversation-id", req.conversation_id);
