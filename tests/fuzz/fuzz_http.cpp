@@ -109,7 +109,7 @@ int connect_loopback() {
 /// Writes `request` while reading whatever the server answers (so neither side can block
 /// on a full buffer), half-closes, then reads until EOF or `deadline`. Returns what was
 /// read. The server may close or reset early (413, 431, a malformed head): that is fine.
-std::string exchange(const std::string& request, clock_type::duration limit) {
+std::string round_trip(const std::string& request, clock_type::duration limit) {
   auto deadline = clock_type::now() + limit;
   int fd = connect_loopback();
   std::string reply;
@@ -184,7 +184,7 @@ std::string request(std::string_view method, std::string_view target, std::strin
 /// One provisioning call at start-up; anything but the expected status stops the fuzzer.
 nlohmann::json admin_call(std::string_view method, const std::string& target,
                           const nlohmann::json& body, int expected) {
-  auto reply = exchange(request(method, target, admin_key, body.dump()), 10s);
+  auto reply = round_trip(request(method, target, admin_key, body.dump()), 10s);
   if (status_of(reply) != expected) {
     std::fprintf(stderr, "fuzz_http: start-up call %s %s answered:\n%s\n",
                  std::string(method).c_str(), target.c_str(), reply.c_str());
@@ -194,7 +194,7 @@ nlohmann::json admin_call(std::string_view method, const std::string& target,
 }
 
 void check_health() {
-  auto reply = exchange("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", 10s);
+  auto reply = round_trip("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", 10s);
   if (status_of(reply) != 200)
     finding("GET /healthz did not answer 200 within 10 s; it answered: " + reply.substr(0, 200));
 }
@@ -342,7 +342,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     return 0;
   auto bytes = build(data, size);
   if (!bytes.empty()) {
-    auto reply = exchange(bytes, 2s);
+    auto reply = round_trip(bytes, 2s);
     if (status_of(reply) == 500)
       finding("the server answered 500:\n" + reply.substr(0, 2000));
   }
