@@ -1,0 +1,29 @@
+// Regressions found by the fuzz targets (tests/fuzz). Each case names its target and the
+// corpus file that replays the same input there (tests/fuzz/corpus/<target>/regression-*).
+#include "parley/net/api_error.hpp"
+#include "parley/net/json_body.hpp"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+using namespace parley::net;
+
+// fuzz_json (corpus/fuzz_json/regression-duplicate-key-cut-utf8): the refusal of a repeated key
+// quotes its first 64 bytes; a cut inside a multi-byte character left invalid UTF-8 in the
+// message, so error_body() threw nlohmann::json::type_error (316) -- a 500 and an "unhandled
+// exception in request" line from the server instead of the 400.
+TEST_CASE("a refusal quoting a long repeated key still has a valid JSON error body",
+          "[net][unit]") {
+  std::string key(63, 'a');
+  key += "\xc3\xa9"; // U+00E9: its first byte is the key's 64th
+  std::string text = "{\"" + key + "\":1,\"" + key + "\":2}";
+  nlohmann::json out;
+  auto e = parse_untrusted_json(text, out);
+  REQUIRE(e);
+  CHECK(e->code == api_errc::invalid_request);
+  std::string body;
+  REQUIRE_NOTHROW(body = error_body(*e));
+  CHECK(nlohmann::json::accept(body));
+}
