@@ -243,6 +243,13 @@ void start_node() {
   // Every input comes from 127.0.0.1: without this, the failed-auth throttle would answer
   // 429 to nearly everything after the first 30 bad keys and hide the code behind it.
   s.auth.failed_auth_per_minute = 1000000;
+  // Likewise the finite default tenant limits (600 requests a minute...) would turn the chat
+  // modes into 429s within a second; inputs can still set limits (modes 2, 4 and 5).
+  s.tenant_defaults.requests_per_minute = 0;
+  s.tenant_defaults.tokens_per_minute = 0;
+  s.tenant_defaults.tokens_per_day = 0;
+  s.tenant_defaults.max_concurrent = 0;
+  s.tenant_defaults.max_request_tokens = 0;
 
   auto sink = std::make_shared<checking_sink>();
   auto logger = std::make_shared<spdlog::logger>("fuzz", sink);

@@ -1,6 +1,7 @@
 // Regressions found by the fuzz targets (tests/fuzz). Each case names its target and the
 // corpus file that replays the same input there (tests/fuzz/corpus/<target>/regression-*).
 #include "parley/net/api_error.hpp"
+#include "parley/net/chat_request.hpp"
 #include "parley/net/json_body.hpp"
 
 #include <catch2/catch.hpp>
@@ -23,6 +24,21 @@ TEST_CASE("a refusal quoting a long repeated key still has a valid JSON error bo
   auto e = parse_untrusted_json(text, out);
   REQUIRE(e);
   CHECK(e->code == api_errc::invalid_request);
+  std::string body;
+  REQUIRE_NOTHROW(body = error_body(*e));
+  CHECK(nlohmann::json::accept(body));
+}
+
+// The same cut in the unknown-parameter refusal of chat bodies (message and param), found by
+// reading the code after the case above (corpus/fuzz_http/regression-unknown-parameter-cut-utf8).
+TEST_CASE("an unknown chat parameter with a long multi-byte name still has a valid JSON error body",
+          "[net][unit]") {
+  std::string key(63, 'a');
+  key += "\xc3\xa9";
+  parley::actors::chat_request req;
+  auto e = parse_chat_request("{\"" + key + "\":1}", "", req);
+  REQUIRE(e);
+  CHECK(e->code == api_errc::unknown_parameter);
   std::string body;
   REQUIRE_NOTHROW(body = error_body(*e));
   CHECK(nlohmann::json::accept(body));
