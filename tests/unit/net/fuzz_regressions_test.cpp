@@ -43,3 +43,13 @@ TEST_CASE("an unknown chat parameter with a long multi-byte name still has a val
   REQUIRE_NOTHROW(body = error_body(*e));
   CHECK(nlohmann::json::accept(body));
 }
+
+// The general form of the two cases above: a message or param built from client bytes (a
+// percent-decoded path segment such as GET /admin/v1/tenants/%C3%28 gives "No tenant with id
+// '\xC3('.") must not make the error body throw (corpus/fuzz_http/regression-id-invalid-utf8).
+TEST_CASE("error_body is valid JSON whatever bytes the message and param hold", "[net][unit]") {
+  api_error e{api_errc::not_found, "No tenant with id '\xc3('.", "\xff\xfe"};
+  std::string body;
+  REQUIRE_NOTHROW(body = error_body(e));
+  CHECK(nlohmann::json::accept(body));
+}
