@@ -3,6 +3,11 @@
 
 PARLEY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${PARLEY_BUILD_DIR:-$PARLEY_ROOT/build}"
+# ccache: paths under the checkout are hashed relative to it, and the build directory is not
+# hashed, so a fresh clone elsewhere (CI) reuses the objects an earlier build of the same
+# sources made.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PARLEY_ROOT}"
+export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-true}"
 
 say() { printf '[parley] %s\n' "$*"; }
 die() { printf '[parley] error: %s\n' "$*" >&2; exit 1; }
