@@ -101,8 +101,19 @@ int connect_loopback() {
   addr.sin_family = AF_INET;
   addr.sin_port = htons(g_port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-    finding(std::string("the listener refused a connection: ") + std::strerror(errno));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    if (err == EINTR) { // libFuzzer's SIGALRM (-timeout) interrupted it: the connect goes on
+      pollfd p{fd, POLLOUT, 0};
+      while (::poll(&p, 1, 10000) < 0 && errno == EINTR) {
+      }
+      socklen_t len = sizeof err;
+      if (!(p.revents & POLLOUT) || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = ETIMEDOUT;
+    }
+    if (err != 0 && err != EINTR)
+      finding(std::string("the listener refused a connection: ") + std::strerror(err));
+  }
   return fd;
 }
 
