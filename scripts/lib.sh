@@ -8,6 +8,8 @@ BUILD_DIR="${PARLEY_BUILD_DIR:-$PARLEY_ROOT/build}"
 # sources made.
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PARLEY_ROOT}"
 export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-true}"
+# Precompiled headers are cacheable only with these.
+export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
 
 say() { printf '[parley] %s\n' "$*"; }
 die() { printf '[parley] error: %s\n' "$*" >&2; exit 1; }
