@@ -310,8 +310,6 @@ const std::vector<field>& fields() {
     make("chat", "conversation_idle_seconds", &settings::chat,
          &chat_settings::conversation_idle_seconds,
          "An idle conversation actor passivates (frees its memory) after this long"),
-    make("chat", "usage_flush_seconds", &settings::chat, &chat_settings::usage_flush_seconds,
-         "Period of the batched write-behind of usage counters"),
     make("chat", "max_in_flight", &settings::chat, &chat_settings::max_in_flight,
          "Chat requests in flight on this node; beyond it requests answer 503 with Retry-After"),
     make("chat", "tenant_max_in_flight", &settings::chat, &chat_settings::tenant_max_in_flight,
@@ -620,7 +618,6 @@ void validate(const settings& s) {
   check_range("chat.echo_tokens_per_second", s.chat.echo_tokens_per_second, 0, 1000000);
   check_range("chat.context_tokens", s.chat.context_tokens, 16, 10000000);
   check_range("chat.conversation_idle_seconds", s.chat.conversation_idle_seconds, 1, 86400);
-  check_range("chat.usage_flush_seconds", s.chat.usage_flush_seconds, 1, 3600);
   check_range("chat.max_in_flight", s.chat.max_in_flight, 1, 10000000);
   check_range("chat.tenant_max_in_flight", s.chat.tenant_max_in_flight, 1, 10000000);
   check_range("chat.max_output_tokens", s.chat.max_output_tokens, 1, 10000000);

@@ -20,7 +20,6 @@
 #include "parley/tenants/admin_ops.hpp"
 #include "parley/tenants/key_cache.hpp"
 #include "parley/tenants/last_used.hpp"
-#include "parley/tenants/usage_batcher.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -141,12 +140,11 @@ struct app::impl {
   std::string pepper;
   std::unique_ptr<persistence::store> store;
   std::unique_ptr<persistence::store_executor> executor;
-  std::unique_ptr<persistence::message_writer> writer;
+  std::unique_ptr<persistence::turn_writer> writer;
   std::unique_ptr<tenants::key_cache> keys;
   std::unique_ptr<tenants::failure_throttle> throttle;
   std::unique_ptr<tenants::last_used_recorder> last_used;
   std::unique_ptr<tenants::admin_ops> ops;
-  std::unique_ptr<tenants::usage_batcher> usage;
   std::shared_ptr<const actors::route_table> routes;
   std::vector<std::shared_ptr<net::resilient_route>> resilient_routes;
   std::unique_ptr<caf::actor_system_config> caf_cfg;
@@ -172,40 +170,6 @@ struct app::impl {
   uint64_t trimmed_at = 0; ///< passivations counted at the last malloc_trim (io thread only)
   std::unique_ptr<net::asio::steady_timer> health_timer;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
-  std::unique_ptr<net::asio::steady_timer> usage_timer;
-
-  /// Writes the batched usage counters (on a persistence worker); a failed write is kept for
-  /// the next round, so usage is never lost and never counted twice.
-  void flush_usage() {
-    auto batch = usage->take();
-    if (batch.empty())
-      return;
-    auto* st = store.get();
-    auto* u = usage.get();
-    auto lg = logger;
-    auto* errors = &store_errors;
-    bool queued = executor->try_post([st, u, lg, batch, errors] {
-      auto r = st->add_usage(batch);
-      if (!r.ok()) {
-        errors->fetch_add(1, std::memory_order_relaxed);
-        u->restore(batch);
-        log::event(lg, spdlog::level::warn, "usage flush failed; kept for retry")
-          .str("error", r.error().detail);
-      }
-    });
-    if (!queued)
-      usage->restore(batch);
-  }
-
-  void schedule_usage_flush() {
-    usage_timer->expires_after(std::chrono::seconds(settings.chat.usage_flush_seconds));
-    usage_timer->async_wait([this](boost::system::error_code ec) {
-      if (ec)
-        return;
-      flush_usage();
-      schedule_usage_flush();
-    });
-  }
 
   void load_secrets() {
     std::string generated;
@@ -451,7 +415,6 @@ struct app::impl {
     svc->store = store.get();
     svc->executor = executor.get();
     svc->writer = writer.get();
-    svc->usage = usage.get();
     svc->routes = routes;
     svc->conversation_idle = std::chrono::seconds(settings.chat.conversation_idle_seconds);
     svc->tenant_max_in_flight = settings.chat.tenant_max_in_flight;
@@ -548,8 +511,6 @@ struct app::impl {
     schedule_health();
     flush_timer = std::make_unique<net::asio::steady_timer>(*ioc);
     schedule_flush();
-    usage_timer = std::make_unique<net::asio::steady_timer>(*ioc);
-    schedule_usage_flush();
     for (int i = 0; i < settings.http.io_threads; ++i)
       io_threads.emplace_back([this] { run_io(); });
   }
@@ -568,13 +529,12 @@ uint16_t app::start() {
   d.load_secrets();
   d.open_store();
   d.executor = std::make_unique<persistence::store_executor>(d.settings.store.pool_size, 4096);
-  d.writer = std::make_unique<persistence::message_writer>(*d.store);
+  d.writer = std::make_unique<persistence::turn_writer>(*d.store);
   d.keys = std::make_unique<tenants::key_cache>(
     static_cast<std::size_t>(d.settings.auth.key_cache_size),
     int64_t{d.settings.auth.key_cache_ttl_seconds} * 1000);
   d.throttle = std::make_unique<tenants::failure_throttle>(d.settings.auth.failed_auth_per_minute);
   d.last_used = std::make_unique<tenants::last_used_recorder>();
-  d.usage = std::make_unique<tenants::usage_batcher>();
   d.ops = std::make_unique<tenants::admin_ops>(*d.store, d.pepper,
                                                detail::default_limits(d.settings));
   // The io_context exists before the actors (upstream clients live on it); its threads
@@ -645,15 +605,7 @@ void app::stop() {
     if (!batch.empty())
       (void)d.store->touch_keys(batch);
   }
-  // And the last usage counters: nothing counted is lost at a clean shutdown.
-  if (d.usage && d.store) {
-    auto batch = d.usage->take();
-    if (!batch.empty() && !d.store->add_usage(batch).ok())
-      log::event(d.logger, spdlog::level::err, "final usage flush failed")
-        .num("rows", static_cast<int64_t>(batch.size()));
-  }
   d.flush_timer.reset();
-  d.usage_timer.reset();
   d.health_timer.reset();
   d.metrics_server.reset();
   d.server.reset();

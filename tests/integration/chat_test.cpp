@@ -305,7 +305,6 @@ TEST_CASE("concurrent turns of one conversation run one at a time, in order",
 TEST_CASE("a client that disconnects mid-stream cancels its completion", "[chat][integration]") {
   server_fixture srv([](parley::config::settings& s) {
     s.chat.echo_tokens_per_second = 5;
-    s.chat.usage_flush_seconds = 1;
   });
   auto tk = provision(srv.port(), "cancel");
   std::string words;

@@ -155,7 +155,6 @@ int64_t usage_total(server_fixture& srv, const std::string& slug) {
 
 void flush_fast(parley::config::settings& s) {
   s.chat.echo_tokens_per_second = 0;
-  s.chat.usage_flush_seconds = 1;
 }
 } // namespace
 
@@ -206,7 +205,6 @@ TEST_CASE("50 parallel streams never overspend a small daily budget by more than
           "[limits][integration]") {
   server_fixture srv([](parley::config::settings& s) {
     s.chat.echo_tokens_per_second = 200;
-    s.chat.usage_flush_seconds = 1;
   });
   const int64_t budget = 500, reservation = 9 + 256; // prompt estimate + completion allowance
   auto key = provision(srv.port(), "budget-par", {{"tokens_per_day", budget}});

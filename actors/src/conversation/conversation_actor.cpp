@@ -1,213 +1,217 @@
-// The conversation actor: one per live conversation. It loads the history on activation,
-// runs one turn at a time (later turns queue in order), commits the user message before the
-// upstream call and the assistant reply before the client sees the end of it, and passivates
-// after an idle timeout so that an idle conversation costs no memory.
+// The conversation actor: one per live conversation. It loads the history on activation and
+// runs one turn at a time (later turns queue in order), as an explicit state machine:
+//
+//   idle --(a turn is queued, history ready)--> saving_user --(saved: ok)--> calling
+//   calling --(ended: the turn engine finished and committed reply + usage)--> idle
+//
+// Every store acknowledgement and turn end carries its turn's id, and the actor acts only on
+// those of the turn in its current phase. The user's messages are committed before the
+// upstream call; the reply is committed (with the turn's usage) before the client sees its
+// end. A client gone while its messages are being committed does not break the next turn:
+// the acknowledgement still advances the history, then the turn ends without a call. Ending
+// a turn always cancels its engine; the next turn starts only once the engine has ended.
+// The actor passivates after an idle timeout so that an idle conversation costs no memory.
 #include "internal.hpp"
+#include "turn/turn_core.hpp"
 
 #include "parley/persistence/ids.hpp"
 
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <deque>
 
 namespace parley::actors::detail {
 namespace {
 
 struct pending_turn {
+  uint64_t id = 0;
   chat_request req;
-  caf::actor relay;
+  turn_sink_actor relay;
+  bool client_gone = false;
 };
 
 struct conversation_state {
   live_count live;
   std::string tenant_id;
   std::string conversation_id;
-  caf::actor tenant;
+  tenant_actor tenant;
   std::shared_ptr<const chat_services> svc;
 
-  enum class phase { unloaded, loading, ready, failed } load = phase::unloaded;
+  enum class history_phase { unloaded, loading, ready, missing } history_state = history_phase::unloaded;
   std::vector<chat_message> history;
   int64_t next_seq = 1;
 
-  std::vector<pending_turn> queue; ///< usually empty or one: no deque (its empty form allocates ~600 B)
-  bool busy = false;              ///< the front turn is running
-  std::shared_ptr<call_handle> call;
-  std::string reply;              ///< assistant text of the running turn
-  int64_t produced = 0;           ///< deltas of the running turn
-  std::string served;             ///< the fallback model serving the running turn, if any
-  std::vector<chat_message> fresh;///< the running turn's new messages (committed)
-  int64_t prompt_estimate = 0;
-  chat_done pending_done;         ///< the upstream finished; waiting for the reply's commit
-  chat_message pending_reply;
+  enum class turn_phase { idle, saving_user, calling } phase = turn_phase::idle;
+  std::vector<pending_turn> queue; ///< the front is the running turn unless idle (usually 0-1 long)
+  uint64_t next_turn_id = 1;
+  std::vector<chat_message> fresh; ///< the running turn's new messages
+  std::shared_ptr<call_handle> call; ///< the running turn's engine (calling)
   uint64_t idle_generation = 0;
+  /// Cancels that overtook their turn (the relay cancels as soon as it holds the tenant's
+  /// answer; the tenant sends us the turn right after that answer): the newest few.
+  std::deque<std::string> cancelled_early;
+  static constexpr std::size_t max_cancelled_early = 64;
   static inline const char* name = "parley.conversation";
+
+  ~conversation_state() {
+    // Stopping (the tenant stops, or a crash): the running turn's call stops with us.
+    if (call)
+      call->cancel();
+  }
 };
 
-using state_ptr = caf::stateful_actor<conversation_state>*;
+using self_ptr = conversation_actor::stateful_pointer<conversation_state>;
 
-void process_next(state_ptr self);
+void advance(self_ptr self);
 
-void end_turn(state_ptr self, const chat_done& d, bool failed) {
+/// Ends the front turn: the tenant settles its admission with what it used.
+void finish_front(self_ptr self, turn_outcome o) {
   auto& st = self->state;
-  auto turn = std::move(st.queue.front());
   st.queue.erase(st.queue.begin());
-  st.busy = false;
+  st.phase = conversation_state::turn_phase::idle;
   st.call.reset();
-  st.reply.clear();
-  st.produced = 0;
   st.fresh.clear();
-  record_usage(*st.svc, turn.req, d, failed);
-  self->send(st.tenant, ended_atom::value, turn.req.request_id, d.prompt_tokens + d.completion_tokens);
-  process_next(self);
+  self->send(st.tenant, ended_atom::value, std::move(o));
 }
 
-void fail_turn(state_ptr self, chat_failure f) {
+turn_outcome no_usage(const pending_turn& t) {
+  turn_outcome o;
+  o.turn_id = t.id;
+  o.request_id = t.req.request_id;
+  return o;
+}
+
+/// Fails the front turn before its engine ran.
+void fail_front(self_ptr self, chat_failure f) {
   auto& st = self->state;
-  self->send(st.queue.front().relay, failed_atom::value, std::move(f));
-  end_turn(self, chat_done{"error", st.prompt_estimate, estimate_tokens(st.reply), "", ""}, true);
+  auto& t = st.queue.front();
+  if (!t.client_gone)
+    self->send(t.relay, failed_atom::value, std::move(f));
+  finish_front(self, no_usage(t));
 }
 
-void arm_idle_timer(state_ptr self) {
+void arm_idle_timer(self_ptr self) {
   auto& st = self->state;
   self->delayed_send(self, st.svc->conversation_idle, idle_atom::value, ++st.idle_generation);
 }
 
 /// Loads history off the scheduler; the result comes back as a loaded_atom message.
-void start_load(state_ptr self) {
+void start_load(self_ptr self) {
   auto& st = self->state;
-  st.load = conversation_state::phase::loading;
-  auto me = caf::actor_cast<caf::actor>(self);
+  st.history_state = conversation_state::history_phase::loading;
+  auto me = caf::actor_cast<conversation_actor>(self);
   auto svc = st.svc;
   auto tenant_id = st.tenant_id, conv_id = st.conversation_id;
   bool queued = svc->executor->try_post([=] {
-    std::vector<chat_message> history;
-    int64_t next = 1;
-    uint8_t err = 0;
+    history_load h;
     auto conv = svc->store->get_conversation(tenant_id, conv_id);
     if (!conv.ok()) {
-      err = static_cast<uint8_t>(conv.code() == persistence::persistence_errc::not_found
-                                   ? chat_error_kind::not_found
-                                   : chat_error_kind::unavailable);
+      h.error = conv.code() == persistence::persistence_errc::not_found ? chat_error_kind::not_found
+                                                                          : chat_error_kind::unavailable;
     } else {
       int64_t after = 0;
       for (;;) {
         auto page = svc->store->list_messages(tenant_id, conv_id, after, 500);
         if (!page.ok()) {
-          err = static_cast<uint8_t>(chat_error_kind::unavailable);
+          h.error = chat_error_kind::unavailable;
           break;
         }
         for (auto& m : *page) {
-          history.push_back(to_chat_message(m.content_json));
+          h.messages.push_back(to_chat_message(m.content_json));
           after = m.seq;
         }
         if (page->size() < 500)
           break;
       }
-      next = after + 1;
+      h.next_seq = after + 1;
     }
-    caf::anon_send(me, loaded_atom::value, err, std::move(history), next);
+    caf::anon_send(me, loaded_atom::value, std::move(h));
   });
   if (!queued)
-    caf::anon_send(me, loaded_atom::value, static_cast<uint8_t>(chat_error_kind::overloaded),
-                   std::vector<chat_message>{}, int64_t{1});
+    caf::anon_send(me, loaded_atom::value, history_load{chat_error_kind::overloaded, {}, 1});
 }
 
-/// Commits messages off the scheduler; the outcome comes back as a saved_atom message.
-void save(state_ptr self, std::vector<chat_message> msgs, std::vector<int64_t> tokens,
-          bool assistant) {
+/// Commits the front turn's user messages off the scheduler; the outcome comes back as a
+/// saved_atom message with the turn's id.
+void save_user_messages(self_ptr self) {
   auto& st = self->state;
-  std::vector<persistence::message_record> batch;
+  auto& turn = st.queue.front();
+  st.phase = conversation_state::turn_phase::saving_user;
+  st.fresh = turn.req.messages;
+  persistence::turn_write w;
   auto now = persistence::now_millis();
-  for (std::size_t i = 0; i < msgs.size(); ++i) {
+  for (std::size_t i = 0; i < st.fresh.size(); ++i) {
     persistence::message_record r;
     r.conversation_id = st.conversation_id;
     r.tenant_id = st.tenant_id;
     r.seq = st.next_seq + static_cast<int64_t>(i);
-    r.role = msgs[i].role;
-    r.content_json = msgs[i].json;
-    (assistant ? r.completion_tokens : r.prompt_tokens) = tokens[i];
+    r.role = st.fresh[i].role;
+    r.content_json = st.fresh[i].json;
+    r.prompt_tokens = st.fresh[i].tokens;
     r.created_at = now;
-    batch.push_back(std::move(r));
+    w.messages.push_back(std::move(r));
   }
-  auto me = caf::actor_cast<caf::actor>(self);
-  // Group commit: the writer combines appends of many conversations into one transaction.
-  bool queued = st.svc->writer->append(std::move(batch), [me, assistant](persistence::status r) {
-    caf::anon_send(me, saved_atom::value, assistant, r.ok(),
-                   r.ok() ? std::string() : std::string(persistence::to_string(r.code())));
+  auto me = caf::actor_cast<conversation_actor>(self);
+  auto id = turn.id;
+  bool queued = st.svc->writer->submit(std::move(w), [me, id](persistence::status r) {
+    caf::anon_send(me, saved_atom::value, id, r.code());
   });
   if (!queued)
-    caf::anon_send(me, saved_atom::value, assistant, false, std::string("overloaded"));
+    caf::anon_send(me, saved_atom::value, id, persistence::persistence_errc::unavailable);
 }
 
-void process_next(state_ptr self) {
-  auto& st = self->state;
-  if (st.busy)
-    return;
-  if (st.queue.empty()) {
-    arm_idle_timer(self);
-    return;
-  }
-  if (st.load == conversation_state::phase::unloaded)
-    return start_load(self);
-  if (st.load == conversation_state::phase::loading)
-    return;
-  st.busy = true;
-  auto& turn = st.queue.front();
-  if (st.load == conversation_state::phase::failed)
-    return fail_turn(self, {chat_error_kind::not_found, "No conversation found with id '" +
-                                                          st.conversation_id + "'.", 0});
-  // The user's messages are committed before the upstream call.
-  st.fresh = turn.req.messages;
-  std::vector<int64_t> tokens;
-  for (auto& m : st.fresh)
-    tokens.push_back(estimate_tokens(m.text));
-  save(self, st.fresh, tokens, false);
-}
-
-void call_upstream(state_ptr self) {
+/// Starts the front turn's engine on the committed history.
+void start_engine(self_ptr self) {
   auto& st = self->state;
   auto& turn = st.queue.front();
   auto r = st.svc->routes->find(turn.req.model);
   if (!r)
-    return fail_turn(self, {chat_error_kind::model_not_found, "The model `" + turn.req.model +
-                                                                "` does not exist.", 0});
-  auto cfg = tenants::parse_stored_config(turn.req.tenant_config);
-  upstream_call call;
-  call.request_id = turn.req.request_id;
-  call.model = r->upstream_model;
-  call.max_tokens = turn.req.max_tokens;
-  call.extra_json = turn.req.extra_json;
-  call.client_model = turn.req.model;
-  call.client_streaming = turn.req.stream;
-  call.allowed_models = cfg.allowed_models;
-  call.traceparent = turn.req.traceparent;
-  if (!build_prompt(cfg, st.history, st.fresh, r->context_tokens, call.messages))
-    return fail_turn(self, {chat_error_kind::invalid_request,
-                            "The new messages exceed the model's context of " +
-                              std::to_string(r->context_tokens) + " tokens.",
-                            0});
-  // The committed user messages are history from now on, whatever the upstream does.
-  st.history.insert(st.history.end(), st.fresh.begin(), st.fresh.end());
-  st.prompt_estimate = 0;
-  for (auto& m : call.messages)
-    st.prompt_estimate += estimate_tokens(m.text) + 4;
-  st.served.clear();
-  st.call = r->provider->start(std::move(call), actor_listener(caf::actor_cast<caf::actor>(self)));
+    return fail_front(self, {chat_error_kind::model_not_found,
+                             "The model `" + turn.req.model + "` does not exist.", 0});
+  st.phase = conversation_state::turn_phase::calling;
+  turn_spec spec;
+  spec.req = turn.req;
+  spec.req.messages.clear(); // committed: they are the newest history now
+  spec.r = *r;
+  spec.cfg = std::make_shared<tenants::tenant_config>(tenants::parse_stored_config(turn.req.tenant_config));
+  spec.relay = turn.relay;
+  spec.turn_id = turn.id;
+  spec.history = st.history;
+  spec.reply_seq = st.next_seq;
+  auto me = caf::actor_cast<conversation_actor>(self);
+  st.call = start_turn(std::move(spec), st.svc, [me](turn_outcome o) {
+    caf::anon_send(me, ended_atom::value, std::move(o));
+  });
 }
 
-/// The upstream finished (or was cut off): commit the reply, then tell the client.
-void complete(state_ptr self, chat_done d) {
-  auto& s = self->state;
-  d.model = s.served.empty() ? s.queue.front().req.model : s.served;
-  d.conversation_id = s.conversation_id;
-  s.pending_done = d;
-  s.pending_reply = to_chat_message(nlohmann::json{{"role", "assistant"}, {"content", s.reply}}.dump());
-  s.call.reset();
-  save(self, {s.pending_reply}, {d.completion_tokens}, true);
+/// Runs the next queued turn, if none is running.
+void advance(self_ptr self) {
+  auto& st = self->state;
+  while (st.phase == conversation_state::turn_phase::idle && !st.queue.empty()) {
+    switch (st.history_state) {
+      case conversation_state::history_phase::unloaded:
+        return start_load(self);
+      case conversation_state::history_phase::loading:
+        return;
+      case conversation_state::history_phase::missing:
+        fail_front(self, {chat_error_kind::not_found,
+                          "No conversation found with id '" + st.conversation_id + "'.", 0});
+        continue;
+      case conversation_state::history_phase::ready:
+        break;
+    }
+    if (st.queue.front().client_gone) {
+      finish_front(self, no_usage(st.queue.front()));
+      continue;
+    }
+    return save_user_messages(self);
+  }
+  if (st.phase == conversation_state::turn_phase::idle)
+    arm_idle_timer(self);
 }
 
-caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::string conversation_id,
-                                caf::actor tenant, std::shared_ptr<const chat_services> svc) {
+conversation_actor::behavior_type conversation_impl(self_ptr self, std::string tenant_id,
+                                                    std::string conversation_id, tenant_actor tenant,
+                                                    std::shared_ptr<const chat_services> svc) {
   auto& st = self->state;
   st.tenant_id = std::move(tenant_id);
   st.conversation_id = std::move(conversation_id);
@@ -215,121 +219,100 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
   st.svc = std::move(svc);
   if (st.svc->actors)
     st.live.attach(&st.svc->actors->conversations);
+  using phase = conversation_state::turn_phase;
   return {
-    [=](chat_atom, chat_request& req, caf::actor relay) {
-      self->state.queue.push_back({std::move(req), std::move(relay)});
-      process_next(self);
-    },
-    [=](loaded_atom, uint8_t err, std::vector<chat_message>& history, int64_t next_seq) {
+    [=](chat_atom, chat_request& req, turn_sink_actor relay) {
       auto& s = self->state;
-      if (err != 0) {
-        s.load = conversation_state::phase::unloaded;
+      auto early = std::find(s.cancelled_early.begin(), s.cancelled_early.end(), req.request_id);
+      bool gone = early != s.cancelled_early.end();
+      if (gone)
+        s.cancelled_early.erase(early);
+      s.queue.push_back({s.next_turn_id++, std::move(req), std::move(relay), gone});
+      advance(self);
+    },
+    [=](loaded_atom, history_load& h) {
+      auto& s = self->state;
+      if (h.error != chat_error_kind{}) {
         // Not found stays not found; anything else fails the waiting turns and retries later.
-        auto kind = static_cast<chat_error_kind>(err);
-        if (kind == chat_error_kind::not_found)
-          s.load = conversation_state::phase::failed;
-        while (!s.queue.empty()) {
-          s.busy = true;
-          fail_turn(self, {kind, kind == chat_error_kind::not_found
-                                   ? "No conversation found with id '" + s.conversation_id + "'."
-                                   : "The conversation store is unavailable; retry later.",
-                           0});
-        }
-        return;
+        bool missing = h.error == chat_error_kind::not_found;
+        s.history_state = missing ? conversation_state::history_phase::missing
+                                  : conversation_state::history_phase::unloaded;
+        if (!missing)
+          while (!s.queue.empty())
+            fail_front(self, {h.error, "The conversation store is unavailable; retry later.", 0, 1000});
+        return advance(self);
       }
-      s.history = std::move(history);
-      s.next_seq = next_seq;
-      s.load = conversation_state::phase::ready;
-      process_next(self);
+      s.history = std::move(h.messages);
+      s.next_seq = h.next_seq;
+      s.history_state = conversation_state::history_phase::ready;
+      advance(self);
     },
-    [=](saved_atom, bool assistant, bool ok, const std::string& why) {
+    [=](saved_atom, uint64_t turn_id, persistence::persistence_errc code) {
       auto& s = self->state;
-      if (!s.busy || s.queue.empty())
-        return;
-      if (!ok) {
+      if (s.phase != phase::saving_user || s.queue.front().id != turn_id)
+        return; // not the acknowledgement this state waits for
+      if (code != persistence::persistence_errc::ok) {
         log::event(s.svc->logger, spdlog::level::err, "conversation write failed")
           .str("tenant_id", s.tenant_id)
           .str("conversation_id", s.conversation_id)
-          .str("error", why);
+          .str("error", persistence::to_string(code));
         // Reload before the next turn: our idea of the next seq may be stale.
-        s.load = conversation_state::phase::unloaded;
-        return fail_turn(self, {chat_error_kind::unavailable,
-                                "The conversation could not be saved; retry later.", 0});
+        s.history_state = conversation_state::history_phase::unloaded;
+        fail_front(self, {chat_error_kind::unavailable,
+                          "The conversation could not be saved; retry later.", 0, 1000});
+        return advance(self);
       }
-      if (!assistant) {
-        s.next_seq += static_cast<int64_t>(s.fresh.size());
-        return call_upstream(self);
+      // Committed: the user's messages are history now, whether or not the client stayed.
+      s.next_seq += static_cast<int64_t>(s.fresh.size());
+      s.history.insert(s.history.end(), s.fresh.begin(), s.fresh.end());
+      if (s.queue.front().client_gone) {
+        finish_front(self, no_usage(s.queue.front()));
+        return advance(self);
       }
-      // The reply is durable: only now may the client see the end of it.
-      s.next_seq += 1;
-      self->send(s.queue.front().relay, done_atom::value, s.pending_done);
-      s.history.push_back(s.pending_reply);
-      auto done = s.pending_done;
-      s.pending_reply = chat_message{};
-      end_turn(self, done, false);
+      start_engine(self);
+      if (s.phase == phase::idle)
+        advance(self); // the engine could not start (fail_front ended the turn)
     },
-    [=](delta_atom, std::string& content) {
+    [=](ended_atom, turn_outcome& o) {
       auto& s = self->state;
-      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
-        return;
-      s.reply += content;
-      ++s.produced;
-      self->send(s.queue.front().relay, delta_atom::value, std::move(content));
-      auto cap = s.queue.front().req.completion_cap;
-      if (cap > 0 && s.produced >= cap) {
-        // The tenant's daily budget ends here: stop the upstream, keep what was said.
-        if (s.svc->counters)
-          s.svc->counters->budget_cutoffs.fetch_add(1, std::memory_order_relaxed);
-        if (s.call)
-          s.call->cancel();
-        complete(self, chat_done{"length", s.prompt_estimate, s.produced, "", ""});
+      if (s.phase != phase::calling || s.queue.front().id != o.turn_id)
+        return; // a stale end: not the running turn's
+      if (o.reply_seq > 0 && o.store == persistence::persistence_errc::ok && o.completed) {
+        s.history.push_back(o.reply);
+        s.next_seq = o.reply_seq + 1;
+      } else if (o.store != persistence::persistence_errc::ok) {
+        s.history_state = conversation_state::history_phase::unloaded; // reload: seq may be stale
       }
-    },
-    [=](served_atom, std::string& model) {
-      auto& s = self->state;
-      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
-        return;
-      s.served = model;
-      self->send(s.queue.front().relay, served_atom::value, std::move(model));
-    },
-    [=](done_atom, chat_done& d) {
-      auto& s = self->state;
-      if (!s.busy || s.queue.empty() || !s.pending_reply.role.empty())
-        return;
-      complete(self, std::move(d));
-    },
-    [=](failed_atom, chat_failure& f) {
-      auto& s = self->state;
-      if (!s.busy || s.queue.empty())
-        return;
-      fail_turn(self, std::move(f));
+      o.reply = chat_message{};
+      finish_front(self, std::move(o));
+      advance(self);
     },
     [=](cancel_atom, const std::string& request_id) {
       auto& s = self->state;
       for (auto it = s.queue.begin(); it != s.queue.end(); ++it) {
         if (it->req.request_id != request_id)
           continue;
-        if (it == s.queue.begin() && s.busy) {
-          // The running turn: stop the upstream. The user message stays committed; the
-          // partial reply is dropped (the client never saw its end).
-          // While the reply is being committed, let the commit finish the turn.
-          if (!s.pending_reply.role.empty())
-            return;
-          if (s.call)
-            s.call->cancel();
-          end_turn(self, chat_done{"cancelled", s.prompt_estimate, estimate_tokens(s.reply), "", ""},
-                   true);
-        } else {
-          auto request_id = it->req.request_id;
+        it->client_gone = true;
+        if (it != s.queue.begin() || s.phase == phase::idle) {
+          // Not started: forget it now.
+          auto o = no_usage(*it);
           s.queue.erase(it);
-          self->send(s.tenant, ended_atom::value, request_id, int64_t{0});
+          self->send(s.tenant, ended_atom::value, std::move(o));
+        } else if (s.phase == phase::calling && s.call) {
+          // Its engine stops and ends the turn (what the upstream produced still counts);
+          // a reply already being committed completes instead.
+          s.call->cancel();
         }
+        // saving_user: the acknowledgement ends it.
         return;
       }
+      s.cancelled_early.push_back(request_id);
+      if (s.cancelled_early.size() > conversation_state::max_cancelled_early)
+        s.cancelled_early.pop_front();
     },
     [=](idle_atom, uint64_t generation) {
       auto& s = self->state;
-      if (generation == s.idle_generation && !s.busy && s.queue.empty()) {
+      if (generation == s.idle_generation && s.phase == phase::idle && s.queue.empty()) {
         if (s.svc->actors)
           s.svc->actors->conversation_passivations.fetch_add(1, std::memory_order_relaxed);
         self->quit(); // passivate: the tenant forgets us; history reloads on the next turn
@@ -340,12 +323,12 @@ caf::behavior conversation_impl(state_ptr self, std::string tenant_id, std::stri
 
 } // namespace
 
-caf::actor spawn_conversation(caf::local_actor* parent, std::string tenant_id,
-                              std::string conversation_id, caf::actor tenant,
-                              std::shared_ptr<const chat_services> svc) {
+conversation_actor spawn_conversation(caf::local_actor* parent, std::string tenant_id,
+                                      std::string conversation_id, tenant_actor tenant,
+                                      std::shared_ptr<const chat_services> svc) {
   // Linked: a conversation dies with its tenant (shutdown); the tenant traps children's exits.
-  return parent->spawn<caf::linked>(conversation_impl, std::move(tenant_id), std::move(conversation_id),
-                       std::move(tenant), std::move(svc));
+  return parent->spawn<caf::linked>(conversation_impl, std::move(tenant_id),
+                                    std::move(conversation_id), std::move(tenant), std::move(svc));
 }
 
 } // namespace parley::actors::detail

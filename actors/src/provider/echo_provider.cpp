@@ -30,7 +30,7 @@ caf::behavior echo_call(caf::stateful_actor<echo_state>* self, upstream_call cal
     st.pace = std::chrono::microseconds(1'000'000 / tokens_per_second);
   std::string last_user;
   for (auto& m : call.messages) {
-    st.prompt_tokens += estimate_tokens(m.text) + 4; // per-message overhead, as chat formats add
+    st.prompt_tokens += m.tokens; // text, other parts and the per-message framing
     if (m.role == "user")
       last_user = m.text;
   }
@@ -92,53 +92,10 @@ private:
   int tps_;
 };
 
-class actor_listener_impl final : public call_listener {
-public:
-  explicit actor_listener_impl(caf::actor a) : actor_(std::move(a)) {}
-  void on_delta(std::string content) override {
-    caf::anon_send(actor_, delta_atom::value, std::move(content));
-  }
-  void on_done(chat_done d) override { caf::anon_send(actor_, done_atom::value, std::move(d)); }
-  void on_failed(chat_failure f) override {
-    caf::anon_send(actor_, failed_atom::value, std::move(f));
-  }
-  void on_served(const std::string& model) override {
-    caf::anon_send(actor_, served_atom::value, model);
-  }
-
-private:
-  caf::actor actor_;
-};
-
 } // namespace
-
-std::shared_ptr<call_listener> actor_listener(caf::actor a) {
-  return std::make_shared<actor_listener_impl>(std::move(a));
-}
-
-int64_t estimate_tokens(const std::string& text) {
-  return static_cast<int64_t>((text.size() + 3) / 4);
-}
 
 std::shared_ptr<provider_port> make_echo_provider(caf::actor_system& sys, int tokens_per_second) {
   return std::make_shared<echo_provider>(sys, tokens_per_second);
-}
-
-route_table::route_table(std::vector<route> routes, std::shared_ptr<provider_port> fallback,
-                         int64_t fallback_context_tokens, int64_t fallback_max_output_tokens)
-  : routes_(std::move(routes)),
-    fallback_(std::move(fallback)),
-    fallback_context_tokens_(fallback_context_tokens),
-    fallback_max_output_tokens_(fallback_max_output_tokens) {}
-
-std::optional<route> route_table::find(const std::string& model) const {
-  for (auto& r : routes_)
-    if (r.model == model)
-      return r;
-  if (fallback_ && !model.empty())
-    return route{model, model, fallback_, fallback_context_tokens_, "upstream",
-                 fallback_max_output_tokens_};
-  return std::nullopt;
 }
 
 } // namespace parley::actors

@@ -360,6 +360,8 @@ public:
     current_.reset();
     if (committed_)
       return finish_fail(std::move(f)); // the client has tokens: end the stream, no retry
+    // The attempt is over whatever comes next (a retry, a fallback or the call's failure).
+    sink_->on_attempt_failed(n, f);
     auto& route = *candidates_[cand_];
     auto& rp = route.policy().retry;
     bool retryable = f.cause == failure_cause::connect || f.cause == failure_cause::reset ||
@@ -529,6 +531,7 @@ private:
     c.model = dep_->upstream_model.empty() ? call_.model : dep_->upstream_model;
     if (!candidates_[cand_]->model().empty())
       c.client_model = candidates_[cand_]->model();
+    sink_->on_attempt(attempt_, dep_->name, candidates_[cand_]->model());
     auto l = std::make_shared<attempt_listener>(shared_from_this(), attempt_);
     current_ = dep_->client->start(std::move(c), std::move(l));
   }

@@ -51,13 +51,10 @@ std::string go_duration(int64_t ms) {
 struct relay_state {
   exchange_ptr ex;
   actors::chat_request req; // messages dropped after hand-off; ids and flags kept
-  caf::actor producer;
+  actors::turn_control_actor producer;
   std::string content;
   bool streaming = false;
   bool cancelled = false;
-  bool admitted = false;            ///< the tenant's admission answer arrived
-  bool finished = false;            ///< the response is complete (the relay quits)
-  std::vector<caf::message> early;  ///< events that overtook it (held, then handled in order)
   int64_t created = 0;
   static inline const char* name = "parley.relay";
 
@@ -107,7 +104,11 @@ struct relay_state {
   }
 };
 
-using relay_ptr = caf::stateful_actor<relay_state>*;
+/// The relay: the bridge between one HTTP exchange and the actors. It asks the tenant to
+/// admit the request and then receives the turn's events (which the tenant starts only after
+/// its answer is on its way) and the client's going away.
+using relay_actor = actors::turn_sink_actor::extend<caf::reacts_to<actors::cancel_atom, std::string>>;
+using relay_ptr = relay_actor::stateful_pointer<relay_state>;
 
 /// A delta: one SSE chunk, or appended to the JSON answer.
 void on_delta(relay_ptr self, const std::string& content) {
@@ -190,7 +191,6 @@ void on_done(relay_ptr self, const actors::chat_done& d) {
       s.ex->respond(std::move(res));
     }
   }
-  s.finished = true;
   self->quit();
 }
 
@@ -214,16 +214,15 @@ void on_failed(relay_ptr self, const actors::chat_failure& f) {
       s.ex->respond_error(err);
     }
   }
-  s.finished = true;
   self->quit();
 }
 
-caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex,
-                         actors::chat_request req, actors::tenant_directory_actor dir) {
+relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::chat_request req,
+                                      actors::tenant_directory_actor dir) {
   auto& st = self->state;
   st.ex = std::move(ex);
   st.created = persistence::now_millis() / 1000;
-  auto me = caf::actor_cast<caf::actor>(self);
+  auto me = caf::actor_cast<relay_actor>(self);
   // The client going away reaches us as a message; from then on nobody reads our output.
   st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
   self->set_down_handler([=](caf::down_msg& dm) {
@@ -245,6 +244,22 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
   st.req.messages.clear();
   auto fail_now = [=](const caf::error& e) {
     auto& s = self->state;
+    if (e.category() == caf::atom("chat")) {
+      // Refused at admission (model, limits, budget): the reason and the rate-limit state.
+      actors::chat_failure refused{static_cast<chat_error_kind>(e.code()), "", 0};
+      actors::rate_snapshot limits;
+      if (e.context().match_elements<actors::chat_failure, actors::rate_snapshot>()) {
+        refused = e.context().get_as<actors::chat_failure>(0);
+        limits = e.context().get_as<actors::rate_snapshot>(1);
+      }
+      add_rate_headers(*s.ex, limits);
+      if (refused.retry_after_ms > 0)
+        s.ex->add_header("Retry-After", std::to_string((refused.retry_after_ms + 999) / 1000));
+      if (!s.cancelled)
+        s.ex->respond_error(to_api(refused));
+      self->quit();
+      return;
+    }
     // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
     detail::forget_tenant(dir, s.req.tenant_id);
     s.ex->respond_error({api_errc::unavailable,
@@ -255,10 +270,10 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
     self->quit();
   };
   with_tenant(self, dir, tenant_id, [=](actors::tenant_actor t) mutable {
-    self->request(t, 10s, actors::chat_atom::value, std::move(req), me)
+    self->request(t, 10s, actors::chat_atom::value, std::move(req),
+                  caf::actor_cast<actors::turn_sink_actor>(self))
       .then(
-        [=](caf::actor producer, const actors::rate_snapshot& limits,
-            const actors::chat_failure& refused) {
+        [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {
           auto& s = self->state;
           add_rate_headers(*s.ex, limits);
           static const char* cache_names[] = {"", "hit", "miss", "bypass"};
@@ -266,65 +281,24 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
             s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
             s.ex->ctx().cache = cache_names[limits.cache];
           }
-          if (!producer) {
-            // Refused at admission (model, limits): answer now.
-            if (refused.retry_after_ms > 0)
-              s.ex->add_header("Retry-After",
-                               std::to_string((refused.retry_after_ms + 999) / 1000));
-            if (!s.cancelled)
-              s.ex->respond_error(to_api(refused));
-            self->quit();
-            return;
-          }
           s.producer = producer;
-          s.admitted = true;
-          // Events that arrived before this answer, in their order.
-          auto early = std::move(s.early);
-          s.early.clear();
-          for (auto& m : early) {
-            if (m.match_element<actors::delta_atom>(0))
-              on_delta(self, m.get_as<std::string>(1));
-            else if (m.match_element<actors::done_atom>(0))
-              on_done(self, m.get_as<actors::chat_done>(1));
-            else if (m.match_element<actors::served_atom>(0))
-              on_served(self, m.get_as<std::string>(1));
-            else
-              on_failed(self, m.get_as<actors::chat_failure>(1));
-          }
-          if (s.finished)
-            return;
-          // If the producer dies without a word (a crash), we must still answer.
-          if (producer)
-            self->monitor(producer);
+          if (!producer)
+            return; // a cached answer follows: nothing to cancel or watch
           if (s.cancelled) {
-            if (producer)
-              self->send(producer, actors::cancel_atom::value, s.req.request_id);
+            self->send(producer, actors::cancel_atom::value, s.req.request_id);
             self->quit();
+            return;
           }
+          // If the producer dies without a word (a crash), we must still answer.
+          self->monitor(producer);
         },
         fail_now);
   }, fail_now);
   return {
-    [=](actors::delta_atom, std::string& content) {
-      if (!self->state.admitted)
-        return self->state.early.push_back(caf::make_message(actors::delta_atom::value, std::move(content)));
-      on_delta(self, content);
-    },
-    [=](actors::served_atom, std::string& model) {
-      if (!self->state.admitted)
-        return self->state.early.push_back(caf::make_message(actors::served_atom::value, std::move(model)));
-      on_served(self, model);
-    },
-    [=](actors::done_atom, actors::chat_done& d) {
-      if (!self->state.admitted)
-        return self->state.early.push_back(caf::make_message(actors::done_atom::value, std::move(d)));
-      on_done(self, d);
-    },
-    [=](actors::failed_atom, actors::chat_failure& f) {
-      if (!self->state.admitted)
-        return self->state.early.push_back(caf::make_message(actors::failed_atom::value, std::move(f)));
-      on_failed(self, f);
-    },
+    [=](actors::delta_atom, std::string& content) { on_delta(self, content); },
+    [=](actors::served_atom, std::string& model) { on_served(self, model); },
+    [=](actors::done_atom, actors::chat_done& d) { on_done(self, d); },
+    [=](actors::failed_atom, actors::chat_failure& f) { on_failed(self, f); },
     [=](actors::cancel_atom, const std::string&) {
       auto& s = self->state;
       s.cancelled = true;
@@ -332,8 +306,8 @@ caf::behavior relay_impl(caf::stateful_actor<relay_state>* self, exchange_ptr ex
         self->send(s.producer, actors::cancel_atom::value, s.req.request_id);
         self->quit();
       }
-      // Else: we do not know the producer yet; the tenant's answer will tell us, then we
-      // cancel it (see above) and quit when its failure or end arrives.
+      // Else: the tenant's answer has not come yet; it tells us the producer, then we cancel
+      // it (see above). A cached answer needs no cancelling: it ends by itself.
     },
   };
 }

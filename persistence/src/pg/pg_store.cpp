@@ -366,32 +366,9 @@ public:
   status append_messages(const std::vector<message_record>& batch) override {
     return with<unit>([&](pqxx::connection& c) -> status {
       pqxx::work w(c);
-      std::unordered_map<std::string, int64_t> next;
-      for (auto& m : batch) {
-        auto it = next.find(m.conversation_id);
-        if (it == next.end()) {
-          // FOR UPDATE serializes appenders of one conversation across nodes.
-          auto r = w.exec_params(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = $1) "
-            "FROM conversations WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
-            m.conversation_id, m.tenant_id);
-          if (r.empty())
-            return store_error{persistence_errc::not_found, "conversation " + m.conversation_id};
-          it = next.emplace(m.conversation_id, r[0][0].as<int64_t>() + 1).first;
-        }
-        if (m.seq != it->second)
-          return store_error{persistence_errc::conflict,
-                             "seq " + std::to_string(m.seq) + " is not the next (" +
-                               std::to_string(it->second) + ") of " + m.conversation_id};
-        ++it->second;
-        w.exec_params("INSERT INTO messages (conversation_id, tenant_id, seq, role, content, "
-                      "prompt_tokens, completion_tokens, created_at) VALUES ($1, $2, $3, $4, "
-                      "$5::jsonb, $6, $7, $8)",
-                      m.conversation_id, m.tenant_id, m.seq, m.role, m.content_json,
-                      m.prompt_tokens, m.completion_tokens, m.created_at);
-        w.exec_params("UPDATE conversations SET updated_at = GREATEST(updated_at, $1) WHERE id = $2",
-                      m.created_at, m.conversation_id);
-      }
+      auto r = write_messages(w, batch);
+      if (!r.ok())
+        return r;
       w.commit();
       return unit{};
     });
@@ -422,23 +399,101 @@ public:
       });
   }
 
+  /// Inserts `batch` (inside the caller's transaction): each seq must be the next free one.
+  static status write_messages(pqxx::work& w, const std::vector<message_record>& batch) {
+    std::unordered_map<std::string, int64_t> next;
+    for (auto& m : batch) {
+      auto it = next.find(m.conversation_id);
+      if (it == next.end()) {
+        // FOR UPDATE serializes appenders of one conversation across nodes.
+        auto r = w.exec_params(
+          "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = $1) "
+          "FROM conversations WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+          m.conversation_id, m.tenant_id);
+        if (r.empty())
+          return store_error{persistence_errc::not_found, "conversation " + m.conversation_id};
+        it = next.emplace(m.conversation_id, r[0][0].as<int64_t>() + 1).first;
+      }
+      if (m.seq != it->second)
+        return store_error{persistence_errc::conflict,
+                           "seq " + std::to_string(m.seq) + " is not the next (" +
+                             std::to_string(it->second) + ") of " + m.conversation_id};
+      ++it->second;
+      w.exec_params("INSERT INTO messages (conversation_id, tenant_id, seq, role, content, "
+                    "prompt_tokens, completion_tokens, created_at) VALUES ($1, $2, $3, $4, "
+                    "$5::jsonb, $6, $7, $8)",
+                    m.conversation_id, m.tenant_id, m.seq, m.role, m.content_json,
+                    m.prompt_tokens, m.completion_tokens, m.created_at);
+      w.exec_params("UPDATE conversations SET updated_at = GREATEST(updated_at, $1) WHERE id = $2",
+                    m.created_at, m.conversation_id);
+    }
+    return unit{};
+  }
+
+  /// Inserts ledger rows not there yet and adds each new one to its rollup row, in one
+  /// statement per row (inside the caller's transaction).
+  static void write_usage(pqxx::work& w, const std::vector<usage_entry>& entries) {
+    for (auto& e : entries)
+      w.exec_params(
+        "WITH fresh AS (INSERT INTO usage_ledger (request_id, attempt, tenant_id, key_id, model, "
+        "served_model, deployment, prompt_tokens, completion_tokens, outcome, upstream_status, at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+        "ON CONFLICT (request_id, attempt) DO NOTHING RETURNING 1) "
+        "INSERT INTO usage (tenant_id, key_id, model, period_start, requests, prompt_tokens, "
+        "completion_tokens, errors) SELECT $3, $4, $5, $13::bigint, 1, $8, $9, $14::bigint FROM fresh "
+        "ON CONFLICT (tenant_id, key_id, model, period_start) DO UPDATE SET "
+        "requests = usage.requests + 1, "
+        "prompt_tokens = usage.prompt_tokens + EXCLUDED.prompt_tokens, "
+        "completion_tokens = usage.completion_tokens + EXCLUDED.completion_tokens, "
+        "errors = usage.errors + EXCLUDED.errors",
+        e.request_id, e.attempt, e.tenant_id, e.key_id, e.model, e.served_model, e.deployment,
+        e.prompt_tokens, e.completion_tokens, e.outcome, e.upstream_status, e.at,
+        e.at / 60000 * 60000, int64_t{e.outcome == "ok" ? 0 : 1});
+  }
+
   // -- usage_store ----------------------------------------------------------------
-  status add_usage(const std::vector<usage_delta>& deltas) override {
-    return with<unit>([&](pqxx::connection& c) {
+  status record_usage(const std::vector<usage_entry>& entries) override {
+    return with<unit>([&](pqxx::connection& c) -> status {
       pqxx::work w(c);
-      for (auto& d : deltas)
-        w.exec_params(
-          "INSERT INTO usage (tenant_id, key_id, model, period_start, requests, prompt_tokens, "
-          "completion_tokens, errors) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-          "ON CONFLICT (tenant_id, key_id, model, period_start) DO UPDATE SET "
-          "requests = usage.requests + EXCLUDED.requests, "
-          "prompt_tokens = usage.prompt_tokens + EXCLUDED.prompt_tokens, "
-          "completion_tokens = usage.completion_tokens + EXCLUDED.completion_tokens, "
-          "errors = usage.errors + EXCLUDED.errors",
-          d.tenant_id, d.key_id, d.model, d.period_start, d.requests, d.prompt_tokens,
-          d.completion_tokens, d.errors);
+      write_usage(w, entries);
       w.commit();
       return unit{};
+    });
+  }
+
+  status write_turns(const std::vector<turn_write>& batch) override {
+    return with<unit>([&](pqxx::connection& c) -> status {
+      pqxx::work w(c);
+      std::vector<message_record> msgs;
+      for (auto& t : batch)
+        msgs.insert(msgs.end(), t.messages.begin(), t.messages.end());
+      auto r = write_messages(w, msgs);
+      if (!r.ok())
+        return r;
+      for (auto& t : batch)
+        write_usage(w, t.usage);
+      w.commit();
+      return unit{};
+    });
+  }
+
+  result<std::vector<usage_entry>> list_usage_entries(const std::string& tenant_id, millis from,
+                                                      millis to, int limit) override {
+    return with<std::vector<usage_entry>>([&](pqxx::connection& c) {
+      pqxx::nontransaction n(c);
+      auto r = n.exec_params(
+        "SELECT request_id, attempt, tenant_id, key_id, model, served_model, deployment, "
+        "prompt_tokens, completion_tokens, outcome, upstream_status, at FROM usage_ledger "
+        "WHERE tenant_id = $1 AND at >= $2 AND at < $3 ORDER BY at, request_id, attempt LIMIT $4",
+        tenant_id, from, to, limit < 1 ? 1 : limit);
+      std::vector<usage_entry> rows;
+      for (const auto& row : r)
+        rows.push_back({row[0].as<std::string>(), row[1].as<int32_t>(), row[2].as<std::string>(),
+                        row[3].as<std::string>(), row[4].as<std::string>(),
+                        row[5].as<std::string>(), row[6].as<std::string>(), row[7].as<int64_t>(),
+                        row[8].as<int64_t>(), row[9].as<std::string>(), row[10].as<int32_t>(),
+                        row[11].as<int64_t>()});
+      return rows;
     });
   }
 

@@ -497,32 +497,9 @@ public:
   status append_messages(const std::vector<message_record>& batch) override {
     return with<unit>([&](connection& c) -> status {
       transaction tx(c);
-      // Next free seq per conversation, checked against the batch (dense, in order).
-      std::unordered_map<std::string, int64_t> next;
-      for (auto& m : batch) {
-        auto it = next.find(m.conversation_id);
-        if (it == next.end()) {
-          stmt s(c, "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?) "
-                    "FROM conversations WHERE id = ? AND tenant_id = ?");
-          s.bind(m.conversation_id).bind(m.conversation_id).bind(m.tenant_id);
-          if (!s.step())
-            return store_error{persistence_errc::not_found, "conversation " + m.conversation_id};
-          it = next.emplace(m.conversation_id, s.i64(0) + 1).first;
-        }
-        if (m.seq != it->second)
-          return store_error{persistence_errc::conflict,
-                             "seq " + std::to_string(m.seq) + " is not the next (" +
-                               std::to_string(it->second) + ") of " + m.conversation_id};
-        ++it->second;
-        stmt(c, "INSERT INTO messages (conversation_id, tenant_id, seq, role, content, "
-                "prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-          .bind(m.conversation_id).bind(m.tenant_id).bind(m.seq).bind(m.role).bind(m.content_json)
-          .bind(m.prompt_tokens).bind(m.completion_tokens).bind(m.created_at)
-          .run();
-        stmt(c, "UPDATE conversations SET updated_at = MAX(updated_at, ?) WHERE id = ?")
-          .bind(m.created_at).bind(m.conversation_id)
-          .run();
-      }
+      auto r = write_messages(c, batch);
+      if (!r.ok())
+        return r;
       tx.commit();
       return unit{};
     });
@@ -549,23 +526,104 @@ public:
       });
   }
 
+  /// Inserts `batch` (inside the caller's transaction): each seq must be the next free one.
+  static status write_messages(connection& c, const std::vector<message_record>& batch) {
+    // Next free seq per conversation, checked against the batch (dense, in order).
+    std::unordered_map<std::string, int64_t> next;
+    for (auto& m : batch) {
+      auto it = next.find(m.conversation_id);
+      if (it == next.end()) {
+        stmt s(c, "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?) "
+                  "FROM conversations WHERE id = ? AND tenant_id = ?");
+        s.bind(m.conversation_id).bind(m.conversation_id).bind(m.tenant_id);
+        if (!s.step())
+          return store_error{persistence_errc::not_found, "conversation " + m.conversation_id};
+        it = next.emplace(m.conversation_id, s.i64(0) + 1).first;
+      }
+      if (m.seq != it->second)
+        return store_error{persistence_errc::conflict,
+                           "seq " + std::to_string(m.seq) + " is not the next (" +
+                             std::to_string(it->second) + ") of " + m.conversation_id};
+      ++it->second;
+      stmt(c, "INSERT INTO messages (conversation_id, tenant_id, seq, role, content, "
+              "prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(m.conversation_id).bind(m.tenant_id).bind(m.seq).bind(m.role).bind(m.content_json)
+        .bind(m.prompt_tokens).bind(m.completion_tokens).bind(m.created_at)
+        .run();
+      stmt(c, "UPDATE conversations SET updated_at = MAX(updated_at, ?) WHERE id = ?")
+        .bind(m.created_at).bind(m.conversation_id)
+        .run();
+    }
+    return unit{};
+  }
+
+  /// Inserts ledger rows not there yet and adds each new one to its rollup row (inside the
+  /// caller's transaction).
+  static void write_usage(connection& c, const std::vector<usage_entry>& entries) {
+    for (auto& e : entries) {
+      stmt(c, "INSERT INTO usage_ledger (request_id, attempt, tenant_id, key_id, model, "
+              "served_model, deployment, prompt_tokens, completion_tokens, outcome, "
+              "upstream_status, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+              "ON CONFLICT (request_id, attempt) DO NOTHING")
+        .bind(e.request_id).bind(int64_t{e.attempt}).bind(e.tenant_id).bind(e.key_id)
+        .bind(e.model).bind(e.served_model).bind(e.deployment).bind(e.prompt_tokens)
+        .bind(e.completion_tokens).bind(e.outcome).bind(int64_t{e.upstream_status}).bind(e.at)
+        .run();
+      if (c.changes() == 0)
+        continue; // recorded before: a retried write
+      stmt(c, "INSERT INTO usage (tenant_id, key_id, model, period_start, requests, "
+              "prompt_tokens, completion_tokens, errors) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
+              "ON CONFLICT (tenant_id, key_id, model, period_start) DO UPDATE SET "
+              "requests = requests + 1, "
+              "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+              "completion_tokens = completion_tokens + excluded.completion_tokens, "
+              "errors = errors + excluded.errors")
+        .bind(e.tenant_id).bind(e.key_id).bind(e.model).bind(e.at / 60000 * 60000)
+        .bind(e.prompt_tokens).bind(e.completion_tokens).bind(int64_t{e.outcome == "ok" ? 0 : 1})
+        .run();
+    }
+  }
+
   // -- usage_store ----------------------------------------------------------------
-  status add_usage(const std::vector<usage_delta>& deltas) override {
-    return with<unit>([&](connection& c) {
+  status record_usage(const std::vector<usage_entry>& entries) override {
+    return with<unit>([&](connection& c) -> status {
       transaction tx(c);
-      for (auto& d : deltas)
-        stmt(c, "INSERT INTO usage (tenant_id, key_id, model, period_start, requests, "
-                "prompt_tokens, completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant_id, key_id, model, period_start) DO UPDATE SET "
-                "requests = requests + excluded.requests, "
-                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "errors = errors + excluded.errors")
-          .bind(d.tenant_id).bind(d.key_id).bind(d.model).bind(d.period_start).bind(d.requests)
-          .bind(d.prompt_tokens).bind(d.completion_tokens).bind(d.errors)
-          .run();
+      write_usage(c, entries);
       tx.commit();
       return unit{};
+    });
+  }
+
+  status write_turns(const std::vector<turn_write>& batch) override {
+    return with<unit>([&](connection& c) -> status {
+      transaction tx(c);
+      std::vector<message_record> msgs;
+      for (auto& w : batch)
+        msgs.insert(msgs.end(), w.messages.begin(), w.messages.end());
+      auto r = write_messages(c, msgs);
+      if (!r.ok())
+        return r;
+      for (auto& w : batch)
+        write_usage(c, w.usage);
+      tx.commit();
+      return unit{};
+    });
+  }
+
+  result<std::vector<usage_entry>> list_usage_entries(const std::string& tenant_id, millis from,
+                                                      millis to, int limit) override {
+    return with<std::vector<usage_entry>>([&](connection& c) {
+      stmt s(c, "SELECT request_id, attempt, tenant_id, key_id, model, served_model, deployment, "
+                "prompt_tokens, completion_tokens, outcome, upstream_status, at FROM usage_ledger "
+                "WHERE tenant_id = ? AND at >= ? AND at < ? ORDER BY at, request_id, attempt "
+                "LIMIT ?");
+      s.bind(tenant_id).bind(from).bind(to).bind(limit < 1 ? 1 : limit);
+      std::vector<usage_entry> rows;
+      while (s.step())
+        rows.push_back({s.text(0), static_cast<int32_t>(s.i64(1)), s.text(2), s.text(3),
+                        s.text(4), s.text(5), s.text(6), s.i64(7), s.i64(8), s.text(9),
+                        static_cast<int32_t>(s.i64(10)), s.i64(11)});
+      return rows;
     });
   }
 

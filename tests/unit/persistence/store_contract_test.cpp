@@ -1,16 +1,19 @@
 // One contract suite for the store interfaces, run against SQLite (always) and PostgreSQL
 // (the [pg] cluster of scripts/test). Every SECTION runs on a fresh, empty store.
 #include "parley/persistence/executor.hpp"
-#include "parley/persistence/message_writer.hpp"
+#include "parley/persistence/turn_writer.hpp"
 #include "parley/persistence/ids.hpp"
 #include "parley/persistence/open.hpp"
+#include "migrations.hpp"
 #include "pool.hpp"
 #include "support/pg_schema.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <future>
 #include <set>
 #include <thread>
@@ -198,21 +201,55 @@ void contract(store& s) {
     CHECK(s.list_messages(a->id, c.id, 0, 100).code() == persistence_errc::not_found);
   }
 
-  SECTION("usage deltas add up per tenant, key, model and minute") {
+  SECTION("the usage ledger counts each attempt once and its rollup derives from it") {
     auto t = REQUIRE_OK(s.create_tenant(tenant("usage")));
-    REQUIRE(s.add_usage({{t->id, "k1", "m", 60000, 1, 10, 5, 0},
-                         {t->id, "k1", "m", 60000, 2, 20, 10, 1},
-                         {t->id, "k2", "m", 60000, 1, 1, 1, 0},
-                         {"ten_other", "k1", "m", 60000, 9, 9, 9, 9}})
-              .ok());
-    auto rows = REQUIRE_OK(s.query_usage(t->id, 0, 120000));
-    REQUIRE(rows->size() == 2);
-    CHECK((*rows)[0].key_id == "k1");
-    CHECK((*rows)[0].requests == 3);
-    CHECK((*rows)[0].prompt_tokens == 30);
-    CHECK((*rows)[0].completion_tokens == 15);
-    CHECK((*rows)[0].errors == 1);
-    CHECK(REQUIRE_OK(s.query_usage(t->id, 60001, 120000))->empty());
+    auto entry = [&](const std::string& req, int32_t attempt, const std::string& key,
+                     int64_t in, int64_t out, const std::string& outcome) {
+      return usage_entry{req, attempt, t->id, key, "m", "m", "d1", in, out, outcome, 0, 60000 + attempt};
+    };
+    std::vector<usage_entry> rows{entry("req1", 1, "k1", 10, 0, "error"),
+                                  entry("req1", 2, "k1", 10, 5, "ok"),
+                                  entry("req2", 1, "k1", 20, 10, "ok"),
+                                  entry("req3", 1, "k2", 1, 1, "ok")};
+    auto other = rows[0];
+    other.request_id = "req-other";
+    other.tenant_id = "ten_other";
+    rows.push_back(other);
+    REQUIRE(s.record_usage(rows).ok());
+    // A write retried after an ambiguous failure changes nothing.
+    REQUIRE(s.record_usage(rows).ok());
+    REQUIRE(s.record_usage({rows[1]}).ok());
+    auto sums = REQUIRE_OK(s.query_usage(t->id, 0, 120000));
+    REQUIRE(sums->size() == 2);
+    CHECK((*sums)[0].key_id == "k1");
+    CHECK((*sums)[0].requests == 3);
+    CHECK((*sums)[0].prompt_tokens == 40);
+    CHECK((*sums)[0].completion_tokens == 15);
+    CHECK((*sums)[0].errors == 1);
+    CHECK((*sums)[1].requests == 1);
+    CHECK(REQUIRE_OK(s.query_usage(t->id, 120000, 180000))->empty());
+    auto ledger = REQUIRE_OK(s.list_usage_entries(t->id, 0, 120000, 100));
+    REQUIRE(ledger->size() == 4);
+    CHECK((*ledger)[0].request_id == "req1");
+    CHECK((*ledger)[0].attempt == 1);
+    CHECK((*ledger)[0].outcome == "error");
+    CHECK((*ledger)[0].deployment == "d1");
+    CHECK(REQUIRE_OK(s.list_usage_entries(t->id, 0, 120000, 2))->size() == 2);
+  }
+
+  SECTION("a turn's messages and usage commit together or not at all") {
+    auto t = REQUIRE_OK(s.create_tenant(tenant("turns")));
+    conversation_record c{new_id("conv_"), t->id, "{}", 1000, 1000};
+    REQUIRE_OK(s.create_conversation(c));
+    usage_entry u{"req-a", 1, t->id, "k", "m", "m", "", 3, 4, "ok", 0, 61000};
+    REQUIRE(s.write_turns({{{msg(c, 1, "hi")}, {}}, {{msg(c, 2, "reply")}, {u}}}).ok());
+    CHECK(REQUIRE_OK(s.list_messages(t->id, c.id, 0, 100))->size() == 2);
+    CHECK(REQUIRE_OK(s.list_usage_entries(t->id, 0, 120000, 100))->size() == 1);
+    // A seq conflict writes nothing of the batch, the usage of the other write included.
+    usage_entry u2{"req-b", 1, t->id, "k", "m", "m", "", 5, 6, "ok", 0, 61000};
+    CHECK(s.write_turns({{{}, {u2}}, {{msg(c, 2, "again")}, {}}}).code() == persistence_errc::conflict);
+    CHECK(REQUIRE_OK(s.list_usage_entries(t->id, 0, 120000, 100))->size() == 1);
+    CHECK(REQUIRE_OK(s.query_usage(t->id, 0, 120000))->at(0).prompt_tokens == 3);
   }
 
   SECTION("the audit log filters by tenant, action and time") {
@@ -285,8 +322,9 @@ TEST_CASE("two PostgreSQL nodes migrating at once both succeed", "[persistence][
   tb.join();
   REQUIRE(ra.ok());
   REQUIRE(rb.ok());
-  // Exactly one of them applied the migrations.
-  CHECK(ra->size() + rb->size() == 1);
+  // Exactly one of them applied the migrations (all of them).
+  CHECK(ra->empty() != rb->empty());
+  CHECK(ra->size() + rb->size() == detail::postgres_migrations().size());
   CHECK(a->pending_migrations()->empty());
 }
 
@@ -385,7 +423,7 @@ TEST_CASE("the store executor runs jobs, refuses when full and drains on stop",
   CHECK_FALSE(ex.try_post([&] { ++ran; }));
 }
 
-TEST_CASE("the message writer commits appends of many conversations together", "[persistence][unit]") {
+TEST_CASE("the turn writer commits writes of many conversations together", "[persistence][unit]") {
   temp_dir d;
   auto s = open_sqlite_store(d.path() + "/w.db", small_pool());
   REQUIRE(s->migrate().ok());
@@ -397,34 +435,46 @@ TEST_CASE("the message writer commits appends of many conversations together", "
     REQUIRE(s->create_conversation(c).ok());
     convs.push_back(c);
   }
-  message_writer w(*s);
-  std::atomic<int> ok{0}, failed{0};
+  turn_writer w(*s);
+  // Worker threads only collect outcomes; the test thread asserts.
+  std::mutex mu;
+  std::vector<persistence_errc> outcomes;
+  std::vector<bool> queued;
   std::vector<std::thread> threads;
   for (int i = 0; i < 20; ++i)
     threads.emplace_back([&, i] {
       for (int seq = 1; seq <= 10; ++seq) {
         std::promise<status> p;
         auto f = p.get_future();
-        REQUIRE(w.append({msg(convs[static_cast<std::size_t>(i)], seq, "m")},
-                         [&p](status r) { p.set_value(r); }));
-        (f.get().ok() ? ok : failed)++;
+        usage_entry u{"req-" + std::to_string(i) + "-" + std::to_string(seq), 1, t->id, "k", "m",
+                      "m", "", 1, 2, "ok", 0, 60000};
+        bool q = w.submit({{msg(convs[static_cast<std::size_t>(i)], seq, "m")}, {u}},
+                          [&p](status r) { p.set_value(r); });
+        auto code = q ? f.get().code() : persistence_errc::internal;
+        std::lock_guard<std::mutex> lock(mu);
+        queued.push_back(q);
+        outcomes.push_back(code);
       }
     });
   for (auto& th : threads)
     th.join();
-  CHECK(ok == 200);
-  CHECK(failed == 0);
-  CHECK(w.batches() < 200); // appends that arrived together were committed together
+  CHECK(std::count(queued.begin(), queued.end(), true) == 200);
+  CHECK(std::count(outcomes.begin(), outcomes.end(), persistence_errc::ok) == 200);
+  CHECK(w.stats().batches < 200); // writes that arrived together were committed together
   for (auto& c : convs)
     CHECK(s->list_messages(t->id, c.id, 0, 100)->size() == 10);
+  CHECK(s->list_usage_entries(t->id, 0, 120000, 1000)->size() == 200);
 
-  // One caller's conflict does not fail the others in its batch.
+  // One caller's conflict does not fail the others in its batch, and its usage still counts.
   std::promise<status> bad, good;
   auto fb = bad.get_future(), fg = good.get_future();
-  REQUIRE(w.append({msg(convs[0], 5, "dup")}, [&](status r) { bad.set_value(r); }));
-  REQUIRE(w.append({msg(convs[1], 11, "next")}, [&](status r) { good.set_value(r); }));
+  usage_entry late{"req-conflict", 1, t->id, "k", "m", "m", "", 7, 0, "ok", 0, 60000};
+  REQUIRE(w.submit({{msg(convs[0], 5, "dup")}, {late}}, [&](status r) { bad.set_value(r); }));
+  REQUIRE(w.submit({{msg(convs[1], 11, "next")}, {}}, [&](status r) { good.set_value(r); }));
   CHECK(fb.get().code() == persistence_errc::conflict);
   CHECK(fg.get().ok());
+  CHECK(s->list_usage_entries(t->id, 0, 120000, 1000)->size() == 201);
+  CHECK(w.stats().parked == 0);
   w.stop();
-  CHECK_FALSE(w.append({msg(convs[2], 11, "late")}, [](status) {}));
+  CHECK_FALSE(w.submit({{msg(convs[2], 11, "late")}, {}}, [](status) {}));
 }

@@ -32,6 +32,8 @@ enum class actor_errc : uint8_t {
 
 /// Human-readable name of an actor error code.
 const char* to_string(actor_errc code) noexcept;
+/// Human-readable name of a chat error kind.
+const char* to_string(chat_error_kind kind) noexcept;
 
 /// Counters a tenant manager reports.
 struct manager_stats {
@@ -45,22 +47,46 @@ typename Inspector::result_type inspect(Inspector& f, manager_stats& x) {
   return f(caf::meta::type_name("manager_stats"), x.active_tenants, x.spawned, x.restarts);
 }
 
-/// One tenant: the single owner of its limits, cache and conversations. Its interface grows
-/// with the chat and admission-control work; today it answers who it is.
+/// Where a turn's events go: the relay that holds the client's exchange. In order: zero or
+/// more deltas (a served model first when a fallback serves it), then one done or failed.
+using turn_sink_actor = caf::typed_actor<
+  caf::reacts_to<delta_atom, std::string>,
+  caf::reacts_to<served_atom, std::string>,
+  caf::reacts_to<done_atom, chat_done>,
+  caf::reacts_to<failed_atom, chat_failure>>;
+
+/// What a relay tells the producer of its turn: its client (by request id) went away.
+using turn_control_actor = caf::typed_actor<caf::reacts_to<cancel_atom, std::string>>;
+
+/// One live conversation: its history, and its turns one at a time in arrival order. Every
+/// store acknowledgement and turn end carries its turn's id; those of other turns are dropped.
+using conversation_actor = caf::typed_actor<
+  /// A new turn (admitted by the tenant): its events go to the sink.
+  caf::reacts_to<chat_atom, chat_request, turn_sink_actor>,
+  /// The client of a turn (by request id) went away.
+  caf::reacts_to<cancel_atom, std::string>,
+  /// The history, loaded off the scheduler (or why not).
+  caf::reacts_to<loaded_atom, history_load>,
+  /// Turn `id`'s user messages were committed (ok), or the reason they were not.
+  caf::reacts_to<saved_atom, uint64_t, persistence::persistence_errc>,
+  /// Turn `id`'s engine ended (its reply and usage committed, or not).
+  caf::reacts_to<ended_atom, turn_outcome>,
+  /// The idle timer of the given generation fired: passivate if still idle.
+  caf::reacts_to<idle_atom, uint64_t>>;
+
+/// One tenant: the single owner of its limits, cache and conversations.
 using tenant_actor = caf::typed_actor<
   /// The tenant id this actor owns.
   caf::replies_to<caf::get_atom>::with<std::string>,
   /// Replaces the tenant's config (JSON text) after an admin change.
   caf::reacts_to<config_atom, std::string>,
-  /// Admits a completion (model, limits) and starts it; its events (delta/done/failed) go to
-  /// the relay actor. Answers with the actor producing them (send it cancel_atom when the
-  /// client goes away) and the tenant's rate-limit state -- or a null actor and the reason
-  /// the request was refused.
-  caf::replies_to<chat_atom, chat_request, caf::actor>::with<caf::actor, rate_snapshot, chat_failure>,
+  /// Admits a completion (model, limits, budget, cache). Answers with the producer to cancel
+  /// when the client goes away and the tenant's rate-limit state; or refuses with an error
+  /// whose code is a chat_error_kind and whose context is (chat_failure, rate_snapshot). The
+  /// turn's events reach the sink only after this answer.
+  caf::replies_to<chat_atom, chat_request, turn_sink_actor>::with<turn_control_actor, rate_snapshot>,
   /// Today's spent tokens (day start, tokens; -1 = the store could not say), from the loader.
   caf::reacts_to<budget_atom, int64_t, int64_t>,
-  /// A completed stateless turn for the response cache: key, deltas, finish reason, usage.
-  caf::reacts_to<cache_atom, std::string, std::vector<std::string>, std::string, int64_t, int64_t>,
   /// The current rate-limit state (after applying the given config JSON), taking nothing.
   caf::replies_to<limits_atom, std::string>::with<rate_snapshot>,
   /// Empties the response cache; answers the number of entries dropped.
@@ -69,9 +95,9 @@ using tenant_actor = caf::typed_actor<
   caf::reacts_to<forget_atom, std::string>,
   /// The client of a stateless turn (by request id) went away: stop its upstream call.
   caf::reacts_to<cancel_atom, std::string>,
-  /// A turn ended (from the tenant's own turn and conversation actors): its request id and
-  /// the tokens it really used, to settle the estimate taken at admission.
-  caf::reacts_to<ended_atom, std::string, int64_t>>;
+  /// A turn ended (stateless, or from a conversation): settles the admission estimate and
+  /// budget reservation with what it really used; fills the response cache.
+  caf::reacts_to<ended_atom, turn_outcome>>;
 
 /// Supervises the tenant actors of this node: spawns one on first use, monitors it.
 using tenant_manager_actor = caf::typed_actor<
@@ -87,3 +113,4 @@ using tenant_directory_actor = caf::typed_actor<
 } // namespace parley::actors
 
 CAF_ERROR_CODE_ENUM(parley::actors::actor_errc, "parley")
+CAF_ERROR_CODE_ENUM(parley::actors::chat_error_kind, "chat")

@@ -26,7 +26,10 @@ struct upstream_call {
 
 /// Where a call reports, in order: zero or more on_delta, then exactly one of on_done or
 /// on_failed. on_served may come once, before the first delta, when a fallback model
-/// serves the call. Called from any thread, never concurrently for one call.
+/// serves the call. A provider that makes several upstream attempts per call (the resilient
+/// route: retries, fallbacks) reports each with on_attempt when it starts and, unless it is
+/// the one that ends the call, on_attempt_failed when it fails; a provider that does not is
+/// one attempt. Called from any thread, never concurrently for one call.
 class call_listener {
 public:
   virtual ~call_listener() = default;
@@ -34,11 +37,13 @@ public:
   virtual void on_done(chat_done d) = 0;
   virtual void on_failed(chat_failure f) = 0;
   virtual void on_served(const std::string& model) { (void)model; }
+  /// Attempt `n` (from 1) starts on `deployment`, serving `model` (the client-facing name).
+  virtual void on_attempt(int32_t n, const std::string& deployment, const std::string& model) {
+    (void)n, (void)deployment, (void)model;
+  }
+  /// Attempt `n` failed; the call goes on (a retry or a fallback) or ends with on_failed.
+  virtual void on_attempt_failed(int32_t n, const chat_failure& f) { (void)n, (void)f; }
 };
-
-/// A listener that forwards every event to an actor as a message: (delta_atom, content),
-/// (done_atom, chat_done), (failed_atom, chat_failure), (served_atom, model).
-std::shared_ptr<call_listener> actor_listener(caf::actor a);
 
 /// A running call; cancel() stops it (idempotent, any thread). After cancel the listener
 /// may still receive events already in flight, and then nothing.

@@ -3,9 +3,8 @@
 #include "parley/actors/provider.hpp"
 #include "parley/config/logging.hpp"
 #include "parley/persistence/executor.hpp"
-#include "parley/persistence/message_writer.hpp"
+#include "parley/persistence/turn_writer.hpp"
 #include "parley/persistence/store.hpp"
-#include "parley/tenants/usage_batcher.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -101,8 +100,8 @@ private:
 struct chat_services {
   persistence::store* store = nullptr;
   persistence::store_executor* executor = nullptr;
-  persistence::message_writer* writer = nullptr; ///< group commit of conversation messages
-  tenants::usage_batcher* usage = nullptr;
+  /// Group commit of conversation messages and the usage ledger.
+  persistence::turn_writer* writer = nullptr;
   std::shared_ptr<const route_table> routes;
   std::chrono::milliseconds conversation_idle{std::chrono::minutes(5)};
   int64_t tenant_max_in_flight = 2000; ///< default per-tenant bound (no max_concurrent set)

@@ -84,7 +84,6 @@ struct chat_settings {
   int echo_tokens_per_second = 50;         ///< pace of parley-echo's stream (0 = no pacing)
   int context_tokens = 8192;               ///< default prompt budget of a model, in tokens
   int conversation_idle_seconds = 300;     ///< an idle conversation actor passivates after this
-  int usage_flush_seconds = 2;             ///< write-behind period of usage counters
   int max_in_flight = 20000;               ///< chat requests in flight per node; beyond: 503
   int tenant_max_in_flight = 2000;         ///< per tenant without its own max_concurrent; beyond: 429
   int max_output_tokens = 4096;            ///< completion cap of a model without its own; sent upstream as max_tokens

@@ -24,8 +24,8 @@ void forget_tenant(const actors::tenant_directory_actor& directory, const std::s
 /// Finds (or starts) the tenant's actor: from the cache when it is alive, else through the
 /// directory (which knows the tenant's manager) and the manager (which spawns or returns the
 /// tenant actor). `found(tenant_actor)` or `failed(caf::error)` runs in `self`'s context.
-template <class Found, class Failed>
-void with_tenant(caf::event_based_actor* self, const actors::tenant_directory_actor& directory,
+template <class Self, class Found, class Failed>
+void with_tenant(Self* self, const actors::tenant_directory_actor& directory,
                  const std::string& tenant_id, Found found, Failed failed) {
   using namespace std::chrono_literals;
   if (auto addr = detail::cached_tenant(directory, tenant_id))

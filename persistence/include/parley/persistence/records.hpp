@@ -65,18 +65,33 @@ struct message_record {
   millis created_at = 0;
 };
 
-/// A usage delta, added to the row of (tenant_id, key_id, model, period_start).
-struct usage_delta {
+/// One upstream attempt's usage: a row of the usage ledger, keyed by (request_id, attempt).
+/// Retries and fallbacks are attempts of their own; an attempt that failed before any token
+/// has zero tokens and its outcome.
+struct usage_entry {
+  std::string request_id;
+  int32_t attempt = 1;        ///< 1-based, per request
   std::string tenant_id;
   std::string key_id;         ///< "" for admin or internal calls
-  std::string model;
-  millis period_start = 0;    ///< start of the aggregation bucket (UTC minute)
-  int64_t requests = 0;
+  std::string model;          ///< the model as the client named it
+  std::string served_model;   ///< the model that served this attempt (a fallback's name)
+  std::string deployment;     ///< the upstream deployment ("" = the route's only upstream)
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
-  int64_t errors = 0;
+  std::string outcome;        ///< "ok" | "error" | "cancelled"
+  int32_t upstream_status = 0;///< the upstream's HTTP status when it answered with an error
+  millis at = 0;              ///< when the attempt ended
 };
 
+/// One caller's durable write: messages (of one conversation, seqs dense and next) and usage
+/// entries, committed together.
+struct turn_write {
+  std::vector<message_record> messages;
+  std::vector<usage_entry> usage;
+};
+
+/// The per-minute rollup of the ledger: every ledger row adds one request (an upstream
+/// attempt), its tokens, and one error unless its outcome is "ok".
 struct usage_row {
   std::string tenant_id;
   std::string key_id;

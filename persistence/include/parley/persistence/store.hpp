@@ -79,15 +79,23 @@ public:
                                                             int64_t after_seq, int limit) = 0;
 };
 
-/// Usage accounting, written behind in batches.
+/// Usage accounting: the ledger (one row per upstream attempt) and its per-minute rollup.
 class usage_store {
 public:
   virtual ~usage_store() = default;
-  /// Adds every delta to its row (upsert), all in one transaction.
-  virtual status add_usage(const std::vector<usage_delta>& deltas) = 0;
-  /// Rows of one tenant with period_start in [from, to), ordered by period_start, key, model.
+  /// Inserts ledger rows, idempotently: a row whose (request_id, attempt) exists is left as
+  /// it is. Each newly inserted row is added to its rollup row in the same transaction, so a
+  /// retried write never counts twice.
+  virtual status record_usage(const std::vector<usage_entry>& entries) = 0;
+  /// Rollup rows of one tenant with period_start in [from, to), ordered by period_start,
+  /// key, model.
   virtual result<std::vector<usage_row>> query_usage(const std::string& tenant_id, millis from,
                                                      millis to) = 0;
+  /// Ledger rows of one tenant with `at` in [from, to), ordered by at, request_id, attempt;
+  /// at most `limit`.
+  virtual result<std::vector<usage_entry>> list_usage_entries(const std::string& tenant_id,
+                                                              millis from, millis to,
+                                                              int limit) = 0;
 };
 
 /// Append-only audit log of admin mutations.
@@ -115,6 +123,10 @@ public:
   virtual result<std::vector<int>> migrate() = 0;
   /// Versions that exist in the binary but are not applied yet (empty = up to date).
   virtual result<std::vector<int>> pending_migrations() = 0;
+  /// Commits the messages and usage entries of every write in one transaction (group
+  /// commit). The messages follow append_messages' rules; when they fail nothing of the batch
+  /// is written. Usage entries follow record_usage's.
+  virtual status write_turns(const std::vector<turn_write>& batch) = 0;
   /// Cheap round trip (SELECT 1) to check reachability.
   virtual status ping() = 0;
   /// Connections currently borrowed from the pool, and the pool's size.

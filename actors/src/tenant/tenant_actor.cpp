@@ -1,50 +1,20 @@
-#include "parley/actors/spawn.hpp"
-
-#include <algorithm>
-#include <cctype>
+// The tenant actor: the single owner of one tenant's limits, budget, response cache and
+// conversations. It admits completions (model, concurrency, rates, budget, cache), starts
+// stateless turns itself and hands conversation turns to their conversation actor.
 #include "internal.hpp"
+#include "turn/turn_core.hpp"
+
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/rate_limiter.hpp"
-#include "parley/tenants/token_budget.hpp"
 #include "parley/tenants/response_cache.hpp"
+#include "parley/tenants/token_budget.hpp"
 
-#include <caf/all.hpp>
-
-#include <deque>
+#include <functional>
 #include <unordered_map>
 #include <unordered_set>
 
 namespace parley::actors {
-
-const char* to_string(actor_errc code) noexcept {
-  switch (code) {
-    case actor_errc::tenant_isolated: return "tenant_isolated";
-    case actor_errc::overloaded: return "overloaded";
-    case actor_errc::draining: return "draining";
-    case actor_errc::unknown_tenant: return "unknown_tenant";
-  }
-  return "unknown";
-}
-
-void register_types(caf::actor_system_config& cfg) {
-  cfg.add_message_type<manager_stats>("parley.manager_stats");
-  cfg.add_message_type<chat_message>("parley.chat_message");
-  cfg.add_message_type<chat_request>("parley.chat_request");
-  cfg.add_message_type<chat_done>("parley.chat_done");
-  cfg.add_message_type<chat_failure>("parley.chat_failure");
-  cfg.add_message_type<rate_snapshot>("parley.rate_snapshot");
-  cfg.add_error_category(caf::atom("parley"),
-                         [](uint8_t code, caf::atom_value, const caf::message&) -> std::string {
-                           return std::string("parley::") +
-                                  to_string(static_cast<actor_errc>(code));
-                         });
-}
-
 namespace {
-
-/// Restarts allowed per window before a tenant is isolated for one window.
-constexpr std::size_t restart_budget = 5;
-constexpr std::chrono::seconds restart_window{60};
 
 struct tenant_state {
   live_count live;
@@ -54,7 +24,7 @@ struct tenant_state {
   std::string config_json;
   std::shared_ptr<const tenants::tenant_config> cfg = std::make_shared<tenants::tenant_config>();
   std::shared_ptr<const chat_services> svc;
-  std::unordered_map<std::string, caf::actor> conversations;
+  std::unordered_map<std::string, conversation_actor> conversations;
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked conversations alive
   std::unordered_map<std::string, std::shared_ptr<call_handle>> turns; ///< stateless calls by request id
@@ -68,8 +38,8 @@ struct tenant_state {
   enum class budget_phase { unloaded, loading, loaded } budget_state = budget_phase::unloaded;
   struct waiting {
     chat_request req;
-    caf::actor relay;
-    caf::typed_response_promise<caf::actor, rate_snapshot, chat_failure> promise;
+    turn_sink_actor relay;
+    caf::typed_response_promise<turn_control_actor, rate_snapshot> promise;
   };
   std::vector<waiting> waiting_for_budget;
   tenants::response_cache cache;
@@ -120,7 +90,7 @@ struct tenant_state {
 /// default completion allowance when it sets none); settled with the real usage afterwards.
 constexpr int64_t default_completion_allowance = 256;
 int64_t prompt_estimate(const chat_request& req, const tenants::tenant_config& cfg) {
-  int64_t n = cfg.system_prompt.empty() ? 0 : estimate_tokens(cfg.system_prompt) + 4;
+  int64_t n = detail::system_prompt_tokens(cfg);
   n += req.extra_tokens;
   for (auto& m : req.messages)
     n += m.tokens;
@@ -150,40 +120,35 @@ int64_t upstream_max_tokens(const chat_request& req, const route& r,
   return cap;
 }
 
-/// Supervisor exit handling, shared by the tenant manager and tenant actors. Every linked
-/// child's exit (normal or not) arrives here exactly once and only removes it from
-/// state.children -- the down message or `ended` does the rest of the bookkeeping, in any
-/// order. An exit request for ourselves or a non-normal exit of anyone else (our supervisor
-/// shutting down) ends us.
-template <class Self>
-void absorb_child_exits(Self* self) {
-  self->set_exit_handler([=](caf::exit_msg& em) {
-    if (em.source != self->address()) {
-      if (self->state.children.erase(em.source) > 0 || !em.reason)
-        return;
-    }
-    self->quit(em.reason);
-  });
-}
-
-/// A tenant id as the store makes them: 1-64 characters of [A-Za-z0-9_-].
-bool valid_tenant_id(const std::string& id) {
-  if (id.empty() || id.size() > 64)
-    return false;
-  return std::all_of(id.begin(), id.end(), [](unsigned char c) {
-    return std::isalnum(c) || c == '_' || c == '-';
-  });
-}
-
-using admission = std::tuple<caf::actor, rate_snapshot, chat_failure>;
+/// The tenant's answer to a completion: the producer to cancel and the rate-limit state, or
+/// a refusal; and what starts the turn once the answer is on its way (so the relay holds the
+/// answer before any of the turn's events).
+struct admission {
+  caf::error refusal;
+  turn_control_actor producer;
+  rate_snapshot limits;
+  std::function<void()> go;
+};
 
 admission refuse(chat_error_kind kind, std::string msg, rate_snapshot snap = {},
                  int64_t retry_after_ms = 0) {
-  return {caf::actor{}, snap, chat_failure{kind, std::move(msg), 0, retry_after_ms}};
+  admission a;
+  a.refusal = caf::make_error(kind, chat_failure{kind, std::move(msg), 0, retry_after_ms}, snap);
+  return a;
+}
+
+/// Answers a completion request through `rp`, then starts the turn.
+void answer(caf::typed_response_promise<turn_control_actor, rate_snapshot>& rp, admission a) {
+  if (a.refusal)
+    rp.deliver(std::move(a.refusal));
+  else
+    rp.deliver(std::move(a.producer), std::move(a.limits));
+  if (a.go)
+    a.go();
 }
 
 admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request& req,
-            caf::actor relay) {
+                turn_sink_actor relay) {
   auto& st = self->state;
   if (!st.svc || !st.svc->routes)
     return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
@@ -255,9 +220,17 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
       if (auto* hit = st.cache.find(req.cache_key, now)) {
         count(&admission_counters::cache_hits);
         st.budget.settle(now, grant.reserved, 0);
-        auto snap = st.snapshot(rq, st.tokens.peek(now));
-        snap.cache = 1;
-        return {detail::spawn_replay(self, *hit, req.model, std::move(relay)), snap, chat_failure{}};
+        admission a;
+        a.limits = st.snapshot(rq, st.tokens.peek(now));
+        a.limits.cache = 1;
+        // Replayed by us after the answer: the upstream is not called, nothing to cancel.
+        a.go = [self, relay, hit = *hit, model = req.model] {
+          for (auto& d : hit.deltas)
+            self->send(relay, delta_atom::value, d);
+          self->send(relay, done_atom::value,
+                     chat_done{hit.finish_reason, hit.prompt_tokens, hit.completion_tokens, model, ""});
+        };
+        return a;
       }
       cache_status = 2;
       count(&admission_counters::cache_misses);
@@ -279,26 +252,40 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   count(&admission_counters::admitted);
   ++st.in_flight;
   st.publish_in_flight();
-  auto me = caf::actor_cast<caf::actor>(self);
+  admission a;
+  a.limits = snap;
   if (req.conversation_id.empty()) {
     // A stateless turn runs without an actor of its own; we are its producer (the relay
-    // sends us cancel_atom when the client goes away).
-    auto id = req.request_id;
-    st.turns[id] = detail::start_turn(std::move(req), *r, st.cfg, std::move(relay),
-                                      caf::actor_cast<tenant_actor>(self), st.svc);
-    return {me, snap, chat_failure{}};
+    // sends us cancel_atom when the client goes away) and its owner (it ends with `ended`).
+    a.producer = caf::actor_cast<turn_control_actor>(self);
+    auto r_copy = *r;
+    a.go = [self, r_copy, relay, req = std::move(req)]() mutable {
+      auto& st = self->state;
+      auto id = req.request_id;
+      auto me = caf::actor_cast<tenant_actor>(self);
+      detail::turn_spec spec{std::move(req), r_copy, st.cfg, relay};
+      st.turns[id] = detail::start_turn(std::move(spec), st.svc, [me](turn_outcome o) {
+        caf::anon_send(me, ended_atom::value, std::move(o));
+      });
+    };
+    return a;
   }
   auto it = st.conversations.find(req.conversation_id);
   if (it == st.conversations.end()) {
-    auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id, me, st.svc);
+    auto conv = detail::spawn_conversation(self, st.tenant_id, req.conversation_id,
+                                           caf::actor_cast<tenant_actor>(self), st.svc);
     self->monitor(conv);
     st.children.insert(conv.address());
     st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
     it = st.conversations.emplace(req.conversation_id, conv).first;
   }
-  caf::anon_send(it->second, chat_atom::value, std::move(req), std::move(relay));
-  return {it->second, snap, chat_failure{}};
-    }
+  auto conv = it->second;
+  a.producer = conv;
+  a.go = [self, conv, relay, req = std::move(req)]() mutable {
+    self->send(conv, chat_atom::value, std::move(req), relay);
+  };
+  return a;
+}
 
 /// Reads today's spent tokens from the usage table off the scheduler; the answer comes back as
 /// a budget_atom message.
@@ -336,7 +323,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   }
   // Turns and conversations are linked to us so that they stop with us; one of them failing
   // must not take the tenant down.
-  absorb_child_exits(self);
+  detail::absorb_child_exits(self);
   // Conversation actors passivate (or crash): forget them; the next turn re-activates.
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
@@ -349,21 +336,20 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
     [=](config_atom, std::string config_json) { self->state.update_config(config_json); },
-    [=](chat_atom, chat_request& req, caf::actor relay)
-      -> caf::result<caf::actor, rate_snapshot, chat_failure> {
+    [=](chat_atom, chat_request& req, turn_sink_actor relay)
+      -> caf::result<turn_control_actor, rate_snapshot> {
       auto& st = self->state;
       st.update_config(req.tenant_config);
+      auto rp = self->make_response_promise<turn_control_actor, rate_snapshot>();
       if (st.cfg->limits.tokens_per_day > 0 && st.budget_state != tenant_state::budget_phase::loaded) {
         // Today's spending is not known yet: admit once the usage table has answered.
-        auto rp = self->make_response_promise<caf::actor, rate_snapshot, chat_failure>();
         st.waiting_for_budget.push_back({std::move(req), std::move(relay), rp});
         if (st.budget_state == tenant_state::budget_phase::unloaded)
           load_budget(self);
         return rp;
       }
-      auto [producer, snap, failure] = admit(self, req, std::move(relay));
-      return caf::result<caf::actor, rate_snapshot, chat_failure>(std::move(producer), std::move(snap),
-                                                                  std::move(failure));
+      answer(rp, admit(self, req, std::move(relay)));
+      return rp;
     },
     [=](budget_atom, int64_t day_start, int64_t spent) {
       auto& st = self->state;
@@ -372,27 +358,16 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       if (spent < 0) {
         st.budget_state = tenant_state::budget_phase::unloaded; // retried by the next request
         for (auto& w : waiting)
-          w.promise.deliver(caf::actor{}, rate_snapshot{},
-                            chat_failure{chat_error_kind::unavailable,
-                                         "The usage store is unavailable; retry later.", 0, 1000});
+          answer(w.promise, refuse(chat_error_kind::unavailable,
+                                   "The usage store is unavailable; retry later.", {}, 1000));
         return;
       }
       auto now = persistence::now_millis();
       if (tenants::utc_day_start(now) == day_start)
         st.budget.set_spent(now, spent);
       st.budget_state = tenant_state::budget_phase::loaded;
-      for (auto& w : waiting) {
-        auto [producer, snap, failure] = admit(self, w.req, std::move(w.relay));
-        w.promise.deliver(producer, snap, failure);
-      }
-    },
-    [=](cache_atom, const std::string& key, std::vector<std::string>& deltas,
-        const std::string& finish, int64_t prompt, int64_t completion) {
-      auto& st = self->state;
-      if (st.cfg->cache_ttl_seconds <= 0)
-        return;
-      st.cache.put(key, tenants::cached_completion{std::move(deltas), finish, prompt, completion},
-                   persistence::now_millis(), st.cfg->cache_ttl_seconds * 1000);
+      for (auto& w : waiting)
+        answer(w.promise, admit(self, w.req, std::move(w.relay)));
     },
     [=](limits_atom, const std::string& config_json) {
       auto& st = self->state;
@@ -425,169 +400,39 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
         call->cancel(); // ends it: its `ended` comes back to us
       }
     },
-    [=](ended_atom, const std::string& request_id, int64_t actual_tokens) {
+    [=](ended_atom, turn_outcome& o) {
       auto& st = self->state;
-      st.turns.erase(request_id);
+      auto now = persistence::now_millis();
+      st.turns.erase(o.request_id);
       if (st.in_flight > 0)
         --st.in_flight;
       st.publish_in_flight();
-      // Settle the admission estimate and reservation with what the call really used.
-      if (auto b = st.reservations.find(request_id); b != st.reservations.end()) {
-        st.budget.settle(persistence::now_millis(), b->second, actual_tokens);
+      // Settle the admission estimate and reservation with what the turn really used.
+      if (auto b = st.reservations.find(o.request_id); b != st.reservations.end()) {
+        st.budget.settle(now, b->second, o.tokens);
         st.reservations.erase(b);
       }
-      if (auto e = st.estimates.find(request_id); e != st.estimates.end()) {
+      if (auto e = st.estimates.find(o.request_id); e != st.estimates.end()) {
         if (e->second > 0)
-          st.tokens.adjust(persistence::now_millis(), actual_tokens - e->second);
+          st.tokens.adjust(now, o.tokens - e->second);
         st.estimates.erase(e);
       }
+      if (o.completed && !o.cache_key.empty() && st.cfg->cache_ttl_seconds > 0)
+        st.cache.put(o.cache_key,
+                     tenants::cached_completion{std::move(o.deltas), o.done.finish_reason,
+                                                o.done.prompt_tokens, o.done.completion_tokens},
+                     now, st.cfg->cache_ttl_seconds * 1000);
     },
-  };
-}
-
-/// A tenant whose actor crashed: crash times within the budget window, and until when it is
-/// isolated once the budget is spent.
-struct crash_record {
-  std::deque<caf::timestamp> crashes;
-  caf::timestamp isolated_until{};
-};
-
-struct manager_state {
-  std::unordered_map<std::string, tenant_actor> tenants;
-  std::unordered_map<std::string, crash_record> crashed;
-  std::unordered_map<caf::actor_addr, std::string> by_addr;
-  std::unordered_set<caf::actor_addr> children; ///< linked children whose exit is pending
-  manager_stats stats;
-  log::logger_ptr logger;
-  static inline const char* name = "parley.tenant_manager";
-};
-
-tenant_manager_actor::behavior_type
-manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::logger_ptr logger,
-             std::shared_ptr<const chat_services> svc) {
-  self->state.logger = std::move(logger);
-  // Tenants are linked so that they die with their manager; a tenant that dies must not take
-  // the manager (and every other tenant) with it. (A child ending with exit_reason::kill
-  // cannot be trapped by anyone in CAF: nothing in parley sends kill to a tenant.)
-  absorb_child_exits(self);
-  self->set_down_handler([=](caf::down_msg& dm) {
-    auto& st = self->state;
-    auto it = st.by_addr.find(dm.source);
-    if (it == st.by_addr.end())
-      return;
-    log::event(st.logger, dm.reason ? spdlog::level::warn : spdlog::level::debug,
-               "tenant actor stopped")
-      .str("tenant_id", it->second)
-      .str("reason", to_string(dm.reason));
-    auto tenant_id = it->second;
-    st.tenants.erase(tenant_id);
-    st.by_addr.erase(it);
-    st.stats.active_tenants = st.tenants.size();
-    if (!dm.reason || dm.reason == caf::exit_reason::user_shutdown)
-      return;
-    // A crash: the next request restarts the tenant, within a budget of restarts per window;
-    // a tenant that keeps crashing is isolated for a window (503 for it, others unharmed).
-    auto now = caf::make_timestamp();
-    auto& rec = st.crashed[tenant_id];
-    rec.crashes.push_back(now);
-    while (!rec.crashes.empty() && now - rec.crashes.front() > restart_window)
-      rec.crashes.pop_front();
-    if (rec.crashes.size() > restart_budget) {
-      rec.isolated_until = now + restart_window;
-      rec.crashes.clear();
-      log::event(st.logger, spdlog::level::err, "tenant isolated after repeated crashes")
-        .str("tenant_id", tenant_id)
-        .num("isolated_seconds", std::chrono::duration_cast<std::chrono::seconds>(restart_window).count());
-    }
-  });
-  return {
-    [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
-      auto& st = self->state;
-      // Only authentication names tenants, with ids read from the store: an empty or
-      // malformed id is a bug upstream, never a reason to invent a tenant (with no limits).
-      if (!valid_tenant_id(tenant_id))
-        return caf::make_error(actor_errc::unknown_tenant);
-      auto it = st.tenants.find(tenant_id);
-      if (it != st.tenants.end())
-        return it->second;
-      if (auto c = st.crashed.find(tenant_id); c != st.crashed.end()) {
-        if (caf::make_timestamp() < c->second.isolated_until)
-          return caf::make_error(actor_errc::tenant_isolated);
-        if (c->second.crashes.empty())
-          st.crashed.erase(c);
-        else {
-          ++st.stats.restarts;
-          if (svc && svc->actors)
-            svc->actors->tenant_restarts.fetch_add(1, std::memory_order_relaxed);
-        }
-      }
-      // Linked: the tenants die with their manager; monitored: the manager learns of
-      // every tenant that stops, to forget it (and, with the chat work, restart it).
-      auto t = self->spawn<caf::linked + caf::monitored>(tenant_impl, tenant_id, svc);
-      st.tenants.emplace(tenant_id, t);
-      st.by_addr.emplace(t.address(), tenant_id);
-      st.children.insert(t.address());
-      ++st.stats.spawned;
-      st.stats.active_tenants = st.tenants.size();
-      return t;
-    },
-    [=](stats_atom) { return self->state.stats; },
-  };
-}
-
-struct directory_state {
-  tenant_manager_actor local;
-  static inline const char* name = "parley.tenant_directory";
-};
-
-tenant_directory_actor::behavior_type
-directory_impl(tenant_directory_actor::stateful_pointer<directory_state> self,
-               tenant_manager_actor local) {
-  self->state.local = std::move(local);
-  return {
-    [=](locate_atom, const std::string&) { return self->state.local; },
   };
 }
 
 } // namespace
 
-tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger,
-                                          std::shared_ptr<const chat_services> svc) {
-  return sys.spawn(manager_impl, std::move(logger), std::move(svc));
+namespace detail {
+tenant_actor spawn_tenant(caf::local_actor* parent, std::string tenant_id,
+                          std::shared_ptr<const chat_services> svc) {
+  return parent->spawn<caf::linked>(tenant_impl, std::move(tenant_id), std::move(svc));
 }
-
-tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local) {
-  return sys.spawn(directory_impl, std::move(local));
-}
-
-std::shared_ptr<std::atomic<int64_t>> tenant_load_board::join(const std::string& tenant_id) {
-  auto cell = std::make_shared<std::atomic<int64_t>>(0);
-  std::lock_guard<std::mutex> lock(mu_);
-  cells_[tenant_id] = cell; // a restarted tenant replaces its old cell
-  return cell;
-}
-
-void tenant_load_board::leave(const std::string& tenant_id,
-                              const std::shared_ptr<std::atomic<int64_t>>& cell) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = cells_.find(tenant_id);
-  if (it != cells_.end() && it->second == cell)
-    cells_.erase(it);
-}
-
-std::vector<std::pair<std::string, int64_t>> tenant_load_board::top(std::size_t n) const {
-  std::vector<std::pair<std::string, int64_t>> all;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    all.reserve(cells_.size());
-    for (auto& [id, c] : cells_)
-      all.emplace_back(id, c->load(std::memory_order_relaxed));
-  }
-  auto k = std::min(n, all.size());
-  std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end(),
-                    [](auto& a, auto& b) { return a.second > b.second; });
-  all.resize(k);
-  return all;
-}
+} // namespace detail
 
 } // namespace parley::actors

@@ -1,0 +1,127 @@
+// The tenant manager: spawns one tenant actor per tenant on first use and supervises them --
+// a crashed tenant restarts on its next request, within a budget, else it is isolated for a
+// while; other tenants never notice.
+#include "internal.hpp"
+#include "parley/actors/spawn.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <deque>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace parley::actors {
+namespace {
+
+/// Restarts allowed per window before a tenant is isolated for one window.
+constexpr std::size_t restart_budget = 5;
+constexpr std::chrono::seconds restart_window{60};
+
+/// A tenant id as the store makes them: 1-64 characters of [A-Za-z0-9_-].
+bool valid_tenant_id(const std::string& id) {
+  if (id.empty() || id.size() > 64)
+    return false;
+  return std::all_of(id.begin(), id.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-';
+  });
+}
+
+/// A tenant whose actor crashed: crash times within the budget window, and until when it is
+/// isolated once the budget is spent.
+struct crash_record {
+  std::deque<caf::timestamp> crashes;
+  caf::timestamp isolated_until{};
+};
+
+struct manager_state {
+  std::unordered_map<std::string, tenant_actor> tenants;
+  std::unordered_map<std::string, crash_record> crashed;
+  std::unordered_map<caf::actor_addr, std::string> by_addr;
+  std::unordered_set<caf::actor_addr> children; ///< linked children whose exit is pending
+  manager_stats stats;
+  log::logger_ptr logger;
+  static inline const char* name = "parley.tenant_manager";
+};
+
+tenant_manager_actor::behavior_type
+manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::logger_ptr logger,
+             std::shared_ptr<const chat_services> svc) {
+  self->state.logger = std::move(logger);
+  // Tenants are linked so that they die with their manager; a tenant that dies must not take
+  // the manager (and every other tenant) with it. (A child ending with exit_reason::kill
+  // cannot be trapped by anyone in CAF: nothing in parley sends kill to a tenant.)
+  detail::absorb_child_exits(self);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& st = self->state;
+    auto it = st.by_addr.find(dm.source);
+    if (it == st.by_addr.end())
+      return;
+    log::event(st.logger, dm.reason ? spdlog::level::warn : spdlog::level::debug,
+               "tenant actor stopped")
+      .str("tenant_id", it->second)
+      .str("reason", to_string(dm.reason));
+    auto tenant_id = it->second;
+    st.tenants.erase(tenant_id);
+    st.by_addr.erase(it);
+    st.stats.active_tenants = st.tenants.size();
+    if (!dm.reason || dm.reason == caf::exit_reason::user_shutdown)
+      return;
+    // A crash: the next request restarts the tenant, within a budget of restarts per window;
+    // a tenant that keeps crashing is isolated for a window (503 for it, others unharmed).
+    auto now = caf::make_timestamp();
+    auto& rec = st.crashed[tenant_id];
+    rec.crashes.push_back(now);
+    while (!rec.crashes.empty() && now - rec.crashes.front() > restart_window)
+      rec.crashes.pop_front();
+    if (rec.crashes.size() > restart_budget) {
+      rec.isolated_until = now + restart_window;
+      rec.crashes.clear();
+      log::event(st.logger, spdlog::level::err, "tenant isolated after repeated crashes")
+        .str("tenant_id", tenant_id)
+        .num("isolated_seconds", std::chrono::duration_cast<std::chrono::seconds>(restart_window).count());
+    }
+  });
+  return {
+    [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
+      auto& st = self->state;
+      // Only authentication names tenants, with ids read from the store: an empty or
+      // malformed id is a bug upstream, never a reason to invent a tenant (with no limits).
+      if (!valid_tenant_id(tenant_id))
+        return caf::make_error(actor_errc::unknown_tenant);
+      auto it = st.tenants.find(tenant_id);
+      if (it != st.tenants.end())
+        return it->second;
+      if (auto c = st.crashed.find(tenant_id); c != st.crashed.end()) {
+        if (caf::make_timestamp() < c->second.isolated_until)
+          return caf::make_error(actor_errc::tenant_isolated);
+        if (c->second.crashes.empty())
+          st.crashed.erase(c);
+        else {
+          ++st.stats.restarts;
+          if (svc && svc->actors)
+            svc->actors->tenant_restarts.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+      // Linked: the tenants die with their manager; monitored: the manager learns of
+      // every tenant that stops, to forget it (and, with the chat work, restart it).
+      auto t = detail::spawn_tenant(self, tenant_id, svc);
+      self->monitor(t);
+      st.tenants.emplace(tenant_id, t);
+      st.by_addr.emplace(t.address(), tenant_id);
+      st.children.insert(t.address());
+      ++st.stats.spawned;
+      st.stats.active_tenants = st.tenants.size();
+      return t;
+    },
+    [=](stats_atom) { return self->state.stats; },
+  };
+}
+
+} // namespace
+
+tenant_manager_actor spawn_tenant_manager(caf::actor_system& sys, log::logger_ptr logger,
+                                          std::shared_ptr<const chat_services> svc) {
+  return sys.spawn(manager_impl, std::move(logger), std::move(svc));
+}
+
+} // namespace parley::actors
