@@ -81,12 +81,28 @@ json msg(const std::string& text) { return json::array({{{"role", "user"}, {"con
 struct node {
   std::unique_ptr<server_fixture> srv;
   std::string key;
+  std::string tenant_id;
 
   explicit node(std::vector<parley::config::route_settings> routes, const json& tenant_extra = json::object()) {
     next_routes = std::move(routes);
     srv = std::make_unique<server_fixture>(use_routes);
     auto t = create_tenant(srv->port(), "res", tenant_extra);
-    key = create_key(srv->port(), t["id"])["key"];
+    tenant_id = t["id"];
+    key = create_key(srv->port(), tenant_id)["key"];
+  }
+
+  /// The tenant's usage rollup summed over all rows: {requests, errors} (upstream attempts).
+  std::pair<int64_t, int64_t> usage() const {
+    auto r = fetch(srv->port(), http::verb::get, "/admin/v1/tenants/" + tenant_id + "/usage", "",
+                   {{"Authorization", std::string("Bearer ") + server_fixture::admin_key}});
+    REQUIRE(r.status == 200);
+    int64_t requests = 0, errors = 0;
+    auto rows = json::parse(r.body);
+    for (auto& row : rows["data"]) {
+      requests += row["requests"].get<int64_t>();
+      errors += row["errors"].get<int64_t>();
+    }
+    return {requests, errors};
   }
 
   /// One call through the built-in echo model: the key is cached and the tenant's actor runs,
@@ -381,6 +397,10 @@ TEST_CASE("resets before the first byte are retried and a later attempt serves t
     CHECK(rep.status == 200);
     CHECK(json::parse(rep.body)["choices"][0]["message"]["content"] == "echo: after a reset");
     CHECK(up.requests() == 2);
+    // One ledger row per attempt, durable before the answer: the failed one and the served one.
+    auto u = n.usage();
+    CHECK(u.first == 2);
+    CHECK(u.second == 1);
   }
   SECTION("two resets: three attempts, streaming") {
     up.script({{"reset_before_first_byte", true}}, 2);
@@ -395,6 +415,15 @@ TEST_CASE("resets before the first byte are retried and a later attempt serves t
     auto rep = n.chat(chat_body("m", "always reset"));
     CHECK(rep.status == 502);
     CHECK(up.requests() == 3);
+    // A failed request's rows are committed after its answer: wait for them.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto u = n.usage();
+    while (u.first < 3 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20)); // polling interval
+      u = n.usage();
+    }
+    CHECK(u.first == 3);
+    CHECK(u.second == 3);
   }
 }
 
