@@ -324,6 +324,17 @@ op_result<std::vector<usage_row>> admin_ops::usage(const std::string& tenant_id,
   return std::move(r).value();
 }
 
+op_result<std::vector<usage_entry>> admin_ops::usage_attempts(const std::string& tenant_id,
+                                                             millis from, millis to, int limit) {
+  auto tenant = get_tenant(tenant_id);
+  if (auto* e = std::get_if<op_error>(&tenant))
+    return *e;
+  auto r = store_.list_usage_entries(tenant_id, from, to, limit);
+  if (!r.ok())
+    return from_store(r.error(), "");
+  return std::move(r).value();
+}
+
 op_result<page<audit_record>> admin_ops::audit(const audit_filter& f, const page_request& p) {
   auto r = store_.list_audit(f, p);
   if (!r.ok())
@@ -379,6 +390,21 @@ json admin_ops::usage_json(const usage_row& u) {
               {"prompt_tokens", u.prompt_tokens},
               {"completion_tokens", u.completion_tokens},
               {"errors", u.errors}};
+}
+
+json admin_ops::usage_entry_json(const usage_entry& e) {
+  return json{{"object", "usage.attempt"},
+              {"request_id", e.request_id},
+              {"attempt", e.attempt},
+              {"key_id", e.key_id.empty() ? json(nullptr) : json(e.key_id)},
+              {"model", e.model},
+              {"served_model", e.served_model},
+              {"deployment", e.deployment.empty() ? json(nullptr) : json(e.deployment)},
+              {"prompt_tokens", e.prompt_tokens},
+              {"completion_tokens", e.completion_tokens},
+              {"outcome", e.outcome},
+              {"upstream_status", e.upstream_status == 0 ? json(nullptr) : json(e.upstream_status)},
+              {"at_ms", e.at}};
 }
 
 } // namespace parley::tenants

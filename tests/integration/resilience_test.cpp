@@ -91,6 +91,14 @@ struct node {
     key = create_key(srv->port(), tenant_id)["key"];
   }
 
+  /// The tenant's usage ledger: one row per upstream attempt.
+  json attempts() const {
+    auto r = fetch(srv->port(), http::verb::get, "/admin/v1/tenants/" + tenant_id + "/usage/attempts",
+                   "", {{"Authorization", std::string("Bearer ") + server_fixture::admin_key}});
+    REQUIRE(r.status == 200);
+    return json::parse(r.body)["data"];
+  }
+
   /// The tenant's usage rollup summed over all rows: {requests, errors} (upstream attempts).
   std::pair<int64_t, int64_t> usage() const {
     auto r = fetch(srv->port(), http::verb::get, "/admin/v1/tenants/" + tenant_id + "/usage", "",
@@ -401,6 +409,17 @@ TEST_CASE("resets before the first byte are retried and a later attempt serves t
     auto u = n.usage();
     CHECK(u.first == 2);
     CHECK(u.second == 1);
+    auto rows = n.attempts();
+    INFO(rows.dump());
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[0]["request_id"] == rows[1]["request_id"]);
+    CHECK(rows[0]["attempt"] == 1);
+    CHECK(rows[0]["outcome"] == "error");
+    CHECK(rows[0]["completion_tokens"] == 0);
+    CHECK(rows[1]["attempt"] == 2);
+    CHECK(rows[1]["outcome"] == "ok");
+    CHECK(rows[1]["completion_tokens"] == 4);
+    CHECK(rows[1]["served_model"] == "m");
   }
   SECTION("two resets: three attempts, streaming") {
     up.script({{"reset_before_first_byte", true}}, 2);

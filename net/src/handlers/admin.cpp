@@ -304,6 +304,34 @@ void add_admin_routes(router& r, admin_deps d) {
                });
   });
 
+  r.add(http::verb::get, tenants_path + "/{id}/usage/attempts", access::admin(),
+        [=](const exchange_ptr& ex) {
+    std::optional<int64_t> from, to;
+    if (!parse_time(ex, "from", from) || !parse_time(ex, "to", to))
+      return;
+    int limit = 100;
+    auto l = query_param(ex->req().target(), "limit");
+    if (!l.empty()) {
+      char* end = nullptr;
+      auto n = std::strtol(l.c_str(), &end, 10);
+      if (*end != '\0' || n < 1 || n > 1000)
+        return ex->respond_error({api_errc::invalid_request,
+                                  "limit must be an integer from 1 to 1000", "limit"});
+      limit = static_cast<int>(n);
+    }
+    auto id = ex->ctx().param("id");
+    int64_t f = from.value_or(0), t = to.value_or(INT64_MAX / 2);
+    store_call(ex, *exec, [=] { return ops->usage_attempts(id, f, t, limit); },
+               [ex](op_result<std::vector<persistence::usage_entry>> res) {
+                 answer(ex, res, http::status::ok, [](auto& rows) {
+                   auto data = json::array();
+                   for (auto& e : rows)
+                     data.push_back(tenants::admin_ops::usage_entry_json(e));
+                   return json{{"object", "list"}, {"data", data}};
+                 });
+               });
+  });
+
   r.add(http::verb::get, "/admin/v1/audit", access::admin(), [=](const exchange_ptr& ex) {
     persistence::page_request p;
     persistence::audit_filter f;

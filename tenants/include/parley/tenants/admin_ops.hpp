@@ -80,6 +80,10 @@ public:
   op_result<std::vector<persistence::usage_row>> usage(const std::string& tenant_id,
                                                        persistence::millis from,
                                                        persistence::millis to);
+  /// Usage ledger rows (one per upstream attempt) with `at` in [from, to), oldest first.
+  op_result<std::vector<persistence::usage_entry>> usage_attempts(const std::string& tenant_id,
+                                                                  persistence::millis from,
+                                                                  persistence::millis to, int limit);
   op_result<persistence::page<persistence::audit_record>>
   audit(const persistence::audit_filter& f, const persistence::page_request& p);
 
@@ -88,6 +92,7 @@ public:
   static nlohmann::json key_json(const persistence::api_key_record& k);
   static nlohmann::json audit_json(const persistence::audit_record& a);
   static nlohmann::json usage_json(const persistence::usage_row& u);
+  static nlohmann::json usage_entry_json(const persistence::usage_entry& e);
 
 private:
   op_result<persistence::tenant_record> live_tenant(const std::string& id);
