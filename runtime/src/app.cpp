@@ -151,6 +151,7 @@ struct app::impl {
   std::unique_ptr<caf::actor_system> sys;
   actors::tenant_manager_actor tenant_manager;
   actors::tenant_directory_actor tenant_directory;
+  std::shared_ptr<net::tenant_locator> tenants; ///< the tenant actors the handlers found
   std::unique_ptr<net::asio::io_context> ioc;
   std::unique_ptr<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
   std::vector<std::thread> io_threads;
@@ -424,6 +425,7 @@ struct app::impl {
     svc->logger = logger;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
+    tenants = std::make_shared<net::tenant_locator>(tenant_directory);
   }
 
   std::shared_ptr<const net::pipeline> build_pipeline() {
@@ -443,16 +445,16 @@ struct app::impl {
                                                   pepper, admin_key, settings.metrics.key,
                                                   logger}));
     // 6. Rate-limit headers on /v1 responses (chat completions get them from admission).
-    chain.push_back(net::make_rate_headers(*sys, tenant_directory));
+    chain.push_back(net::make_rate_headers(*sys, tenants));
     net::router routes;
-    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenant_directory,
+    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenants,
                                                   &counters});
     auto started_at = persistence::now_millis() / 1000;
     std::vector<net::model_info> models;
     for (auto& r : this->routes->named())
       models.push_back({r.model, r.owned_by, started_at});
     net::add_model_routes(routes, std::move(models));
-    net::chat_deps chat{*sys, tenant_directory, *store, *executor, chat_in_flight,
+    net::chat_deps chat{*sys, tenants, *store, *executor, chat_in_flight,
                         settings.chat.max_in_flight, &counters};
     net::add_chat_routes(routes, chat);
     net::add_conversation_routes(routes, chat);

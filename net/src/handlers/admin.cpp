@@ -2,7 +2,7 @@
 
 #include "parley/net/json_body.hpp"
 #include "parley/net/store_call.hpp"
-#include "parley/net/tenant_lookup.hpp"
+#include "parley/net/tenant_locator.hpp"
 
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
@@ -262,7 +262,7 @@ void add_admin_routes(router& r, admin_deps d) {
 
   // Empties one tenant's response cache (in its tenant actor).
   auto* sys = d.sys;
-  auto dir = d.directory;
+  auto dir = d.tenants;
   r.add(http::verb::post, tenants_path + "/{id}/cache/flush", access::admin(), [=](const exchange_ptr& ex) {
     if (!no_body(ex))
       return;
@@ -275,7 +275,7 @@ void add_admin_routes(router& r, admin_deps d) {
                    auto fail = [ex](const caf::error&) {
                      ex->respond_error({api_errc::unavailable, "The tenant is unavailable; retry later.", ""});
                    };
-                   with_tenant(self, dir, id, [=](actors::tenant_actor t) {
+                   dir->find(self, id, [=](actors::tenant_actor t) {
                      self->request(t, std::chrono::seconds(5), actors::flush_atom::value)
                        .then([ex, id](int64_t n) {
                          ex->respond_json(http::status::ok, {{"tenant_id", id},

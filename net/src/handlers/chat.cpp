@@ -1,7 +1,7 @@
 #include "parley/net/chat_api.hpp"
 #include "parley/net/chat_request.hpp"
 #include "json/json_text.hpp"
-#include "parley/net/tenant_lookup.hpp"
+#include "parley/net/tenant_locator.hpp"
 
 #include "parley/persistence/ids.hpp"
 #include "parley/tenants/response_cache.hpp"
@@ -218,7 +218,7 @@ void on_failed(relay_ptr self, const actors::chat_failure& f) {
 }
 
 relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::chat_request req,
-                                      actors::tenant_directory_actor dir) {
+                                      std::shared_ptr<tenant_locator> tenants) {
   auto& st = self->state;
   st.ex = std::move(ex);
   st.created = persistence::now_millis() / 1000;
@@ -261,7 +261,7 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
       return;
     }
     // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
-    detail::forget_tenant(dir, s.req.tenant_id);
+    tenants->forget(s.req.tenant_id);
     s.ex->respond_error({api_errc::unavailable,
                          e == actors::actor_errc::tenant_isolated
                            ? "This tenant is temporarily isolated after repeated failures; retry later."
@@ -269,7 +269,7 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
                          ""});
     self->quit();
   };
-  with_tenant(self, dir, tenant_id, [=](actors::tenant_actor t) mutable {
+  tenants->find(self, tenant_id, [=](actors::tenant_actor t) mutable {
     self->request(t, 10s, actors::chat_atom::value, std::move(req),
                   caf::actor_cast<actors::turn_sink_actor>(self))
       .then(
@@ -339,8 +339,8 @@ namespace {
 
 class rate_headers_filter final : public middleware {
 public:
-  rate_headers_filter(caf::actor_system& sys, actors::tenant_directory_actor dir)
-    : sys_(sys), dir_(std::move(dir)) {}
+  rate_headers_filter(caf::actor_system& sys, std::shared_ptr<tenant_locator> tenants)
+    : sys_(sys), tenants_(std::move(tenants)) {}
   const char* name() const noexcept override { return "rate_headers"; }
 
   filter_status on_request(const exchange_ptr& ex) override {
@@ -350,11 +350,11 @@ public:
       return filter_status::proceed;
     auto tenant_id = ex->ctx().tenant_id;
     auto config = tenants::to_json_text(ex->ctx().principal->config);
-    auto dir = dir_;
+    auto tenants = tenants_;
     // Parked until the tenant actor answers; the exchange resumes either way.
-    sys_.spawn([ex, dir, tenant_id, config](caf::event_based_actor* self) {
+    sys_.spawn([ex, tenants, tenant_id, config](caf::event_based_actor* self) {
       auto resume = [ex](const caf::error&) { ex->resume(); };
-      with_tenant(self, dir, tenant_id, [=](actors::tenant_actor t) {
+      tenants->find(self, tenant_id, [=](actors::tenant_actor t) {
         self->request(t, 5s, actors::limits_atom::value, config)
           .then([ex](const actors::rate_snapshot& snap) {
             add_rate_headers(*ex, snap);
@@ -367,19 +367,19 @@ public:
 
 private:
   caf::actor_system& sys_;
-  actors::tenant_directory_actor dir_;
+  std::shared_ptr<tenant_locator> tenants_;
 };
 
 } // namespace
 
 std::unique_ptr<middleware> make_rate_headers(caf::actor_system& sys,
-                                              actors::tenant_directory_actor directory) {
-  return std::make_unique<rate_headers_filter>(sys, std::move(directory));
+                                              std::shared_ptr<tenant_locator> tenants) {
+  return std::make_unique<rate_headers_filter>(sys, std::move(tenants));
 }
 
 void add_chat_routes(router& r, chat_deps d) {
   auto* sys = &d.sys;
-  auto dir = d.directory;
+  auto tenants = d.tenants;
   auto in_flight = d.in_flight;
   auto max_in_flight = d.max_in_flight;
   auto* counters = d.counters;
@@ -405,7 +405,7 @@ void add_chat_routes(router& r, chat_deps d) {
       req.model = ctx.principal->config.default_model;
     // The relay is the only bridge: it holds the exchange and answers through it.
     in_flight->fetch_add(1, std::memory_order_relaxed);
-    auto relay = sys->spawn(relay_impl, ex, std::move(req), dir);
+    auto relay = sys->spawn(relay_impl, ex, std::move(req), tenants);
     relay->attach_functor([in_flight] { in_flight->fetch_sub(1, std::memory_order_relaxed); });
   });
 }

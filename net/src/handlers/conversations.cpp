@@ -2,7 +2,7 @@
 
 #include "parley/net/json_body.hpp"
 #include "parley/net/store_call.hpp"
-#include "parley/net/tenant_lookup.hpp"
+#include "parley/net/tenant_locator.hpp"
 #include "parley/persistence/ids.hpp"
 
 #include <caf/all.hpp>
@@ -76,10 +76,10 @@ void answer_store_error(const exchange_ptr& ex, const store_error& e, const std:
 }
 
 /// Tells the tenant's actor that a conversation is gone, so a live conversation actor stops.
-void forget(caf::actor_system& sys, actors::tenant_directory_actor dir, std::string tenant_id,
+void forget(caf::actor_system& sys, std::shared_ptr<tenant_locator> tenants, std::string tenant_id,
             std::string conversation_id) {
   sys.spawn([=](caf::event_based_actor* self) {
-    with_tenant(self, dir, tenant_id,
+    tenants->find(self, tenant_id,
                 [=](actors::tenant_actor t) { self->send(t, actors::forget_atom::value, conversation_id); },
                 [](const caf::error&) {});
   });
@@ -91,7 +91,7 @@ void add_conversation_routes(router& r, chat_deps d) {
   auto* st = &d.store;
   auto* exec = &d.executor;
   auto* sys = &d.sys;
-  auto dir = d.directory;
+  auto dir = d.tenants;
 
   r.add(http::verb::post, "/v1/conversations", access::tenant("conversations"), [=](const exchange_ptr& ex) {
     json body = json::object();

@@ -1,5 +1,7 @@
 #pragma once
 
+#include "parley/net/tenant_locator.hpp"
+
 #include "parley/actors/protocol.hpp"
 #include "parley/actors/services.hpp"
 #include "parley/net/router.hpp"
@@ -20,7 +22,7 @@ struct admin_deps {
   persistence::store_executor& executor;
   tenants::key_cache& keys;
   caf::actor_system* sys = nullptr;          ///< for routes that talk to tenant actors
-  actors::tenant_directory_actor directory;
+  std::shared_ptr<tenant_locator> tenants;   ///< finds tenant actors (runtime owns it)
   const actors::admission_counters* counters = nullptr; ///< for GET /admin/v1/stats
 };
 

@@ -4,6 +4,7 @@
 #include "parley/actors/services.hpp"
 #include "parley/net/middleware.hpp"
 #include "parley/net/router.hpp"
+#include "parley/net/tenant_locator.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/persistence/store.hpp"
 
@@ -17,7 +18,7 @@ namespace parley::net {
 /// What the chat and conversation routes need; owned by runtime, outlives the server.
 struct chat_deps {
   caf::actor_system& sys;
-  actors::tenant_directory_actor directory;
+  std::shared_ptr<tenant_locator> tenants; ///< finds tenant actors (runtime owns it)
   persistence::store& store;
   persistence::store_executor& executor;
   /// Chat requests in flight on this node (relays alive), and the bound beyond which new
@@ -40,7 +41,7 @@ void add_rate_headers(exchange& ex, const actors::rate_snapshot& r);
 /// Middleware: every authenticated /v1 response other than chat completions (which get them
 /// from admission) carries the tenant's rate-limit headers, asked of its tenant actor.
 std::unique_ptr<middleware> make_rate_headers(caf::actor_system& sys,
-                                              actors::tenant_directory_actor directory);
+                                              std::shared_ptr<tenant_locator> tenants);
 
 /// Adds the server-side conversations API: POST/GET /v1/conversations,
 /// GET/DELETE /v1/conversations/{id}, GET /v1/conversations/{id}/items. Every id is looked

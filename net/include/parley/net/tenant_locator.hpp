@@ -1,0 +1,64 @@
+#pragma once
+
+#include "parley/actors/protocol.hpp"
+
+#include <caf/actor_cast.hpp>
+
+#include <chrono>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace parley::net {
+
+/// Finds tenant actors for the handlers: the tenant directory (which knows each tenant's
+/// manager) and a cache of the tenant actors found, so that the hot path skips the two lookup
+/// round trips. The cache holds addresses only (weak: a stopped tenant actor is not kept
+/// alive and is looked up afresh). One per node, owned by runtime and shared by the chat,
+/// conversation and admin routes. Thread-safe (a reader-writer lock).
+class tenant_locator {
+public:
+  explicit tenant_locator(actors::tenant_directory_actor directory)
+    : directory_(std::move(directory)) {}
+
+  const actors::tenant_directory_actor& directory() const noexcept { return directory_; }
+
+  /// The tenant actor last found for `tenant_id`, if it is still alive.
+  actors::tenant_actor cached(const std::string& tenant_id) const;
+  void remember(const std::string& tenant_id, const caf::actor_addr& tenant);
+  /// Drops a cached tenant actor (it stopped, or failed to answer).
+  void forget(const std::string& tenant_id);
+  std::size_t cached_count() const;
+
+  /// Finds (or starts) the tenant's actor: from the cache when it is alive, else through the
+  /// directory and the manager (which spawns or returns the tenant actor). `found(tenant_actor)`
+  /// or `failed(caf::error)` runs in `self`'s context. The locator must outlive the lookup
+  /// (runtime owns it for the node's life).
+  template <class Self, class Found, class Failed>
+  void find(Self* self, const std::string& tenant_id, Found found, Failed failed) {
+    using namespace std::chrono_literals;
+    if (auto t = cached(tenant_id))
+      return found(std::move(t));
+    auto* me = this;
+    self->request(directory_, 5s, actors::locate_atom::value, tenant_id)
+      .then(
+        [=](actors::tenant_manager_actor manager) mutable {
+          self->request(manager, 5s, actors::tenant_atom::value, tenant_id)
+            .then(
+              [=](actors::tenant_actor tenant) mutable {
+                me->remember(tenant_id, tenant.address());
+                found(std::move(tenant));
+              },
+              failed);
+        },
+        failed);
+  }
+
+private:
+  actors::tenant_directory_actor directory_;
+  mutable std::shared_mutex mu_;
+  std::unordered_map<std::string, caf::actor_addr> cache_;
+};
+
+} // namespace parley::net
