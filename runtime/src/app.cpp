@@ -642,4 +642,8 @@ std::vector<route_info> app::routes() const {
 }
 const config::settings& app::settings() const noexcept { return impl_->settings; }
 
+caf::actor_system& app::actor_system() { return *impl_->sys; }
+
+actors::tenant_directory_actor app::tenant_directory() const { return impl_->tenant_directory; }
+
 } // namespace parley::runtime

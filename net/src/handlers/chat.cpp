@@ -217,57 +217,50 @@ void on_failed(relay_ptr self, const actors::chat_failure& f) {
   self->quit();
 }
 
-relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::chat_request req,
-                                      std::shared_ptr<tenant_locator> tenants) {
-  auto& st = self->state;
-  st.ex = std::move(ex);
-  st.created = persistence::now_millis() / 1000;
-  auto me = caf::actor_cast<relay_actor>(self);
-  // The client going away reaches us as a message; from then on nobody reads our output.
-  st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
-  self->set_down_handler([=](caf::down_msg& dm) {
-    auto& s = self->state;
-    if (dm.source != s.producer.address() || s.cancelled)
-      return;
-    if (s.streaming) {
-      s.send_event({{"error", {{"message", "The completion ended unexpectedly."},
-                               {"type", "server_error"}, {"param", nullptr}, {"code", "internal_error"}}}});
-      s.ex->stream_write("data: [DONE]\n\n");
-      s.ex->end_stream();
-    } else {
-      s.ex->respond_error({api_errc::internal, "The completion ended unexpectedly.", ""});
+/// The tenant's refusal or unavailability, answered to the client.
+void refused(relay_ptr self, tenant_locator& tenants, const caf::error& e) {
+  auto& s = self->state;
+  if (e.category() == caf::atom("chat")) {
+    // Refused at admission (model, limits, budget): the reason and the rate-limit state.
+    actors::chat_failure why{static_cast<chat_error_kind>(e.code()), "", 0};
+    actors::rate_snapshot limits;
+    if (e.context().match_elements<actors::chat_failure, actors::rate_snapshot>()) {
+      why = e.context().get_as<actors::chat_failure>(0);
+      limits = e.context().get_as<actors::rate_snapshot>(1);
     }
+    add_rate_headers(*s.ex, limits);
+    if (why.retry_after_ms > 0)
+      s.ex->add_header("Retry-After", std::to_string((why.retry_after_ms + 999) / 1000));
+    if (!s.cancelled)
+      s.ex->respond_error(to_api(why));
     self->quit();
-  });
+    return;
+  }
+  // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
+  tenants.forget(s.req.tenant_id);
+  s.ex->respond_error({api_errc::unavailable,
+                       e == actors::actor_errc::tenant_isolated
+                         ? "This tenant is temporarily isolated after repeated failures; retry later."
+                         : "The tenant is unavailable; retry later.",
+                       ""});
+  self->quit();
+}
+
+/// Asks the tenant actor to admit the request. A tenant actor found in the locator's cache
+/// may have stopped since (a crash, or a restart under load): then it is looked up afresh,
+/// once, so that a restart costs only the requests it had in flight.
+void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors::chat_request req,
+                bool may_retry) {
   auto tenant_id = req.tenant_id;
-  st.req = req;
-  st.req.messages.clear();
+  std::shared_ptr<actors::chat_request> again;
+  if (may_retry && tenants->cached(tenant_id))
+    again = std::make_shared<actors::chat_request>(req);
   auto fail_now = [=](const caf::error& e) {
-    auto& s = self->state;
-    if (e.category() == caf::atom("chat")) {
-      // Refused at admission (model, limits, budget): the reason and the rate-limit state.
-      actors::chat_failure refused{static_cast<chat_error_kind>(e.code()), "", 0};
-      actors::rate_snapshot limits;
-      if (e.context().match_elements<actors::chat_failure, actors::rate_snapshot>()) {
-        refused = e.context().get_as<actors::chat_failure>(0);
-        limits = e.context().get_as<actors::rate_snapshot>(1);
-      }
-      add_rate_headers(*s.ex, limits);
-      if (refused.retry_after_ms > 0)
-        s.ex->add_header("Retry-After", std::to_string((refused.retry_after_ms + 999) / 1000));
-      if (!s.cancelled)
-        s.ex->respond_error(to_api(refused));
-      self->quit();
-      return;
+    if (again && e == caf::sec::request_receiver_down) {
+      tenants->forget(tenant_id);
+      return ask_tenant(self, tenants, std::move(*again), false);
     }
-    // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
-    tenants->forget(s.req.tenant_id);
-    s.ex->respond_error({api_errc::unavailable,
-                         e == actors::actor_errc::tenant_isolated
-                           ? "This tenant is temporarily isolated after repeated failures; retry later."
-                           : "The tenant is unavailable; retry later.",
-                         ""});
-    self->quit();
+    refused(self, *tenants, e);
   };
   tenants->find(self, tenant_id, [=](actors::tenant_actor t) mutable {
     self->request(t, 10s, actors::chat_atom::value, std::move(req),
@@ -294,6 +287,33 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
         },
         fail_now);
   }, fail_now);
+}
+
+relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::chat_request req,
+                                      std::shared_ptr<tenant_locator> tenants) {
+  auto& st = self->state;
+  st.ex = std::move(ex);
+  st.created = persistence::now_millis() / 1000;
+  auto me = caf::actor_cast<relay_actor>(self);
+  // The client going away reaches us as a message; from then on nobody reads our output.
+  st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& s = self->state;
+    if (dm.source != s.producer.address() || s.cancelled)
+      return;
+    if (s.streaming) {
+      s.send_event({{"error", {{"message", "The completion ended unexpectedly."},
+                               {"type", "server_error"}, {"param", nullptr}, {"code", "internal_error"}}}});
+      s.ex->stream_write("data: [DONE]\n\n");
+      s.ex->end_stream();
+    } else {
+      s.ex->respond_error({api_errc::internal, "The completion ended unexpectedly.", ""});
+    }
+    self->quit();
+  });
+  st.req = req;
+  st.req.messages.clear();
+  ask_tenant(self, std::move(tenants), std::move(req), true);
   return {
     [=](actors::delta_atom, std::string& content) { on_delta(self, content); },
     [=](actors::served_atom, std::string& model) { on_served(self, model); },

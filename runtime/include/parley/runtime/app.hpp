@@ -2,6 +2,9 @@
 
 #include "parley/config/logging.hpp"
 #include "parley/config/settings.hpp"
+#include "parley/actors/protocol.hpp"
+
+#include <caf/fwd.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -55,6 +58,10 @@ public:
   /// Every route of the API listener, in table order (after start()).
   std::vector<route_info> routes() const;
   const config::settings& settings() const noexcept;
+  /// The node's actor system and tenant directory (after start(); for tests and tools that
+  /// talk to tenant actors, e.g. to inject a crash).
+  caf::actor_system& actor_system();
+  actors::tenant_directory_actor tenant_directory() const;
 
 private:
   struct impl;
