@@ -253,6 +253,7 @@ struct app::impl {
     src.store = store.get();
     src.store_up = &store_up;
     src.store_errors = &store_errors;
+    src.writer = [this]() -> const persistence::turn_writer* { return writer.get(); };
     detail::add_node_collectors(*registry, std::move(src));
   }
 
@@ -599,8 +600,14 @@ void app::stop() {
   }
   if (d.executor)
     d.executor->stop();
-  if (d.writer)
+  if (d.writer) {
     d.writer->stop();
+    auto w = d.writer->stats();
+    if (w.parked > 0 || w.parked_dropped > 0)
+      log::event(d.logger, spdlog::level::err, "usage rows not recorded at shutdown")
+        .num("rows", static_cast<int64_t>(w.parked))
+        .num("dropped", static_cast<int64_t>(w.parked_dropped));
+  }
   // The last batch of last_used_at times, written on this (controlling) thread.
   if (d.last_used && d.store) {
     auto batch = d.last_used->take();

@@ -134,10 +134,26 @@ void add_node_collectors(metrics::registry& reg, metric_sources src) {
         w.sample(s->store_up->load() ? 1 : 0);
       }
       if (s->store_errors) {
-        w.family("parley_store_errors_total", "Failed store health checks and write-behind flushes",
+        w.family("parley_store_errors_total", "Failed store health checks",
                  metric_type::counter);
         w.sample(v(*s->store_errors));
       }
+    });
+
+  if (s->writer)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto* tw = s->writer();
+      auto c = tw ? tw->stats() : persistence::turn_writer::counters{};
+      w.family("parley_turn_commits_total",
+               "Group-commit transactions of turn messages and usage ledger rows", metric_type::counter);
+      w.sample(static_cast<double>(c.batches));
+      w.family("parley_usage_parked_rows",
+               "Usage ledger rows waiting for the store to come back (retried every second)",
+               metric_type::gauge);
+      w.sample(static_cast<double>(c.parked));
+      w.family("parley_usage_parked_dropped_total",
+               "Usage ledger rows dropped because too many waited for the store", metric_type::counter);
+      w.sample(static_cast<double>(c.parked_dropped));
     });
 }
 

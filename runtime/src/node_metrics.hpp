@@ -5,6 +5,7 @@
 #include "parley/net/resilience.hpp"
 #include "parley/net/server.hpp"
 #include "parley/persistence/store.hpp"
+#include "parley/persistence/turn_writer.hpp"
 
 #include <atomic>
 #include <functional>
@@ -26,6 +27,7 @@ struct metric_sources {
   const persistence::store* store = nullptr;
   const std::atomic<bool>* store_up = nullptr;
   const std::atomic<uint64_t>* store_errors = nullptr;
+  std::function<const persistence::turn_writer*()> writer;
 };
 
 /// Registers the collectors of everything counted elsewhere as plain atomics: build info,

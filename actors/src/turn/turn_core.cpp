@@ -109,6 +109,7 @@ public:
     if (attempt_.open && attempt_.n != n)
       close_attempt("error", 0);
     attempt_ = {n, deployment, model.empty() ? spec_.req.model : model, true};
+    numbered_ = true;
   }
 
   void on_attempt_failed(int32_t n, const chat_failure& f) override {
@@ -160,8 +161,11 @@ public:
     if (finished_)
       return;
     auto status = f.upstream_status;
+    // A provider that numbers its attempts and failed before making one (every circuit
+    // breaker open) made no upstream attempt: no ledger row.
+    bool attempted = numbered_ || f.cause != failure_cause::breaker_open;
     caf::anon_send(spec_.relay, failed_atom::value, std::move(f));
-    if (attempt_.open)
+    if (attempt_.open && attempted)
       close_attempt("error", status);
     finish_locked(outcome_kind::failed);
   }
@@ -295,6 +299,7 @@ private:
   int64_t produced_ = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
   std::string reply_;    ///< a conversation turn's reply text
   std::string served_;   ///< the fallback model that serves the call ("" = the one asked for)
+  bool numbered_ = false; ///< the provider reports its attempts (on_attempt)
   bool finished_ = false;
 };
 
