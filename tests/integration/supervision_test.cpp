@@ -34,12 +34,6 @@ parley::actors::tenant_actor tenant_actor_of(parley::runtime::app& app, const st
   return found;
 }
 
-int64_t metric(uint16_t port, const std::string& sample) {
-  auto m = fetch(port, http::verb::get, "/metrics", {}, {{"Authorization", std::string("Bearer ") + server_fixture::admin_key}});
-  auto pos = m.body.find("\n" + sample + " ");
-  return pos == std::string::npos ? -1 : std::atoll(m.body.c_str() + pos + sample.size() + 2);
-}
-
 } // namespace
 
 TEST_CASE("a tenant actor that crashes under load is restarted and its daily budget is rebuilt from the ledger",

@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+
 namespace parley::test {
 
 json create_tenant(uint16_t port, const std::string& slug, const json& extra) {
@@ -20,6 +22,14 @@ json create_key(uint16_t port, const std::string& tenant_id, const json& extra) 
   INFO(r.body);
   REQUIRE(r.status == 201);
   return json::parse(r.body);
+}
+
+double metric(uint16_t port, const std::string& sample) {
+  auto r = fetch(port, http::verb::get, "/metrics", {}, admin_headers());
+  auto pos = r.body.find("\n" + sample + " ");
+  if (r.status != 200 || pos == std::string::npos)
+    return -1;
+  return std::strtod(r.body.c_str() + pos + sample.size() + 2, nullptr);
 }
 
 } // namespace parley::test

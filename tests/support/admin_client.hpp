@@ -28,4 +28,9 @@ json create_tenant(uint16_t port, const std::string& slug, const json& extra = j
 /// Creates a key and returns its JSON, with the secret in ["key"] (REQUIREs 201).
 json create_key(uint16_t port, const std::string& tenant_id, const json& extra = json::object());
 
+/// One sample of the node's GET /metrics (as the admin sees it), named as exposed, e.g.
+/// `parley_admitted_total` or `parley_actor_restarts_total{kind="tenant"}`; -1 when the node
+/// does not expose that sample. Never asserts, so it may serve as a wait_until() condition.
+double metric(uint16_t port, const std::string& sample);
+
 } // namespace parley::test

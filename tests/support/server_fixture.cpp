@@ -1,6 +1,7 @@
 #include "support/server_fixture.hpp"
 
 #include "parley/config/logging.hpp"
+#include "support/wait.hpp"
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
@@ -55,6 +56,28 @@ server_fixture::~server_fixture() { app_->stop(); }
 
 std::string server_fixture::logs() const {
   return sink_->contents();
+}
+
+nlohmann::json server_fixture::access_log_line(const std::string& request_id,
+                                               std::chrono::milliseconds timeout) const {
+  nlohmann::json found;
+  wait_until(deadline_in(timeout), [&] {
+    auto text = logs();
+    std::size_t pos = 0;
+    while (pos < text.size()) {
+      auto end = text.find('\n', pos);
+      if (end == std::string::npos)
+        end = text.size();
+      auto j = nlohmann::json::parse(text.substr(pos, end - pos), nullptr, false);
+      if (j.is_object() && j.value("msg", "") == "request" && j.value("request_id", "") == request_id) {
+        found = std::move(j);
+        return true;
+      }
+      pos = end + 1;
+    }
+    return false;
+  });
+  return found;
 }
 
 } // namespace parley::test

@@ -4,6 +4,9 @@
 #include "parley/runtime/app.hpp"
 #include "support/process.hpp"
 
+#include <nlohmann/json.hpp>
+
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -25,6 +28,10 @@ public:
   config::settings& settings() noexcept { return settings_; }
   /// Everything logged so far (JSON lines).
   std::string logs() const;
+  /// The access-log line ("msg":"request") of `request_id`, parsed. The line is written after
+  /// the response, so this waits for it, up to `timeout`; null when none came. Test thread only.
+  nlohmann::json access_log_line(const std::string& request_id,
+                                 std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   const temp_dir& dir() const noexcept { return dir_; }
   /// The admin bearer key of this node.
   static constexpr const char* admin_key = "test-admin-key-0123456789abcdef0123456789";
