@@ -1,4 +1,5 @@
 #include "support/admin_client.hpp"
+#include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -24,6 +25,39 @@ http_reply chat(uint16_t port, const std::string& key, const std::string& text, 
 }
 
 void fast(parley::config::settings& s) { s.chat.echo_tokens_per_second = 0; }
+
+/// A worker thread that is joined on destruction too, so that a failed REQUIRE on the test
+/// thread unwinds the test instead of terminating on a joinable std::thread. Workers never
+/// assert: they record, and the test thread checks after join().
+struct background {
+  std::thread thread;
+  background(background&&) = default;
+  ~background() {
+    if (thread.joinable())
+      thread.join();
+  }
+  void join() { thread.join(); }
+};
+
+/// Sends one chat on a thread of its own and records its status there (-1 when it threw).
+background chat_in_background(uint16_t port, const std::string& key, const std::string& text, int& status) {
+  return background{std::thread([port, key, text, &status] {
+    try {
+      status = chat(port, key, text).status;
+    } catch (const std::exception&) {
+      status = -1;
+    }
+  })};
+}
+
+/// Waits (bounded) until the tenant actors have admitted `n` chats in all: from then on those
+/// chats hold their concurrency slots until they end.
+bool admitted(uint16_t port, int n) {
+  return wait_until(deadline_in(std::chrono::seconds(5)), [&] {
+    auto stats = json::parse(admin_call(port, http::verb::get, "/admin/v1/stats").body);
+    return stats["admission"]["admitted"].get<int64_t>() >= n;
+  });
+}
 
 } // namespace
 
@@ -107,12 +141,16 @@ TEST_CASE("token limits take an estimate at admission and settle with the real u
 TEST_CASE("max_concurrent bounds a tenant's requests in flight", "[limits][integration]") {
   server_fixture srv([](parley::config::settings& s) { s.chat.echo_tokens_per_second = 10; });
   auto key = provision(srv.port(), "conc", {{"max_concurrent", 1}});
-  std::thread slow([&] { CHECK(chat(srv.port(), key, "one two three four five six seven eight").status == 200); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Twelve words at 10 tokens per second, over a second: the slot stays taken meanwhile.
+  int slow_status = 0;
+  auto slow = chat_in_background(srv.port(), key, "one two three four five six seven eight nine ten eleven twelve",
+                                 slow_status);
+  REQUIRE(admitted(srv.port(), 1));
   auto second = chat(srv.port(), key, "second");
   CHECK(second.status == 429);
   CHECK(json::parse(second.body)["error"]["message"].get<std::string>().find("concurrent") != std::string::npos);
   slow.join();
+  CHECK(slow_status == 200);
   // Once the first ended, the slot is free again.
   CHECK(chat(srv.port(), key, "third").status == 200);
 }
@@ -133,24 +171,31 @@ std::string twenty_words() {
   return s; // 39 characters: a prompt estimate of 10 + 4 tokens
 }
 
-int64_t usage_total(server_fixture& srv, const std::string& slug) {
-  // The usage rows of that tenant, once the write-behind has flushed them.
+struct usage_sum {
+  int64_t attempts = 0; ///< upstream attempts (ledger rows) in the rollup
+  int64_t tokens = 0;   ///< prompt + completion tokens
+};
+
+/// That tenant's usage rollup, once it holds `attempts` upstream attempts: a completed turn's
+/// ledger rows are committed before its client sees the end, a failed one's just after, so this
+/// waits (bounded) only for the latter. The caller checks the count it gets back.
+usage_sum usage_total(server_fixture& srv, const std::string& slug, int64_t attempts) {
   auto tenants = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/tenants?limit=100").body);
   std::string tid;
   for (auto& t : tenants["data"])
     if (t["slug"] == slug)
       tid = t["id"];
-  int64_t total = 0;
-  for (int i = 0; i < 40; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  usage_sum sum;
+  wait_until(deadline_in(std::chrono::seconds(5)), [&] {
     auto rows = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/tenants/" + tid + "/usage").body);
-    total = 0;
-    for (auto& r : rows["data"])
-      total += r["prompt_tokens"].get<int64_t>() + r["completion_tokens"].get<int64_t>();
-    if (total > 0 && i > 12)
-      break;
-  }
-  return total;
+    sum = {};
+    for (auto& r : rows["data"]) {
+      sum.attempts += r["requests"].get<int64_t>();
+      sum.tokens += r["prompt_tokens"].get<int64_t>() + r["completion_tokens"].get<int64_t>();
+    }
+    return sum.attempts >= attempts;
+  });
+  return sum;
 }
 
 void flush_fast(parley::config::settings& s) {
@@ -195,7 +240,9 @@ TEST_CASE("a stream that would exceed the daily budget stops cleanly at the budg
   CHECK(next.status == 429);
   CHECK(json::parse(next.body)["error"]["code"] == "insufficient_quota");
   CHECK(std::stoi(next.header("retry-after")) >= 1);
-  CHECK(usage_total(srv, "budget-cut") == 30);
+  auto used = usage_total(srv, "budget-cut", 1); // the stream; the refused call is no attempt
+  CHECK(used.attempts == 1);
+  CHECK(used.tokens == 30);
   auto stats = json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/stats").body);
   CHECK(stats["admission"]["budget_cutoffs"] == 1);
   CHECK(stats["admission"]["quota_rejected"] == 1);
@@ -226,9 +273,10 @@ TEST_CASE("50 parallel streams never overspend a small daily budget by more than
   CHECK(ok >= 1);
   CHECK(quota >= 1);
   CHECK(ok + quota == 50);
-  auto spent = usage_total(srv, "budget-par");
-  CHECK(spent > 0);
-  CHECK(spent <= budget + reservation);
+  auto spent = usage_total(srv, "budget-par", ok.load()); // one attempt per admitted stream
+  CHECK(spent.attempts == ok.load());
+  CHECK(spent.tokens > 0);
+  CHECK(spent.tokens <= budget + reservation);
 }
 
 TEST_CASE("the daily budget survives a restart", "[limits][integration]") {
@@ -252,9 +300,12 @@ TEST_CASE("beyond the node's in-flight bound new chats are shed with 503", "[lim
   });
   auto a = provision(srv.port(), "shed-a", json::object());
   auto b = provision(srv.port(), "shed-b", json::object());
-  std::thread t1([&] { CHECK(chat(srv.port(), a, "one two three four five six").status == 200); });
-  std::thread t2([&] { CHECK(chat(srv.port(), b, "one two three four five six").status == 200); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  // Twelve words each at 10 tokens per second, over a second: both stay in flight meanwhile.
+  const std::string long_text = "one two three four five six seven eight nine ten eleven twelve";
+  int s1 = 0, s2 = 0;
+  auto t1 = chat_in_background(srv.port(), a, long_text, s1);
+  auto t2 = chat_in_background(srv.port(), b, long_text, s2);
+  REQUIRE(admitted(srv.port(), 2)); // both counted in the node's bound before their admission
   auto shed = chat(srv.port(), a, "third");
   CHECK(shed.status == 503);
   CHECK(json::parse(shed.body)["error"]["code"] == "overloaded");
@@ -262,6 +313,8 @@ TEST_CASE("beyond the node's in-flight bound new chats are shed with 503", "[lim
   CHECK(json::parse(admin_call(srv.port(), http::verb::get, "/admin/v1/stats").body)["admission"]["shed_node"] == 1);
   t1.join();
   t2.join();
+  CHECK(s1 == 200);
+  CHECK(s2 == 200);
   CHECK(chat(srv.port(), a, "after").status == 200);
 }
 
@@ -273,47 +326,72 @@ TEST_CASE("a tenant without its own concurrency limit is bounded by the node def
   });
   auto a = provision(srv.port(), "bound-a", json::object());
   auto b = provision(srv.port(), "bound-b", json::object());
-  std::thread t1([&] { CHECK(chat(srv.port(), a, "one two three four five").status == 200); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Twelve words at 10 tokens per second, over a second: the slot stays taken meanwhile.
+  int s1 = 0;
+  auto t1 = chat_in_background(srv.port(), a, "one two three four five six seven eight nine ten eleven twelve", s1);
+  REQUIRE(admitted(srv.port(), 1));
   CHECK(chat(srv.port(), a, "second").status == 429);
   CHECK(chat(srv.port(), b, "other tenant").status == 200); // its own bound
   t1.join();
+  CHECK(s1 == 200);
 }
 
 TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "[limits][integration]") {
   server_fixture srv([](parley::config::settings& s) { s.chat.echo_tokens_per_second = 100; });
   auto noisy = provision(srv.port(), "noisy", {{"requests_per_minute", 60}});
   auto calm = provision(srv.port(), "calm", json::object());
-  auto p99 = [&](int n) {
+  struct latencies {
+    double median = 0, p99 = 0;
+    int failed = 0;
+  };
+  auto measure = [&](int n) {
+    latencies l;
     std::vector<double> ms;
     for (int i = 0; i < n; ++i) {
       auto t0 = std::chrono::steady_clock::now();
-      REQUIRE(chat(srv.port(), calm, "five words of calm text").status == 200);
+      if (chat(srv.port(), calm, "five words of calm text").status != 200)
+        ++l.failed;
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
-    return ms[static_cast<std::size_t>(n * 99 / 100)];
+    l.median = ms[static_cast<std::size_t>(n / 2)];
+    l.p99 = ms[static_cast<std::size_t>(n * 99 / 100)];
+    return l;
   };
-  auto quiet = p99(40);
+  auto quiet = measure(40);
   std::atomic<bool> stop{false};
-  std::atomic<int> sent{0}, limited{0};
+  std::atomic<int> sent{0}, limited{0}, thrown{0};
   std::thread flood([&] {
-    // 600 requests a minute against a limit of 60: ten per second.
+    // 600 requests a minute against a limit of 60: ten per second. The sleep paces the flood;
+    // it synchronizes nothing. The worker only counts; the test thread asserts.
     while (!stop) {
-      auto r = chat(srv.port(), noisy, "noise");
-      ++sent;
-      if (r.status == 429)
-        ++limited;
+      try {
+        auto r = chat(srv.port(), noisy, "noise");
+        ++sent;
+        if (r.status == 429)
+          ++limited;
+      } catch (const std::exception&) {
+        ++thrown;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
-  auto loaded = p99(40);
+  auto loaded = measure(40);
   stop = true;
   flood.join();
-  INFO("p99 quiet " << quiet << " ms, with the noisy tenant " << loaded << " ms");
+  INFO("calm tenant, median / p99: quiet " << quiet.median << " / " << quiet.p99 << " ms, with the noisy tenant "
+                                           << loaded.median << " / " << loaded.p99 << " ms");
+  CHECK(quiet.failed == 0);
+  CHECK(loaded.failed == 0);
+  CHECK(thrown == 0);
   CHECK(sent >= 10);
   CHECK(limited >= sent - 60);
-  CHECK(loaded <= quiet * 1.2);
+  // As ratios to the same tenant without the noise. The median (most calls) may not be slowed
+  // by more than a quarter; the p99 of 40 calls is their slowest, where one preemption on a
+  // loaded machine (2 cores, ctest -j2) weighs as much as the noise would, so it only may not
+  // double.
+  CHECK(loaded.median <= quiet.median * 1.25);
+  CHECK(loaded.p99 <= quiet.p99 * 2);
 }
 
 TEST_CASE("every /v1 response carries the tenant's rate-limit headers", "[limits][integration]") {
