@@ -1,4 +1,5 @@
 #include "support/admin_client.hpp"
+#include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -6,7 +7,6 @@
 #include <set>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 using namespace parley::test;
 namespace http = boost::beast::http;
@@ -205,11 +205,18 @@ TEST_CASE("missing, malformed and unknown keys answer 401", "[auth][integration]
 TEST_CASE("an expired key fails", "[auth][integration]") {
   server_fixture srv;
   auto t = create_tenant(srv.port(), "expiring");
+  auto before_create = std::chrono::steady_clock::now();
   auto k = create_key(srv.port(), t["id"], {{"expires_in_seconds", 1}});
   CHECK(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(k["key"])).status == 200);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
-  expect_error(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(k["key"])), 401,
-               "invalid_api_key");
+  // The expiry is a real time: wait until the key is refused (bounded), then check it was not
+  // refused before its second was up.
+  http_reply r;
+  REQUIRE(wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    r = fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(k["key"]));
+    return r.status != 200;
+  }, std::chrono::milliseconds(50)));
+  CHECK(std::chrono::steady_clock::now() - before_create >= std::chrono::milliseconds(1000));
+  expect_error(r, 401, "invalid_api_key");
 }
 
 TEST_CASE("a rotated key's old secret works only within its grace", "[auth][integration]") {
@@ -221,6 +228,7 @@ TEST_CASE("a rotated key's old secret works only within its grace", "[auth][inte
   std::string old_key = k["key"], kid = k["id"];
   auto base = "/admin/v1/tenants/" + tid + "/keys/" + kid;
 
+  auto before_rotate = std::chrono::steady_clock::now();
   auto r1 = admin_call(port, http::verb::post, base + "/rotate", {{"grace_seconds", 2}});
   INFO(r1.body);
   REQUIRE(r1.status == 200);
@@ -228,8 +236,14 @@ TEST_CASE("a rotated key's old secret works only within its grace", "[auth][inte
   CHECK(new_key != old_key);
   CHECK(fetch(port, http::verb::get, "/v1/models", {}, bearer(new_key)).status == 200);
   CHECK(fetch(port, http::verb::get, "/v1/models", {}, bearer(old_key)).status == 200);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
-  CHECK(fetch(port, http::verb::get, "/v1/models", {}, bearer(old_key)).status == 401);
+  // The grace is a real time: wait until the old secret is refused (bounded), then check it
+  // was not refused before the grace was up.
+  int old_status = 200;
+  REQUIRE(wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    return (old_status = fetch(port, http::verb::get, "/v1/models", {}, bearer(old_key)).status) != 200;
+  }, std::chrono::milliseconds(50)));
+  CHECK(std::chrono::steady_clock::now() - before_rotate >= std::chrono::milliseconds(2000));
+  CHECK(old_status == 401);
   CHECK(fetch(port, http::verb::get, "/v1/models", {}, bearer(new_key)).status == 200);
 
   // Without grace the previous secret stops at once.
@@ -369,10 +383,11 @@ TEST_CASE("last_used_at is written behind in batches", "[auth][integration]") {
     CHECK(fetch(srv.port(), http::verb::get, "/v1/models", {}, bearer(k["key"])).status == 200);
   auto path = "/admin/v1/tenants/" + t["id"].get<std::string>() + "/keys";
   json last;
-  for (int i = 0; i < 40 && (last.is_null() || last.is_null()); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Written behind, within last_used_flush_seconds: wait for it (bounded).
+  wait_until(deadline_in(std::chrono::seconds(10)), [&] {
     last = json::parse(admin_call(srv.port(), http::verb::get, path).body)["data"][0]["last_used_at"];
-  }
+    return !last.is_null();
+  }, std::chrono::milliseconds(100));
   REQUIRE_FALSE(last.is_null());
   CHECK(last.get<int64_t>() >= k["created_at"].get<int64_t>());
 }
