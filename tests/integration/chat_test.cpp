@@ -1,5 +1,6 @@
 #include "support/admin_client.hpp"
 #include "support/sse.hpp"
+#include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
 #include <sqlite3.h>
@@ -265,7 +266,10 @@ TEST_CASE("a passivated conversation reloads its history on the next turn",
   std::string cid = json::parse(fetch(srv.port(), http::verb::post, "/v1/conversations", "{}", bearer(tk.key)).body)["id"];
   auto r1 = chat(srv.port(), tk.key, {{"model", "parley-echo"}, {"conversation", cid}, {"messages", {user("before sleep")}}});
   auto p1 = json::parse(r1.body)["usage"]["prompt_tokens"].get<int>();
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // The idle timeout is a real time: wait (bounded) until the node counts the passivation.
+  REQUIRE(wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    return metric(srv.port(), "parley_actor_passivations_total{kind=\"conversation\"}") >= 1;
+  }, std::chrono::milliseconds(100)));
   auto r2 = chat(srv.port(), tk.key, {{"model", "parley-echo"}, {"conversation", cid}, {"messages", {user("before sleep")}}});
   REQUIRE(r2.status == 200);
   // Same new message, but now with two history messages in the prompt.
@@ -313,22 +317,19 @@ TEST_CASE("a client that disconnects mid-stream cancels its completion", "[chat]
   {
     http_client c(srv.port());
     send_chat_raw(c, tk.key, json{{"model", "parley-echo"}, {"stream", true}, {"messages", {user(words)}}}.dump());
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  } // disconnects after ~2 of 50 tokens
-  auto t0 = std::chrono::steady_clock::now();
-  bool cancelled = false;
-  while (!cancelled && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    cancelled = srv.logs().find("\"msg\":\"client went away\"") != std::string::npos;
-  }
-  CHECK(cancelled);
-  // The cancelled attempt is counted once, as an error, with only the tokens produced.
+    read_until(c, "\"content\":\"w0\""); // the completion is streaming
+  } // disconnects after about the first of 50 tokens
+  CHECK(wait_until(deadline_in(std::chrono::seconds(3)),
+                   [&] { return srv.logs().find("\"msg\":\"client went away\"") != std::string::npos; },
+                   std::chrono::milliseconds(100)));
+  // The cancelled attempt is counted once, as an error, with only the tokens produced. A
+  // cancelled turn's rows are committed after it ended: wait for them (bounded).
   std::vector<std::vector<std::string>> rows;
-  for (int i = 0; i < 30 && rows.empty(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  wait_until(deadline_in(std::chrono::seconds(3)), [&] {
     rows = query(srv.dir().path() + "/parley.db",
                  "SELECT requests, errors, completion_tokens FROM usage WHERE tenant_id = '" + tk.tenant_id + "'");
-  }
+    return !rows.empty();
+  }, std::chrono::milliseconds(100));
   REQUIRE(rows.size() == 1);
   CHECK(rows[0][0] == "1");
   CHECK(rows[0][1] == "1");
