@@ -2,6 +2,7 @@
 // and its limits are rebuilt: the daily budget's spending is read back from the usage
 // ledger's rollup, so the crash does not hand the tenant a fresh budget.
 #include "support/admin_client.hpp"
+#include "support/wait.hpp"
 
 #include "parley/actors/protocol.hpp"
 
@@ -81,17 +82,32 @@ TEST_CASE("a tenant actor that crashes under load is restarted and its daily bud
           stop = true; // the budget ran out
       }
     });
+  // If an assertion below ends the test early, the clients still stop and are joined (a
+  // joinable std::thread would terminate the run). `stop` is left as it is otherwise: the
+  // clients must stop on their own, because the budget ran out.
+  struct join_clients {
+    std::vector<std::thread>& clients;
+    std::atomic<bool>& stop;
+    bool early = true;
+    ~join_clients() {
+      if (early)
+        stop = true;
+      for (auto& c : clients)
+        if (c.joinable())
+          c.join();
+    }
+  } joiner{clients, stop};
 
   // Crash the tenant actor once the load is under way (an exit with a crash's reason: its
   // manager sees a non-normal down, exactly as after an exception in a handler).
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (ok < 60 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(2)); // polling interval
+  REQUIRE(wait_until(deadline_in(std::chrono::seconds(20)), [&] { return ok >= 60; },
+                     std::chrono::milliseconds(2)));
   int before_crash = ok;
   auto victim = tenant_actor_of(srv.app(), tid);
   REQUIRE(victim);
   caf::anon_send_exit(victim, caf::exit_reason::unhandled_exception);
 
+  joiner.early = false;
   for (auto& c : clients)
     c.join();
   REQUIRE(stop); // the clients stopped because the budget ran out, not because of an error
