@@ -5,6 +5,7 @@
 #include "support/http_client.hpp"
 #include "support/pg_schema.hpp"
 #include "support/process.hpp"
+#include "support/wait.hpp"
 
 #include "parley/persistence/open.hpp"
 
@@ -112,24 +113,24 @@ void run_crash(const std::string& backend, const std::string& config,
                          i % 2 == 0, std::ref(stop), std::ref(logs[static_cast<std::size_t>(i)]));
 
   // Kill it once the load is well under way: completions counted by the node's own metrics.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   int admitted = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
+  wait_until(deadline_in(std::chrono::seconds(30)), [&] {
     auto m = fetch(port, http::verb::get, "/metrics", {}, ah);
     const std::string name = "\nparley_admitted_total ";
     auto pos = m.body.find(name);
     if (pos != std::string::npos)
       admitted = std::atoi(m.body.c_str() + pos + name.size());
-    if (admitted >= 300)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // polling interval, not a wait
-  }
-  REQUIRE(admitted >= 300);
+    return admitted >= 300;
+  }, std::chrono::milliseconds(50));
   proc->signal(SIGKILL);
-  REQUIRE(proc->wait_exit(std::chrono::seconds(10)) == std::optional<int>(128 + SIGKILL));
+  auto exit_status = proc->wait_exit(std::chrono::seconds(10));
   stop = true;
   for (auto& c : clients)
     c.join();
+  // Asserted once the clients are joined: a failed REQUIRE with joinable threads would
+  // terminate the run instead of failing this test.
+  REQUIRE(admitted >= 300);
+  REQUIRE(exit_status == std::optional<int>(128 + SIGKILL));
 
   auto store = open_store();
   auto rows = store->list_usage_entries(tid, 0, std::numeric_limits<int64_t>::max(), 1000000);
