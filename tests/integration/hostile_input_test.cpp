@@ -7,7 +7,6 @@
 #include <catch2/catch.hpp>
 
 #include <random>
-#include <thread>
 
 using namespace parley::test;
 namespace http = boost::beast::http;
@@ -160,24 +159,10 @@ std::string describe(const std::vector<int>& statuses) {
   return s.empty() ? "(no response)" : s;
 }
 
-/// Polls srv.logs() for the access-log line of `request_id` and returns its client field.
+/// The client field of the access-log line of `request_id` (waited for, bounded).
 std::string logged_client(server_fixture& srv, const std::string& request_id) {
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto logs = srv.logs();
-    std::size_t pos = 0;
-    while (pos < logs.size()) {
-      auto end = logs.find('\n', pos);
-      if (end == std::string::npos)
-        end = logs.size();
-      auto j = json::parse(logs.substr(pos, end - pos), nullptr, false);
-      if (j.is_object() && j.value("msg", "") == "request" && j.value("request_id", "") == request_id)
-        return j.value("client", "");
-      pos = end + 1;
-    }
-    std::this_thread::sleep_for(20ms); // polling the condition, with the deadline above
-  }
-  return "(no access-log line for " + request_id + ")";
+  auto line = srv.access_log_line(request_id);
+  return line.is_object() ? line.value("client", "") : "(no access-log line for " + request_id + ")";
 }
 
 } // namespace

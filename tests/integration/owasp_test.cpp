@@ -6,6 +6,7 @@
 #include "support/raw_connection.hpp"
 #include "support/raw_upstream.hpp"
 #include "support/sse.hpp"
+#include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -14,7 +15,6 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <thread>
 
 using namespace parley::test;
 namespace http = boost::beast::http;
@@ -176,11 +176,7 @@ TEST_CASE("API2:2023 broken authentication: wrong, malformed, expired and revoke
   auto expiring = create_key(port, t.tenant_id, {{"expires_in_seconds", 1}});
   CHECK(models(bearer(expiring["key"])).status == 200);
   int status = 200;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (status == 200 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(100ms); // the poll interval of the bounded wait, not a synchronization
-    status = models(bearer(expiring["key"])).status;
-  }
+  wait_until(deadline_in(10s), [&] { return (status = models(bearer(expiring["key"])).status) != 200; }, 100ms);
   CHECK(status == 401);
 
   // A deleted tenant's key.
