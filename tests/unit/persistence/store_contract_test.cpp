@@ -8,6 +8,7 @@
 #include "pool.hpp"
 #include "support/pg_schema.hpp"
 #include "support/process.hpp"
+#include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -21,6 +22,8 @@
 using namespace parley::persistence;
 using parley::test::pg_schema;
 using parley::test::temp_dir;
+using parley::test::deadline_in;
+using parley::test::wait_until;
 
 namespace {
 
@@ -392,6 +395,8 @@ TEST_CASE("new ids are time-ordered, prefixed and free of underscores", "[persis
     CHECK(id.substr(4) > prev);
     prev = id.substr(4);
     if (i % 500 == 0) {
+      // Not a synchronization: the clock itself must move on to a later millisecond, and
+      // nothing but time passing shows that.
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
       auto later = new_id("ten_");
       CHECK(later > id);
@@ -412,8 +417,9 @@ TEST_CASE("the store executor runs jobs, refuses when full and drains on stop",
   // Two workers block on the gate; four more jobs fill the queue; the seventh is refused.
   CHECK(ex.try_post(blocked));
   CHECK(ex.try_post(blocked));
-  while (ex.queued() > 0)
-    std::this_thread::yield();
+  // Both workers have taken their job (bounded; CHECK, not REQUIRE: the gate must still open).
+  CHECK(wait_until(deadline_in(std::chrono::seconds(5)), [&] { return ex.queued() == 0; },
+                   std::chrono::milliseconds(1)));
   for (int i = 0; i < 4; ++i)
     CHECK(ex.try_post(blocked));
   CHECK_FALSE(ex.try_post([&] { ++ran; }));
