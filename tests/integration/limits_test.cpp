@@ -341,7 +341,7 @@ TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "
   auto noisy = provision(srv.port(), "noisy", {{"requests_per_minute", 60}});
   auto calm = provision(srv.port(), "calm", json::object());
   struct latencies {
-    double median = 0, p99 = 0;
+    double median = 0, p90 = 0;
     int failed = 0;
   };
   auto measure = [&](int n) {
@@ -355,7 +355,7 @@ TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "
     }
     std::sort(ms.begin(), ms.end());
     l.median = ms[static_cast<std::size_t>(n / 2)];
-    l.p99 = ms[static_cast<std::size_t>(n * 99 / 100)];
+    l.p90 = ms[static_cast<std::size_t>(n * 9 / 10)];
     return l;
   };
   auto quiet = measure(40);
@@ -379,19 +379,19 @@ TEST_CASE("a noisy tenant at 10x its limit does not slow another tenant down", "
   auto loaded = measure(40);
   stop = true;
   flood.join();
-  INFO("calm tenant, median / p99: quiet " << quiet.median << " / " << quiet.p99 << " ms, with the noisy tenant "
-                                           << loaded.median << " / " << loaded.p99 << " ms");
+  INFO("calm tenant, median / p90: quiet " << quiet.median << " / " << quiet.p90 << " ms, with the noisy tenant "
+                                           << loaded.median << " / " << loaded.p90 << " ms");
   CHECK(quiet.failed == 0);
   CHECK(loaded.failed == 0);
   CHECK(thrown == 0);
   CHECK(sent >= 10);
   CHECK(limited >= sent - 60);
   // As ratios to the same tenant without the noise. The median (most calls) may not be slowed
-  // by more than a quarter; the p99 of 40 calls is their slowest, where one preemption on a
-  // loaded machine (2 cores, ctest -j2) weighs as much as the noise would, so it only may not
-  // double.
+  // by more than a quarter, and the tail not doubled. The tail is the p90 (the 4th slowest of
+  // 40), not the slowest: on a loaded machine (2 cores, ctest -j2) a single preemption of any
+  // thread on the path doubles one call by itself, with or without the noise.
   CHECK(loaded.median <= quiet.median * 1.25);
-  CHECK(loaded.p99 <= quiet.p99 * 2);
+  CHECK(loaded.p90 <= quiet.p90 * 2);
 }
 
 TEST_CASE("every /v1 response carries the tenant's rate-limit headers", "[limits][integration]") {
