@@ -208,37 +208,76 @@ public:
     return persistence::ok_status();
   }
 
-  persistence::result<std::vector<persistence::usage_row>> query_usage(const std::string&,
-                                                                       persistence::millis,
-                                                                       persistence::millis) override {
+  persistence::result<std::vector<persistence::usage_row>>
+  query_usage(const std::string&, persistence::millis, persistence::millis) override {
     return std::vector<persistence::usage_row>{};
   }
 
   // -- store: not used here -------------------------------------------------------------
 
+  template <class T>
+  using result = persistence::result<T>;
+  template <class T>
+  using page = persistence::page<T>;
+  using millis = persistence::millis;
+  using page_request = persistence::page_request;
+  using tenant_record = persistence::tenant_record;
+  using key_record = persistence::api_key_record;
+  using conversation_record = persistence::conversation_record;
+  using audit_record = persistence::audit_record;
+
   static persistence::store_error unused() {
     return {persistence::persistence_errc::internal, "not implemented by the test store"};
   }
-  persistence::result<persistence::tenant_record> create_tenant(const persistence::tenant_record&) override { return unused(); }
-  persistence::result<persistence::tenant_record> get_tenant(const std::string&) override { return unused(); }
-  persistence::result<persistence::page<persistence::tenant_record>> list_tenants(const persistence::page_request&, bool) override { return unused(); }
-  persistence::result<persistence::tenant_record> update_tenant(const std::string&, const persistence::tenant_update&, persistence::millis) override { return unused(); }
-  persistence::result<persistence::api_key_record> create_key(const persistence::api_key_record&) override { return unused(); }
-  persistence::result<persistence::api_key_record> get_key(const std::string&) override { return unused(); }
-  persistence::result<persistence::page<persistence::api_key_record>> list_keys(const std::string&, const persistence::page_request&) override { return unused(); }
-  persistence::result<persistence::api_key_record> revoke_key(const std::string&, const std::string&, persistence::millis) override { return unused(); }
-  persistence::result<persistence::api_key_record> rotate_key(const std::string&, const std::string&, const std::string&, std::optional<persistence::millis>, persistence::millis) override { return unused(); }
-  persistence::status touch_keys(const std::vector<std::pair<std::string, persistence::millis>>&) override { return unused(); }
-  persistence::result<persistence::conversation_record> create_conversation(const persistence::conversation_record&) override { return unused(); }
-  persistence::result<persistence::page<persistence::conversation_record>> list_conversations(const std::string&, const persistence::page_request&) override { return unused(); }
-  persistence::status delete_conversation(const std::string&, const std::string&) override { return unused(); }
-  persistence::status append_messages(const std::vector<persistence::message_record>&) override { return unused(); }
-  persistence::result<std::vector<persistence::usage_entry>> list_usage_entries(const std::string&, persistence::millis, persistence::millis, int) override { return unused(); }
-  persistence::status append_audit(const persistence::audit_record&) override { return unused(); }
-  persistence::result<persistence::page<persistence::audit_record>> list_audit(const persistence::audit_filter&, const persistence::page_request&) override { return unused(); }
+  result<tenant_record> create_tenant(const tenant_record&) override { return unused(); }
+  result<tenant_record> get_tenant(const std::string&) override { return unused(); }
+  result<page<tenant_record>> list_tenants(const page_request&, bool) override {
+    return unused();
+  }
+  result<tenant_record> update_tenant(const std::string&, const persistence::tenant_update&,
+                                      millis) override {
+    return unused();
+  }
+  result<key_record> create_key(const key_record&) override { return unused(); }
+  result<key_record> get_key(const std::string&) override { return unused(); }
+  result<page<key_record>> list_keys(const std::string&, const page_request&) override {
+    return unused();
+  }
+  result<key_record> revoke_key(const std::string&, const std::string&, millis) override {
+    return unused();
+  }
+  result<key_record> rotate_key(const std::string&, const std::string&, const std::string&,
+                                std::optional<millis>, millis) override {
+    return unused();
+  }
+  persistence::status touch_keys(const std::vector<std::pair<std::string, millis>>&) override {
+    return unused();
+  }
+  result<conversation_record> create_conversation(const conversation_record&) override {
+    return unused();
+  }
+  result<page<conversation_record>> list_conversations(const std::string&,
+                                                       const page_request&) override {
+    return unused();
+  }
+  persistence::status delete_conversation(const std::string&, const std::string&) override {
+    return unused();
+  }
+  persistence::status append_messages(const std::vector<persistence::message_record>&) override {
+    return unused();
+  }
+  result<std::vector<persistence::usage_entry>> list_usage_entries(const std::string&, millis,
+                                                                   millis, int) override {
+    return unused();
+  }
+  persistence::status append_audit(const audit_record&) override { return unused(); }
+  result<page<audit_record>> list_audit(const persistence::audit_filter&,
+                                        const page_request&) override {
+    return unused();
+  }
   const char* backend() const noexcept override { return "test"; }
-  persistence::result<std::vector<int>> migrate() override { return std::vector<int>{}; }
-  persistence::result<std::vector<int>> pending_migrations() override { return std::vector<int>{}; }
+  result<std::vector<int>> migrate() override { return std::vector<int>{}; }
+  result<std::vector<int>> pending_migrations() override { return std::vector<int>{}; }
   persistence::status ping() override { return persistence::ok_status(); }
   int pool_in_use() const noexcept override { return 0; }
   int pool_size() const noexcept override { return 1; }
@@ -339,9 +378,9 @@ struct test_relay_state {
   static inline const char* name = "test.relay";
 };
 
-test_relay_actor::behavior_type test_relay(test_relay_actor::stateful_pointer<test_relay_state> self,
-                                           tenant_actor tenant, chat_request req,
-                                           std::shared_ptr<relay_log> log) {
+test_relay_actor::behavior_type
+test_relay(test_relay_actor::stateful_pointer<test_relay_state> self, tenant_actor tenant,
+           chat_request req, std::shared_ptr<relay_log> log) {
   self->state.log = log;
   self->state.request_id = req.request_id;
   self->set_down_handler([=](caf::down_msg& dm) {
@@ -457,7 +496,8 @@ struct conversation_fixture {
   }
 
   /// A client sends a turn with `text` (spawned, not yet run).
-  std::shared_ptr<relay_log> client(const std::string& text, const std::string& conversation = conv_id) {
+  std::shared_ptr<relay_log> client(const std::string& text,
+                                    const std::string& conversation = conv_id) {
     chat_request req;
     req.request_id = "req_" + std::to_string(next_request++);
     req.tenant_id = tenant_id;
