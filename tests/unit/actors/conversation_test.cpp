@@ -821,3 +821,78 @@ TEST_CASE("an idle conversation passivates after its idle timeout and a later tu
   CHECK(f.stored_texts() ==
         std::vector<std::string>{"remember me", "noted", "what did I say", "you said"});
 }
+
+TEST_CASE("a turn sent to a conversation right behind its idle timeout is served and not lost",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("before");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"idle soon"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  auto conv = c1->conversation();
+
+  // The idle timer fires: its message waits in the conversation's mailbox. Before the
+  // conversation runs, the tenant admits a turn and sends it right behind.
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  auto c2 = f.client("after");
+  f.run_all_but(conv);
+  REQUIRE(c2->admitted);
+  CHECK(c2->conversation() == conv);
+  CHECK(f.in_flight() == 1);
+
+  // The conversation runs: it must serve the turn, not passivate with it in its mailbox.
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2 || c2->finished(); }));
+  CHECK_FALSE(c2->producer_down);
+  if (c2->producer_down) {
+    // The race: the turn died in the passivated actor's mailbox (the relay answers 500) and
+    // its admission is never settled.
+    f.sched->run();
+    CHECK(f.in_flight() == 0);
+  }
+  REQUIRE(f.provider->count() == 2);
+  CHECK(f.provider->at(1)->prompt() == std::vector<std::string>{"before", "idle soon", "after"});
+  f.provider->at(1)->answer({"served"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.actors.conversation_passivations.load() == 0);
+  CHECK(f.actors.conversations.load() == 1);
+
+  // Idle again, it passivates at its next timeout; the turn after that reactivates it.
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  REQUIRE(f.run_until([&] { return f.actors.conversations.load() == 0; }));
+  CHECK(f.actors.conversation_passivations.load() == 1);
+  auto c3 = f.client("later");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 3; }));
+  CHECK(c3->conversation() != conv);
+  f.provider->at(2)->answer({"back"});
+  REQUIRE(f.run_until([&] { return c3->finished() && f.in_flight() == 0; }));
+  CHECK(c3->done);
+}
+
+TEST_CASE("a turn that reaches the tenant after it let an idle conversation go is served by a "
+          "fresh actor",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("before");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"idle soon"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  auto conv = c1->conversation();
+
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  f.step(conv);     // the idle timeout: the conversation lets its tenant know it is going
+  f.step(f.tenant); // the tenant forgets it
+  // A turn arrives before the old actor has quit: a fresh actor gets it; the old one, still
+  // draining its mailbox, never serves a turn again.
+  auto c2 = f.client("after");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2 || c2->finished(); }));
+  REQUIRE(f.provider->count() == 2);
+  CHECK(c2->conversation() != conv);
+  CHECK(f.provider->at(1)->prompt() == std::vector<std::string>{"before", "idle soon", "after"});
+  f.provider->at(1)->answer({"served"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.actors.conversation_passivations.load() == 1);
+  CHECK(f.actors.conversations.load() == 1);
+  CHECK(f.stored_texts() == std::vector<std::string>{"before", "idle soon", "after", "served"});
+}
