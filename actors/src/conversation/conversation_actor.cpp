@@ -10,7 +10,25 @@
 // end. A client gone while its messages are being committed does not break the next turn:
 // the acknowledgement still advances the history, then the turn ends without a call. Ending
 // a turn always cancels its engine; the next turn starts only once the engine has ended.
-// The actor passivates after an idle timeout so that an idle conversation costs no memory.
+//
+// Passivation: an idle conversation quits after an idle timeout so that it costs no memory,
+// but only with its tenant's agreement, because the tenant may have sent it a turn that it
+// has not received yet (a turn sent right behind the timer's message would otherwise be lost
+// with the mailbox: the relay answers 500 and the tenant's in-flight count never comes back).
+//
+//   1. The idle timer fires while the actor is idle with an empty queue: it asks its tenant
+//      (passivate_atom, turns_received), turns_received counting every turn it was sent.
+//   2. The tenant, which counts the turns it sent this actor, agrees only if the counts are
+//      equal -- no turn is on its way -- and forgets the actor in the same handler, so that no
+//      turn is ever sent to it again (the next one spawns a fresh actor, which loads the
+//      history). If a turn is on its way, it answers no: the actor serves it, and when idle
+//      again re-arms its timer and asks again later.
+//   3. On agreement the actor quits. It is still idle with an empty queue: only the tenant
+//      sends it turns, and every turn it sent had been received before the question.
+//
+// The handshake does not rely on message ordering between the tenant's turns and its answer,
+// and a fresh actor for the same conversation can exist only once the old one can no longer
+// receive turns (it quits on the agreement it is about to read, having nothing to serve).
 #include "internal.hpp"
 #include "turn/turn_core.hpp"
 
@@ -43,6 +61,7 @@ struct conversation_state {
   enum class turn_phase { idle, saving_user, calling } phase = turn_phase::idle;
   std::vector<pending_turn> queue; ///< the front is the running turn unless idle (usually 0-1 long)
   uint64_t next_turn_id = 1;
+  uint64_t turns_received = 0; ///< every turn the tenant sent us (the passivation handshake)
   std::vector<chat_message> fresh; ///< the running turn's new messages
   std::shared_ptr<call_handle> call; ///< the running turn's engine (calling)
   uint64_t idle_generation = 0;
@@ -223,6 +242,7 @@ conversation_actor::behavior_type conversation_impl(self_ptr self, std::string t
   return {
     [=](chat_atom, chat_request& req, turn_sink_actor relay) {
       auto& s = self->state;
+      ++s.turns_received;
       auto early = std::find(s.cancelled_early.begin(), s.cancelled_early.end(), req.request_id);
       bool gone = early != s.cancelled_early.end();
       if (gone)
@@ -312,11 +332,22 @@ conversation_actor::behavior_type conversation_impl(self_ptr self, std::string t
     },
     [=](idle_atom, uint64_t generation) {
       auto& s = self->state;
-      if (generation == s.idle_generation && s.phase == phase::idle && s.queue.empty()) {
-        if (s.svc->actors)
-          s.svc->actors->conversation_passivations.fetch_add(1, std::memory_order_relaxed);
-        self->quit(); // passivate: the tenant forgets us; history reloads on the next turn
-      }
+      if (generation != s.idle_generation || s.phase != phase::idle || !s.queue.empty())
+        return;
+      // Passivate only with the tenant's agreement (see the top of this file).
+      self->request(s.tenant, caf::infinite, passivate_atom::value, s.turns_received)
+        .then(
+          [=](bool agreed) {
+            if (!agreed)
+              return; // a turn is on its way: we serve it and ask again when idle
+            // The tenant forgot us: no turn reached us since we asked, and none will.
+            if (auto* counters = self->state.svc->actors)
+              counters->conversation_passivations.fetch_add(1, std::memory_order_relaxed);
+            self->quit(); // history reloads in the actor of the next turn
+          },
+          [=](caf::error&) {
+            // The tenant is gone: we are linked to it and stop with it.
+          });
     },
   };
 }

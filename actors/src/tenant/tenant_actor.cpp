@@ -1,6 +1,7 @@
 // The tenant actor: the single owner of one tenant's limits, budget, response cache and
 // conversations. It admits completions (model, concurrency, rates, budget, cache), starts
-// stateless turns itself and hands conversation turns to their conversation actor.
+// stateless turns itself and hands conversation turns to their conversation actor, which
+// passivates only with its agreement (passivate_atom; see conversation_actor.cpp).
 #include "internal.hpp"
 #include "turn/turn_core.hpp"
 
@@ -24,7 +25,12 @@ struct tenant_state {
   std::string config_json;
   std::shared_ptr<const tenants::tenant_config> cfg = std::make_shared<tenants::tenant_config>();
   std::shared_ptr<const chat_services> svc;
-  std::unordered_map<std::string, conversation_actor> conversations;
+  /// A live conversation actor, and how many turns we sent it (the passivation handshake).
+  struct conversation_entry {
+    conversation_actor actor;
+    uint64_t turns_sent = 0;
+  };
+  std::unordered_map<std::string, conversation_entry> conversations;
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked conversations alive
   std::unordered_map<std::string, std::shared_ptr<call_handle>> turns; ///< stateless calls by request id
@@ -277,9 +283,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
     self->monitor(conv);
     st.children.insert(conv.address());
     st.conversation_by_addr.emplace(conv.address(), req.conversation_id);
-    it = st.conversations.emplace(req.conversation_id, conv).first;
+    it = st.conversations.emplace(req.conversation_id, tenant_state::conversation_entry{conv})
+           .first;
   }
-  auto conv = it->second;
+  auto conv = it->second.actor;
+  ++it->second.turns_sent; // sent below (a.go runs in this same handler, right after the answer)
   a.producer = conv;
   a.go = [self, conv, relay, req = std::move(req)]() mutable {
     self->send(conv, chat_atom::value, std::move(req), relay);
@@ -324,7 +332,8 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   // Turns and conversations are linked to us so that they stop with us; one of them failing
   // must not take the tenant down.
   detail::absorb_child_exits(self);
-  // Conversation actors passivate (or crash): forget them; the next turn re-activates.
+  // A conversation actor stopped (a crash; a passivating one was forgotten when we agreed):
+  // forget it; the next turn re-activates the conversation.
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     auto it = st.conversation_by_addr.find(dm.source);
@@ -387,10 +396,28 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
         return;
       // Forget it now, not at its down message: a turn arriving meanwhile must not be sent
       // to the dying actor, but to a fresh one that finds the conversation gone.
-      auto conv = it->second;
+      auto conv = it->second.actor;
       st.conversation_by_addr.erase(conv.address());
       st.conversations.erase(it);
       caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
+    },
+    [=](passivate_atom, uint64_t turns_received) -> bool {
+      // An idle conversation asks to passivate. Every turn we send it is counted; if it has
+      // received them all, nothing is on its way to it, and once we forget it (now, in this
+      // handler) nothing ever will be: it may quit. Otherwise it must serve what is coming.
+      auto& st = self->state;
+      auto asker = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      auto by_addr = st.conversation_by_addr.find(asker);
+      if (by_addr == st.conversation_by_addr.end())
+        return true; // forgotten already (its conversation was deleted)
+      auto it = st.conversations.find(by_addr->second);
+      if (it != st.conversations.end()) {
+        if (it->second.turns_sent != turns_received)
+          return false;
+        st.conversations.erase(it);
+      }
+      st.conversation_by_addr.erase(by_addr);
+      return true;
     },
     [=](cancel_atom, const std::string& request_id) {
       // The client of a stateless turn went away.

@@ -21,6 +21,8 @@ using locate_atom = caf::atom_constant<caf::atom("locate")>;
 using tenant_atom = caf::atom_constant<caf::atom("tenant")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using config_atom = caf::atom_constant<caf::atom("config")>;
+/// An idle conversation asks its tenant to let it passivate (see tenant_actor).
+using passivate_atom = caf::atom_constant<caf::atom("passivate")>;
 
 /// Errors that actors answer with (registered with CAF as category "parley").
 enum class actor_errc : uint8_t {
@@ -71,7 +73,8 @@ using conversation_actor = caf::typed_actor<
   caf::reacts_to<saved_atom, uint64_t, persistence::persistence_errc>,
   /// Turn `id`'s engine ended (its reply and usage committed, or not).
   caf::reacts_to<ended_atom, turn_outcome>,
-  /// The idle timer of the given generation fired: passivate if still idle.
+  /// The idle timer of the given generation fired: if still idle, ask the tenant to let it
+  /// passivate (passivate_atom), and quit when the tenant agrees.
   caf::reacts_to<idle_atom, uint64_t>>;
 
 /// One tenant: the single owner of its limits, cache and conversations.
@@ -93,6 +96,12 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<flush_atom>::with<int64_t>,
   /// A conversation was deleted: stop its actor.
   caf::reacts_to<forget_atom, std::string>,
+  /// An idle conversation actor (the sender), which has received `n` turns, asks to passivate.
+  /// The tenant agrees (true) only when it has sent that actor exactly `n` turns, and then
+  /// forgets it in the same step: no turn can reach it anymore, the next one spawns a fresh
+  /// actor. Otherwise (false) turns are on their way to it and it must stay. An actor the
+  /// tenant has already forgotten (a deleted conversation) is agreed to.
+  caf::replies_to<passivate_atom, uint64_t>::with<bool>,
   /// The client of a stateless turn (by request id) went away: stop its upstream call.
   caf::reacts_to<cancel_atom, std::string>,
   /// A turn ended (stateless, or from a conversation): settles the admission estimate and

@@ -1,0 +1,898 @@
+// The conversation actor's turn protocol, driven deterministically: CAF's test coordinator runs
+// every actor on the test thread, a gate in front of the store decides when each commit
+// completes, and a scripted provider emits each upstream event when the test says so.
+//
+// Two kinds of work finish on threads of their own: the history load (store_executor) and the
+// group commit (turn_writer). Their completions reach actors by anon_send; the coordinator below
+// hands the resulting jobs over to the test thread, which waits for them on a condition with a
+// deadline. Everything else (timers included) happens only when the test steps it.
+#include "parley/actors/spawn.hpp"
+#include "parley/persistence/executor.hpp"
+#include "parley/persistence/turn_writer.hpp"
+
+#include <caf/all.hpp>
+#include <caf/scheduler/test_coordinator.hpp>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+using namespace parley::actors;
+namespace persistence = parley::persistence;
+using namespace std::chrono_literals;
+
+namespace {
+
+// -- the scheduler -----------------------------------------------------------------------------
+
+/// CAF's test coordinator, made safe for jobs that become ready on other threads: those wait in
+/// a locked hand-off queue until the test thread pumps them into the coordinator's own queue.
+/// Every hand-off (and every poke()) advances an epoch the test thread can wait on.
+class handoff_coordinator final : public caf::scheduler::test_coordinator {
+public:
+  explicit handoff_coordinator(caf::actor_system& sys)
+    : test_coordinator(sys), owner_(std::this_thread::get_id()) {}
+
+  static caf::actor_system::module* make(caf::actor_system& sys) {
+    return new handoff_coordinator(sys);
+  }
+
+  /// Moves the jobs handed over by other threads into `jobs`. Test thread only.
+  void pump() {
+    std::deque<caf::resumable*> ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ready.swap(inbox_);
+    }
+    for (auto* job : ready)
+      test_coordinator::enqueue(job);
+  }
+
+  /// Something happened on another thread (a hand-off, or a poke). Any thread.
+  void poke() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++epoch_;
+    }
+    cv_.notify_all();
+  }
+
+  uint64_t epoch() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return epoch_;
+  }
+
+  /// Waits until the epoch moved past `seen`; false at the deadline.
+  bool wait_past(uint64_t seen, std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_until(lock, deadline, [&] { return epoch_ != seen; });
+  }
+
+protected:
+  void enqueue(caf::resumable* job) override {
+    if (std::this_thread::get_id() == owner_)
+      return test_coordinator::enqueue(job);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      inbox_.push_back(job);
+      ++epoch_;
+    }
+    cv_.notify_all();
+  }
+
+private:
+  std::thread::id owner_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<caf::resumable*> inbox_;
+  uint64_t epoch_ = 0;
+};
+
+// -- the store ---------------------------------------------------------------------------------
+
+/// An in-memory store with a gate in front of its commits (write_turns, which the turn writer
+/// calls on its own thread). While held, the n-th commit to arrive waits until the test has
+/// released n; the test sees each arrival. Only what conversations and turns use is
+/// implemented; everything else answers internal.
+class gated_store final : public persistence::store {
+public:
+  explicit gated_store(std::function<void()> on_event) : on_event_(std::move(on_event)) {}
+
+  void add_conversation(const std::string& tenant_id, const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    persistence::conversation_record c;
+    c.id = id;
+    c.tenant_id = tenant_id;
+    conversations_[id] = c;
+  }
+
+  /// From now on each commit waits for release() (those already through stay through).
+  void hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = true;
+    allowed_ = arrived_;
+  }
+  /// Lets the next `n` held commits through (already waiting or still to come).
+  void release(int n = 1) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      allowed_ += n;
+    }
+    cv_.notify_all();
+  }
+  /// Lets every commit through, now and later.
+  void open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held_ = false;
+    }
+    cv_.notify_all();
+  }
+  /// Commits that reached the gate so far.
+  int arrived() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return arrived_;
+  }
+  /// History loads (get_conversation calls) so far.
+  int loads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return loads_;
+  }
+  std::vector<persistence::message_record> messages(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = messages_.find(id);
+    return it == messages_.end() ? std::vector<persistence::message_record>{} : it->second;
+  }
+
+  // -- store: what conversations and turns use --------------------------------------------
+
+  persistence::status write_turns(const std::vector<persistence::turn_write>& batch) override {
+    int ticket;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ticket = ++arrived_;
+    }
+    on_event_();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !held_ || ticket <= allowed_; });
+    // Seqs must be dense and next, as the real stores check; nothing is written otherwise.
+    std::map<std::string, int64_t> next;
+    for (auto& w : batch) {
+      for (auto& m : w.messages) {
+        if (!conversations_.count(m.conversation_id))
+          return persistence::status(persistence::persistence_errc::not_found);
+        auto n = next.emplace(m.conversation_id,
+                              static_cast<int64_t>(messages_[m.conversation_id].size()) + 1)
+                   .first;
+        if (m.seq != n->second++)
+          return persistence::status(persistence::persistence_errc::conflict);
+      }
+    }
+    for (auto& w : batch) {
+      for (auto& m : w.messages)
+        messages_[m.conversation_id].push_back(m);
+      usage_.insert(usage_.end(), w.usage.begin(), w.usage.end());
+    }
+    return persistence::ok_status();
+  }
+
+  persistence::result<persistence::conversation_record>
+  get_conversation(const std::string& tenant_id, const std::string& id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++loads_;
+    auto it = conversations_.find(id);
+    if (it == conversations_.end() || it->second.tenant_id != tenant_id)
+      return persistence::persistence_errc::not_found;
+    return it->second;
+  }
+
+  persistence::result<std::vector<persistence::message_record>>
+  list_messages(const std::string&, const std::string& conversation_id, int64_t after_seq,
+                int limit) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<persistence::message_record> out;
+    for (auto& m : messages_[conversation_id])
+      if (m.seq > after_seq && static_cast<int>(out.size()) < limit)
+        out.push_back(m);
+    return out;
+  }
+
+  persistence::status record_usage(const std::vector<persistence::usage_entry>& entries) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    usage_.insert(usage_.end(), entries.begin(), entries.end());
+    return persistence::ok_status();
+  }
+
+  persistence::result<std::vector<persistence::usage_row>>
+  query_usage(const std::string&, persistence::millis, persistence::millis) override {
+    return std::vector<persistence::usage_row>{};
+  }
+
+  // -- store: not used here -------------------------------------------------------------
+
+  template <class T>
+  using result = persistence::result<T>;
+  template <class T>
+  using page = persistence::page<T>;
+  using millis = persistence::millis;
+  using page_request = persistence::page_request;
+  using tenant_record = persistence::tenant_record;
+  using key_record = persistence::api_key_record;
+  using conversation_record = persistence::conversation_record;
+  using audit_record = persistence::audit_record;
+
+  static persistence::store_error unused() {
+    return {persistence::persistence_errc::internal, "not implemented by the test store"};
+  }
+  result<tenant_record> create_tenant(const tenant_record&) override { return unused(); }
+  result<tenant_record> get_tenant(const std::string&) override { return unused(); }
+  result<page<tenant_record>> list_tenants(const page_request&, bool) override {
+    return unused();
+  }
+  result<tenant_record> update_tenant(const std::string&, const persistence::tenant_update&,
+                                      millis) override {
+    return unused();
+  }
+  result<key_record> create_key(const key_record&) override { return unused(); }
+  result<key_record> get_key(const std::string&) override { return unused(); }
+  result<page<key_record>> list_keys(const std::string&, const page_request&) override {
+    return unused();
+  }
+  result<key_record> revoke_key(const std::string&, const std::string&, millis) override {
+    return unused();
+  }
+  result<key_record> rotate_key(const std::string&, const std::string&, const std::string&,
+                                std::optional<millis>, millis) override {
+    return unused();
+  }
+  persistence::status touch_keys(const std::vector<std::pair<std::string, millis>>&) override {
+    return unused();
+  }
+  result<conversation_record> create_conversation(const conversation_record&) override {
+    return unused();
+  }
+  result<page<conversation_record>> list_conversations(const std::string&,
+                                                       const page_request&) override {
+    return unused();
+  }
+  persistence::status delete_conversation(const std::string&, const std::string&) override {
+    return unused();
+  }
+  persistence::status append_messages(const std::vector<persistence::message_record>&) override {
+    return unused();
+  }
+  result<std::vector<persistence::usage_entry>> list_usage_entries(const std::string&, millis,
+                                                                   millis, int) override {
+    return unused();
+  }
+  persistence::status append_audit(const audit_record&) override { return unused(); }
+  result<page<audit_record>> list_audit(const persistence::audit_filter&,
+                                        const page_request&) override {
+    return unused();
+  }
+  const char* backend() const noexcept override { return "test"; }
+  result<std::vector<int>> migrate() override { return std::vector<int>{}; }
+  result<std::vector<int>> pending_migrations() override { return std::vector<int>{}; }
+  persistence::status ping() override { return persistence::ok_status(); }
+  int pool_in_use() const noexcept override { return 0; }
+  int pool_size() const noexcept override { return 1; }
+
+private:
+  std::function<void()> on_event_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false;
+  int arrived_ = 0;
+  int allowed_ = 0;
+  int loads_ = 0;
+  std::map<std::string, persistence::conversation_record> conversations_;
+  std::map<std::string, std::vector<persistence::message_record>> messages_;
+  std::vector<persistence::usage_entry> usage_;
+};
+
+// -- the provider ------------------------------------------------------------------------------
+
+/// One upstream call as the scripted provider saw it; the test plays its events through
+/// `listener` and sees whether it was cancelled.
+struct scripted_call final : call_handle {
+  upstream_call call;
+  std::shared_ptr<call_listener> listener;
+  std::atomic<bool> cancelled{false};
+  void cancel() override { cancelled = true; }
+
+  /// The texts of the prompt, in order.
+  std::vector<std::string> prompt() const {
+    std::vector<std::string> out;
+    for (auto& m : call.messages)
+      out.push_back(m.text);
+    return out;
+  }
+  /// Streams `words` and ends the call.
+  void answer(const std::vector<std::string>& words) {
+    for (auto& w : words)
+      listener->on_delta(w);
+    chat_done d;
+    d.finish_reason = "stop";
+    listener->on_done(d);
+  }
+};
+
+/// A provider that only records its calls: nothing happens upstream until the test says so.
+class scripted_provider final : public provider_port {
+public:
+  std::shared_ptr<call_handle> start(upstream_call call,
+                                     std::shared_ptr<call_listener> listener) override {
+    auto c = std::make_shared<scripted_call>();
+    c->call = std::move(call);
+    c->listener = std::move(listener);
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.push_back(c);
+    return c;
+  }
+  std::size_t count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_.size();
+  }
+  std::shared_ptr<scripted_call> at(std::size_t i) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_.at(i);
+  }
+  /// Drops the calls (and the turn engines they hold as listeners).
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.clear();
+  }
+
+private:
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<scripted_call>> calls_;
+};
+
+// -- the client --------------------------------------------------------------------------------
+
+/// What a test relay saw. Written by the relay on the test thread, read by the test.
+struct relay_log {
+  bool admitted = false;
+  turn_control_actor producer;
+  caf::error refused;
+  std::vector<std::string> deltas;
+  bool done = false;
+  caf::optional<chat_failure> failed;
+  bool producer_down = false; ///< the producer died without ending our turn (a 500)
+  bool finished() const { return done || failed || producer_down || refused; }
+  conversation_actor conversation() const { return caf::actor_cast<conversation_actor>(producer); }
+};
+
+/// A relay as net's is: asks the tenant to admit its turn, watches the producer, receives the
+/// turn's events; `cancel` is its client going away (it tells the producer and stops).
+using test_relay_actor = turn_sink_actor::extend<caf::reacts_to<cancel_atom, std::string>>;
+
+struct test_relay_state {
+  std::shared_ptr<relay_log> log;
+  std::string request_id;
+  static inline const char* name = "test.relay";
+};
+
+test_relay_actor::behavior_type
+test_relay(test_relay_actor::stateful_pointer<test_relay_state> self, tenant_actor tenant,
+           chat_request req, std::shared_ptr<relay_log> log) {
+  self->state.log = log;
+  self->state.request_id = req.request_id;
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.source == log->producer.address() && !log->done && !log->failed)
+      log->producer_down = true;
+  });
+  self->request(tenant, caf::infinite, chat_atom::value, std::move(req),
+                caf::actor_cast<turn_sink_actor>(self))
+    .then(
+      [=](turn_control_actor producer, const rate_snapshot&) {
+        log->admitted = true;
+        log->producer = producer;
+        self->monitor(producer);
+      },
+      [=](caf::error& e) { log->refused = e; });
+  return {
+    [=](delta_atom, std::string& text) { log->deltas.push_back(std::move(text)); },
+    [=](served_atom, std::string&) {},
+    [=](done_atom, chat_done&) {
+      log->done = true;
+      self->quit();
+    },
+    [=](failed_atom, chat_failure& f) {
+      log->failed = f;
+      self->quit();
+    },
+    [=](cancel_atom, std::string&) {
+      if (log->producer)
+        self->send(log->producer, cancel_atom::value, self->state.request_id);
+      self->quit();
+    },
+  };
+}
+
+// -- the fixture -------------------------------------------------------------------------------
+
+constexpr const char* tenant_id = "ten_conv";
+constexpr const char* conv_id = "conv_1";
+
+std::string user_json(const std::string& text) {
+  return R"({"role":"user","content":")" + text + R"("})";
+}
+
+/// A tenant (through the real tenant manager) with one conversation, `conv_1`, on the gated
+/// store, the real turn writer and a scripted provider serving model `m`. Declaration order is
+/// destruction order in reverse: the actor system goes first, after teardown() stopped
+/// everything that could still send to it.
+struct conversation_fixture {
+  actor_counters actors;
+  admission_counters admissions;
+  tenant_load_board board;
+  handoff_coordinator* sched = nullptr;
+  gated_store store{[this] {
+    if (sched)
+      sched->poke();
+  }};
+  persistence::store_executor executor{1, 64};
+  persistence::turn_writer writer{store};
+  std::shared_ptr<scripted_provider> provider = std::make_shared<scripted_provider>();
+  std::shared_ptr<chat_services> svc = std::make_shared<chat_services>();
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  tenant_manager_actor manager;
+  tenant_actor tenant;
+  std::vector<caf::actor> relays;
+  int next_request = 1;
+
+  conversation_fixture() {
+    store.add_conversation(tenant_id, conv_id);
+    svc->store = &store;
+    svc->executor = &executor;
+    svc->writer = &writer;
+    route r;
+    r.model = "m";
+    r.upstream_model = "m-upstream";
+    r.provider = provider;
+    svc->routes = std::make_shared<route_table>(std::vector<route>{r});
+    svc->conversation_idle = 5min;
+    svc->counters = &admissions;
+    svc->actors = &actors;
+    svc->load = &board;
+    cfg.set("scheduler.policy", caf::atom("testing"));
+    cfg.module_factories.push_back(&handoff_coordinator::make);
+    register_types(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    sched = &dynamic_cast<handoff_coordinator&>(sys->scheduler());
+    manager = spawn_tenant_manager(*sys, nullptr, svc);
+    {
+      caf::scoped_actor self{*sys};
+      self->send(manager, tenant_atom::value, std::string(tenant_id));
+      sched->run();
+      self->receive([&](tenant_actor& t) { tenant = t; },
+                    [&](caf::error& e) { FAIL(sys->render(e)); });
+    }
+  }
+
+  ~conversation_fixture() { teardown(); }
+
+  /// Runs actors on the test thread until `done()` holds, waiting for work that finishes on
+  /// other threads (history loads, commits); false if it does not hold within the deadline.
+  template <class Pred>
+  bool run_until(Pred done, std::chrono::milliseconds limit = 5s) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      auto seen = sched->epoch();
+      sched->pump();
+      sched->run();
+      if (done())
+        return true;
+      if (!sched->wait_past(seen, deadline))
+        return done();
+    }
+  }
+
+  /// A client sends a turn with `text` (spawned, not yet run).
+  std::shared_ptr<relay_log> client(const std::string& text,
+                                    const std::string& conversation = conv_id) {
+    chat_request req;
+    req.request_id = "req_" + std::to_string(next_request++);
+    req.tenant_id = tenant_id;
+    req.model = "m";
+    req.messages.push_back(to_chat_message(user_json(text)));
+    req.conversation_id = conversation;
+    req.extra_json = "{}";
+    req.stream = true;
+    auto log = std::make_shared<relay_log>();
+    auto relay = sys->spawn(test_relay, tenant, std::move(req), log);
+    relays.push_back(caf::actor_cast<caf::actor>(relay));
+    return log;
+  }
+
+  caf::actor relay(std::size_t i) const { return relays.at(i); }
+
+  /// The tenant's turns in flight (admitted, not yet ended).
+  int64_t in_flight() const {
+    for (auto& [id, n] : board.top(16))
+      if (id == tenant_id)
+        return n;
+    return -1;
+  }
+
+  /// Runs exactly the next job of `who`, which must be ready.
+  template <class Handle>
+  void step(const Handle& who) {
+    REQUIRE(sched->prioritize(who));
+    sched->run_once();
+  }
+
+  /// Runs ready jobs (not those of `except`) until only its are left.
+  template <class Handle>
+  void run_all_but(const Handle& except) {
+    auto* skip = dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(except));
+    sched->run_jobs_filtered([skip](caf::resumable* r) { return r != skip; });
+  }
+
+  std::vector<std::string> stored_texts() const {
+    std::vector<std::string> out;
+    for (auto& m : store.messages(conv_id))
+      out.push_back(to_chat_message(m.content_json).text);
+    return out;
+  }
+
+  void teardown() {
+    store.open();
+    writer.stop();
+    executor.stop();
+    caf::anon_send_exit(manager, caf::exit_reason::user_shutdown);
+    for (auto& r : relays)
+      caf::anon_send_exit(r, caf::exit_reason::kill);
+    bool stopped = run_until([&] { return sys->registry().running() == 0; });
+    if (!stopped)
+      sys->await_actors_before_shutdown(false); // never hang the suite; the test fails anyway
+    provider->clear();
+    relays.clear();
+    tenant = nullptr;
+    manager = nullptr;
+    sys.reset();
+  }
+};
+
+bool contains(const std::vector<std::string>& v, const std::string& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+/// Whether any of `v` has `x` in it.
+bool mentions(const std::vector<std::string>& v, const std::string& x) {
+  return std::any_of(v.begin(), v.end(),
+                     [&](const std::string& s) { return s.find(x) != std::string::npos; });
+}
+
+} // namespace
+
+TEST_CASE("a conversation turn commits the user message before its upstream call and the reply "
+          "before the client sees the end",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.hold();
+  auto c1 = f.client("hello");
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 1; }));
+  CHECK(f.provider->count() == 0); // its user message is not committed yet
+  f.store.release();
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  CHECK(f.stored_texts() == std::vector<std::string>{"hello"});
+  CHECK(contains(f.provider->at(0)->prompt(), "hello"));
+
+  f.provider->at(0)->answer({"hi", " there"});
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 2; }));
+  f.sched->run();
+  CHECK(c1->deltas == std::vector<std::string>{"hi", " there"});
+  CHECK_FALSE(c1->done); // the reply is being committed
+  f.store.release();
+  REQUIRE(f.run_until([&] { return c1->finished(); }));
+  CHECK(c1->done);
+  CHECK(f.stored_texts() == std::vector<std::string>{"hello", "hi there"});
+  REQUIRE(f.run_until([&] { return f.in_flight() == 0; }));
+}
+
+TEST_CASE("a conversation drops store acknowledgements and turn ends that carry another turn's id",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.hold();
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 1; }));
+  auto conv = c1->conversation();
+  REQUIRE(conv);
+  auto c2 = f.client("two"); // queued behind turn 1
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+
+  // Turn 1 (id 1) is saving its user message: an ack or an end for turn 2 changes nothing.
+  caf::anon_send(conv, saved_atom::value, uint64_t{2}, persistence::persistence_errc::ok);
+  turn_outcome stray;
+  stray.turn_id = 2;
+  stray.request_id = "req_2";
+  caf::anon_send(conv, ended_atom::value, stray);
+  f.sched->run();
+  CHECK(f.provider->count() == 0);
+  CHECK(f.in_flight() == 2);
+
+  f.store.release();
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  // Turn 1 is calling: a repeated ack for it does not start a second call; an end for turn 2,
+  // even one claiming a committed reply, ends nothing and adds nothing to the history.
+  caf::anon_send(conv, saved_atom::value, uint64_t{1}, persistence::persistence_errc::ok);
+  stray.completed = true;
+  stray.reply = to_chat_message(std::string(R"({"role":"assistant","content":"stray"})"));
+  stray.reply_seq = 2;
+  caf::anon_send(conv, ended_atom::value, stray);
+  f.sched->run();
+  CHECK(f.provider->count() == 1);
+  CHECK_FALSE(f.provider->at(0)->cancelled);
+  CHECK(f.in_flight() == 2);
+  CHECK_FALSE(c2->finished());
+
+  // A late failing ack for turn 1 while it calls is dropped too (no reload, no failure).
+  caf::anon_send(conv, saved_atom::value, uint64_t{1}, persistence::persistence_errc::unavailable);
+  f.sched->run();
+  CHECK_FALSE(c1->finished());
+
+  f.store.open();
+  f.provider->at(0)->answer({"ok1"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.provider->count() == 2; }));
+  CHECK(c1->done);
+  auto prompt2 = f.provider->at(1)->prompt();
+  CHECK(contains(prompt2, "ok1"));
+  CHECK_FALSE(mentions(prompt2, "stray"));
+  f.provider->at(1)->answer({"ok2"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.stored_texts() == std::vector<std::string>{"one", "ok1", "two", "ok2"});
+}
+
+TEST_CASE("ending a conversation turn cancels its provider call", "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("hello");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto call = f.provider->at(0);
+
+  SECTION("the client goes away") {
+    caf::anon_send(f.relay(0), cancel_atom::value, std::string("client"));
+    REQUIRE(f.run_until([&] { return f.in_flight() == 0; }));
+    CHECK(call->cancelled);
+    // The conversation goes on: the next turn is served on the same history.
+    auto c2 = f.client("again");
+    REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+    CHECK(contains(f.provider->at(1)->prompt(), "hello"));
+    f.provider->at(1)->answer({"fine"});
+    REQUIRE(f.run_until([&] { return c2->finished(); }));
+    CHECK(c2->done);
+  }
+  SECTION("the conversation is deleted while it calls") {
+    caf::anon_send(f.tenant, forget_atom::value, std::string(conv_id));
+    REQUIRE(f.run_until([&] { return f.actors.conversations.load() == 0; }));
+    CHECK(call->cancelled);
+  }
+  SECTION("the tenant stops while the conversation calls") {
+    caf::anon_send_exit(f.tenant, caf::exit_reason::user_shutdown);
+    REQUIRE(f.run_until([&] { return f.actors.conversations.load() == 0; }));
+    CHECK(call->cancelled);
+  }
+}
+
+TEST_CASE("a client gone while its user message is being committed does not break the next turn",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.hold();
+  auto c1 = f.client("first");
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 1; }));
+
+  bool told = false;
+  SECTION("its relay cancels") {
+    caf::anon_send(f.relay(0), cancel_atom::value, std::string("client"));
+    told = true;
+  }
+  SECTION("its relay dies without a word") {
+    caf::anon_send_exit(f.relay(0), caf::exit_reason::kill);
+  }
+  f.sched->run();
+  auto c2 = f.client("second");
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+
+  // The commit of turn 1 goes through: it advances the history, then turn 1 ends.
+  f.store.open();
+  if (told) {
+    // It ends without an upstream call: the next call is turn 2's.
+    REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  } else {
+    // Nobody told the conversation: turn 1 runs to its end, read by nobody.
+    REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+    CHECK(f.provider->at(0)->prompt() == std::vector<std::string>{"first"});
+    f.provider->at(0)->answer({"unread"});
+    REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  }
+  auto call2 = f.provider->at(f.provider->count() - 1);
+  auto prompt2 = call2->prompt();
+  CHECK(prompt2.back() == "second");
+  CHECK(contains(prompt2, "first")); // turn 1's message was committed: it is history
+  call2->answer({"answer"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK_FALSE(c2->failed);
+  if (told)
+    CHECK(f.stored_texts() == std::vector<std::string>{"first", "second", "answer"});
+  else
+    CHECK(f.stored_texts() == std::vector<std::string>{"first", "unread", "second", "answer"});
+}
+
+TEST_CASE("a queued conversation turn starts its upstream call only after its own user message "
+          "is committed",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.hold();
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 1; }));
+  auto c2 = f.client("two");
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+  f.store.release(); // turn 1's user message
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"ok1"});
+  REQUIRE(f.run_until([&] { return f.store.arrived() == 2; }));
+  f.store.release(); // turn 1's reply
+  REQUIRE(f.run_until([&] { return c1->finished() && f.store.arrived() == 3; }));
+  CHECK(c1->done);
+  // Turn 2's user message is at the gate: everything else that can run has run.
+  f.sched->run();
+  CHECK(f.provider->count() == 1);
+  CHECK(f.stored_texts() == std::vector<std::string>{"one", "ok1"});
+  f.store.release();
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  CHECK(f.stored_texts() == std::vector<std::string>{"one", "ok1", "two"});
+  f.store.open();
+  f.provider->at(1)->answer({"ok2"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+}
+
+TEST_CASE("late events of a cancelled conversation call are not applied to the next turn",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto call1 = f.provider->at(0);
+  call1->listener->on_delta("early");
+  auto c2 = f.client("two");
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+  caf::anon_send(f.relay(0), cancel_atom::value, std::string("client"));
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  CHECK(call1->cancelled);
+  auto call2 = f.provider->at(1);
+
+  // The cancelled call goes on talking (events already in flight): nobody hears it.
+  call1->listener->on_delta("late");
+  chat_done d;
+  d.finish_reason = "stop";
+  call1->listener->on_done(d);
+  call2->answer({"fresh"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(c2->deltas == std::vector<std::string>{"fresh"});
+  CHECK_FALSE(mentions(c1->deltas, "late"));
+  // Turn 1's partial answer was never committed; turn 2's was.
+  CHECK(f.stored_texts() == std::vector<std::string>{"one", "two", "fresh"});
+
+  auto c3 = f.client("three");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 3; }));
+  auto prompt3 = f.provider->at(2)->prompt();
+  CHECK_FALSE(mentions(prompt3, "late"));
+  CHECK_FALSE(mentions(prompt3, "early"));
+  CHECK(contains(prompt3, "fresh"));
+  f.provider->at(2)->answer({"end"});
+  REQUIRE(f.run_until([&] { return c3->finished(); }));
+}
+
+TEST_CASE("an idle conversation passivates after its idle timeout and a later turn reloads its "
+          "history",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("remember me");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"noted"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  auto first = c1->conversation();
+  CHECK(f.actors.conversations.load() == 1);
+  CHECK(f.store.loads() == 1);
+
+  REQUIRE(f.sched->trigger_timeouts() > 0); // the idle timer
+  REQUIRE(f.run_until([&] { return f.actors.conversations.load() == 0; }));
+  CHECK(f.actors.conversation_passivations.load() == 1);
+
+  auto c2 = f.client("what did I say");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  CHECK(c2->conversation() != first); // a fresh actor...
+  CHECK(f.store.loads() == 2);        // ...that loaded the history again
+  auto prompt = f.provider->at(1)->prompt();
+  CHECK(prompt == std::vector<std::string>{"remember me", "noted", "what did I say"});
+  f.provider->at(1)->answer({"you said"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.stored_texts() ==
+        std::vector<std::string>{"remember me", "noted", "what did I say", "you said"});
+}
+
+TEST_CASE("a turn sent to a conversation right behind its idle timeout is served and not lost",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("before");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"idle soon"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  auto conv = c1->conversation();
+
+  // The idle timer fires: its message waits in the conversation's mailbox. Before the
+  // conversation runs, the tenant admits a turn and sends it right behind.
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  auto c2 = f.client("after");
+  f.run_all_but(conv);
+  REQUIRE(c2->admitted);
+  CHECK(c2->conversation() == conv);
+  CHECK(f.in_flight() == 1);
+
+  // The conversation runs: it must serve the turn, not passivate with it in its mailbox.
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2 || c2->finished(); }));
+  CHECK_FALSE(c2->producer_down);
+  if (c2->producer_down) {
+    // The race: the turn died in the passivated actor's mailbox (the relay answers 500) and
+    // its admission is never settled.
+    f.sched->run();
+    CHECK(f.in_flight() == 0);
+  }
+  REQUIRE(f.provider->count() == 2);
+  CHECK(f.provider->at(1)->prompt() == std::vector<std::string>{"before", "idle soon", "after"});
+  f.provider->at(1)->answer({"served"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.actors.conversation_passivations.load() == 0);
+  CHECK(f.actors.conversations.load() == 1);
+
+  // Idle again, it passivates at its next timeout; the turn after that reactivates it.
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  REQUIRE(f.run_until([&] { return f.actors.conversations.load() == 0; }));
+  CHECK(f.actors.conversation_passivations.load() == 1);
+  auto c3 = f.client("later");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 3; }));
+  CHECK(c3->conversation() != conv);
+  f.provider->at(2)->answer({"back"});
+  REQUIRE(f.run_until([&] { return c3->finished() && f.in_flight() == 0; }));
+  CHECK(c3->done);
+}
+
+TEST_CASE("a turn that reaches the tenant after it let an idle conversation go is served by a "
+          "fresh actor",
+          "[actors][unit]") {
+  conversation_fixture f;
+  auto c1 = f.client("before");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.provider->at(0)->answer({"idle soon"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  auto conv = c1->conversation();
+
+  REQUIRE(f.sched->trigger_timeouts() > 0);
+  f.step(conv);     // the idle timeout: the conversation lets its tenant know it is going
+  f.step(f.tenant); // the tenant forgets it
+  // A turn arrives before the old actor has quit: a fresh actor gets it; the old one, still
+  // draining its mailbox, never serves a turn again.
+  auto c2 = f.client("after");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2 || c2->finished(); }));
+  REQUIRE(f.provider->count() == 2);
+  CHECK(c2->conversation() != conv);
+  CHECK(f.provider->at(1)->prompt() == std::vector<std::string>{"before", "idle soon", "after"});
+  f.provider->at(1)->answer({"served"});
+  REQUIRE(f.run_until([&] { return c2->finished() && f.in_flight() == 0; }));
+  CHECK(c2->done);
+  CHECK(f.actors.conversation_passivations.load() == 1);
+  CHECK(f.actors.conversations.load() == 1);
+  CHECK(f.stored_texts() == std::vector<std::string>{"before", "idle soon", "after", "served"});
+}
