@@ -103,9 +103,11 @@ turn_outcome no_usage(const pending_turn& t) {
 void fail_front(self_ptr self, chat_failure f) {
   auto& st = self->state;
   auto& t = st.queue.front();
-  if (!t.client_gone)
-    self->send(t.relay, failed_atom::value, std::move(f));
-  finish_front(self, no_usage(t));
+  auto o = no_usage(t);
+  o.tell = !t.client_gone; // by the tenant, once it settled the turn
+  o.failure = std::move(f);
+  o.relay = t.relay;
+  finish_front(self, std::move(o));
 }
 
 void arm_idle_timer(self_ptr self) {

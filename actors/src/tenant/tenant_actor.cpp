@@ -449,6 +449,9 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
                      tenants::cached_completion{std::move(o.deltas), o.done.finish_reason,
                                                 o.done.prompt_tokens, o.done.completion_tokens},
                      now, st.cfg->cache_ttl_seconds * 1000);
+      // Settled: only now does the client learn the end, so that its next request finds the
+      // turn's slot free, its tokens counted and its answer cached.
+      detail::tell_end(o);
     },
   };
 }

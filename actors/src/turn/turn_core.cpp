@@ -76,11 +76,10 @@ public:
     spec_.req.messages.clear();
     if (!fits) {
       std::lock_guard<std::mutex> lock(mu_);
-      caf::anon_send(spec_.relay, failed_atom::value,
-                     chat_failure{chat_error_kind::invalid_request,
-                                  "The messages exceed the model's context of " +
-                                    std::to_string(spec_.r.context_tokens) + " tokens.",
-                                  0});
+      outcome_.failure = chat_failure{chat_error_kind::invalid_request,
+                                      "The messages exceed the model's context of " +
+                                        std::to_string(spec_.r.context_tokens) + " tokens.",
+                                      0};
       return finish_locked(outcome_kind::failed);
     }
     for (auto& m : call.messages)
@@ -164,7 +163,7 @@ public:
     // A provider that numbers its attempts and failed before making one (every circuit
     // breaker open) made no upstream attempt: no ledger row.
     bool attempted = numbered_ || f.cause != failure_cause::breaker_open;
-    caf::anon_send(spec_.relay, failed_atom::value, std::move(f));
+    outcome_.failure = std::move(f); // told once the ledger row is committed and settled
     if (attempt_.open && attempted)
       close_attempt("error", status);
     finish_locked(outcome_kind::failed);
@@ -181,6 +180,7 @@ public:
       call = call_;
       if (attempt_.open)
         close_attempt("cancelled", 0);
+      cancelled_ = true;
       finish_locked(outcome_kind::cancelled);
     }
     // Outside our lock: the call may be delivering an event to us right now, holding its own
@@ -268,21 +268,26 @@ private:
 
   /// The commit's outcome (on the writer's thread, or inline). Reads only what was fixed when
   /// the turn finished.
+  /// The relay is told the end by the owner's owner, the tenant, once it has settled the turn
+  /// (outcome.tell): see turn_outcome.
   void committed(const persistence::status& s) {
     outcome_.store = s.code();
+    outcome_.relay = spec_.relay;
     if (outcome_.completed) {
-      if (s.ok()) {
-        caf::anon_send(spec_.relay, done_atom::value, outcome_.done);
-      } else {
+      outcome_.tell = true;
+      if (!s.ok()) {
         outcome_.completed = false;
-        caf::anon_send(spec_.relay, failed_atom::value,
-                       chat_failure{chat_error_kind::unavailable,
-                                    "The completion could not be recorded; retry later.", 0, 1000});
+        outcome_.failure = chat_failure{chat_error_kind::unavailable,
+                                        "The completion could not be recorded; retry later.", 0, 1000};
       }
+    } else {
+      outcome_.tell = !cancelled_; // a failure; a cancelled turn's client is gone
     }
     auto end = std::move(on_end_);
     if (end)
       end(std::move(outcome_));
+    else
+      tell_end(outcome_);
   }
 
   std::mutex mu_;
@@ -294,6 +299,7 @@ private:
   attempt_state attempt_;
   std::vector<persistence::usage_entry> rows_; ///< closed attempts, in order
   turn_outcome outcome_;
+  bool cancelled_ = false; ///< ended by cancel(): nobody to tell
   int64_t prompt_estimate_ = 0;
   int64_t completion_estimate_ = 0;
   int64_t produced_ = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
@@ -304,6 +310,15 @@ private:
 };
 
 } // namespace
+
+void tell_end(const turn_outcome& o) {
+  if (!o.tell || !o.relay)
+    return;
+  if (o.completed)
+    caf::anon_send(o.relay, done_atom::value, o.done);
+  else
+    caf::anon_send(o.relay, failed_atom::value, o.failure);
+}
 
 std::shared_ptr<call_handle> start_turn(turn_spec spec, std::shared_ptr<const chat_services> svc,
                                         turn_end_fn on_end) {

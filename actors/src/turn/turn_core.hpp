@@ -31,6 +31,10 @@ struct turn_spec {
 /// (or failed to be): from a writer, provider or actor thread -- hand off only.
 using turn_end_fn = std::function<void(turn_outcome)>;
 
+/// Tells the relay how its turn ended (done or failed), when `o.tell`. The tenant calls it
+/// after settling the turn; see turn_outcome.
+void tell_end(const turn_outcome& o);
+
 /// Starts a turn: builds the prompt (system prompt, history newest first within the model's
 /// context, the new messages), calls the provider, forwards deltas to the relay, cuts the
 /// completion off at the tenant's budget, records one usage ledger row per upstream attempt,

@@ -170,30 +170,6 @@ typename Inspector::result_type inspect(Inspector& f, rate_snapshot& x) {
            x.reset_requests_ms, x.limit_tokens, x.remaining_tokens, x.reset_tokens_ms, x.cache);
 }
 
-/// How a turn ended, as its owner (the tenant actor for a stateless completion, the
-/// conversation actor for a conversation turn) learns it: after what the turn had to make
-/// durable was committed, or failed to be.
-struct turn_outcome {
-  uint64_t turn_id = 0;         ///< the conversation's turn id (0 for stateless turns)
-  std::string request_id;
-  bool completed = false;       ///< the client got the whole answer (and it is durable)
-  chat_done done;               ///< set when the upstream finished
-  /// Tokens the turn really used (its ledger rows summed): settles the admission estimate.
-  int64_t tokens = 0;
-  /// The commit of the turn's ledger rows (and reply): ok, or why it failed.
-  persistence::persistence_errc store = persistence::persistence_errc::ok;
-  chat_message reply;           ///< a conversation turn's assistant reply (completed turns)
-  int64_t reply_seq = 0;        ///< its seq (0 = no reply written)
-  std::string cache_key;        ///< a stateless turn that fills the response cache...
-  std::vector<std::string> deltas; ///< ...with these deltas
-};
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, turn_outcome& x) {
-  return f(caf::meta::type_name("turn_outcome"), x.turn_id, x.request_id, x.completed, x.done,
-           x.tokens, x.store, x.reply, x.reply_seq, x.cache_key, x.deltas);
-}
-
 /// A conversation's history as loaded from the store (or why it could not be).
 struct history_load {
   chat_error_kind error = chat_error_kind{}; ///< 0 = loaded
