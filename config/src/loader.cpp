@@ -280,7 +280,7 @@ const std::vector<field>& fields() {
     make("data", "dir", &settings::data, &data_settings::dir,
          "Directory for the SQLite file and generated secrets (admin.key, pepper)"),
     make("actors", "scheduler_threads", &settings::actors, &actor_settings::scheduler_threads,
-         "CAF scheduler threads"),
+         "0: actors run on the io threads (no thread hand-off per message); N: on CAF's own N worker threads"),
     make("actors", "max_throughput", &settings::actors, &actor_settings::max_throughput,
          "Messages an actor handles per scheduling run before yielding its thread"),
     make("shutdown", "grace_seconds", &settings::shutdown, &shutdown_settings::grace_seconds,
@@ -604,7 +604,7 @@ void validate(const settings& s) {
   check_range("store.busy_timeout_ms", s.store.busy_timeout_ms, 0, 600000);
   if (s.data.dir.empty())
     fail("data.dir", "must not be empty");
-  check_range("actors.scheduler_threads", s.actors.scheduler_threads, 1, 256);
+  check_range("actors.scheduler_threads", s.actors.scheduler_threads, 0, 256);
   check_range("actors.max_throughput", s.actors.max_throughput, 1, 1000000);
   check_range("shutdown.grace_seconds", s.shutdown.grace_seconds, 0, 3600);
   if (!s.admin.key.empty() && s.admin.key.size() < 32)

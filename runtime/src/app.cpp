@@ -13,6 +13,7 @@
 #include "parley/persistence/ids.hpp"
 #include "parley/persistence/open.hpp"
 #include "parley/runtime/secrets.hpp"
+#include "io_scheduler.hpp"
 #include "wiring.hpp"
 #include "node_metrics.hpp"
 #include "parley/net/metrics.hpp"
@@ -152,8 +153,8 @@ struct app::impl {
   actors::tenant_manager_actor tenant_manager;
   actors::tenant_directory_actor tenant_directory;
   std::shared_ptr<net::tenant_locator> tenants; ///< the tenant actors the handlers found
-  std::unique_ptr<net::asio::io_context> ioc;
-  std::unique_ptr<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
+  std::unique_ptr<net::io_pool> io; ///< one io_context per io thread
+  std::vector<net::asio::executor_work_guard<net::asio::io_context::executor_type>> work;
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::server> server;
   std::shared_ptr<const net::pipeline> api_pipeline;
@@ -301,7 +302,7 @@ struct app::impl {
                 '/' + std::to_string(cs.idle_timeout_ms);
       auto& c = clients[id];
       if (!c)
-        c = net::make_openai_provider(*ioc, url, key, cs, logger);
+        c = net::make_openai_provider(*io, url, key, cs, logger);
       return c;
     };
     auto key_from_env = [](const std::string& model, const std::string& var) {
@@ -341,7 +342,7 @@ struct app::impl {
           d.upstream_model.empty() ? upstream_model : d.upstream_model, client, d.weight, bp,
           policy.retry));
       }
-      auto route = std::make_shared<net::resilient_route>(*ioc, model, std::move(policy),
+      auto route = std::make_shared<net::resilient_route>(*io, model, std::move(policy),
                                                           std::move(out), logger);
       resilient_routes.push_back(route);
       return route;
@@ -407,7 +408,12 @@ struct app::impl {
 
   void start_actors() {
     caf_cfg = std::make_unique<caf::actor_system_config>();
-    caf_cfg->set("scheduler.max-threads", settings.actors.scheduler_threads);
+    // 0 (the default): the actors run on the io threads (io_scheduler.hpp); N: on CAF's own
+    // N worker threads, a message crossing threads at every io/actor boundary.
+    if (settings.actors.scheduler_threads == 0)
+      install_io_scheduler(*caf_cfg, *io);
+    else
+      caf_cfg->set("scheduler.max-threads", settings.actors.scheduler_threads);
     caf_cfg->set("scheduler.max-throughput", settings.actors.max_throughput);
     actors::register_types(*caf_cfg);
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
@@ -472,10 +478,12 @@ struct app::impl {
   /// An io thread. Handlers catch what they throw (the pipeline's error guard, the session's
   /// own error paths); should anything still unwind out of run(), it is logged and the thread
   /// goes on serving: one bad request never ends the process.
-  void run_io() {
+  void run_io(std::size_t i) {
+    io->bind(i);
     for (;;) {
       try {
-        ioc->run();
+        io->at(i).run();
+        io->unbind();
         return;
       } catch (const std::exception& e) {
         log::event(logger, spdlog::level::critical, "exception escaped an io handler")
@@ -488,11 +496,11 @@ struct app::impl {
   }
 
   void start_http() {
-    work = std::make_unique<net::asio::executor_work_guard<net::asio::io_context::executor_type>>(
-      ioc->get_executor());
+    for (std::size_t i = 0; i < io->size(); ++i)
+      work.push_back(net::asio::make_work_guard(io->at(i)));
     setup_metrics();
     api_pipeline = build_pipeline();
-    server = std::make_unique<net::server>(*ioc, settings.http, api_pipeline, logger);
+    server = std::make_unique<net::server>(*io, settings.http, api_pipeline, logger);
     port = server->start();
     if (settings.metrics.enabled && !settings.metrics.listen.empty()) {
       // Its own listener for the scraper: /metrics only, no authentication.
@@ -504,18 +512,18 @@ struct app::impl {
       ms.listen = settings.metrics.listen;
       ms.cors_allowed_origins.clear();
       metrics_server = std::make_unique<net::server>(
-        *ioc, ms, std::make_shared<net::pipeline>(std::move(chain), std::move(r), logger), logger);
+        *io, ms, std::make_shared<net::pipeline>(std::move(chain), std::move(r), logger), logger);
       metrics_port = metrics_server->start();
       log::event(logger, spdlog::level::info, "metrics listening")
         .str("address", settings.metrics.listen)
         .num("port", metrics_port);
     }
-    health_timer = std::make_unique<net::asio::steady_timer>(*ioc);
+    health_timer = std::make_unique<net::asio::steady_timer>(io->at(0));
     schedule_health();
-    flush_timer = std::make_unique<net::asio::steady_timer>(*ioc);
+    flush_timer = std::make_unique<net::asio::steady_timer>(io->at(0));
     schedule_flush();
-    for (int i = 0; i < settings.http.io_threads; ++i)
-      io_threads.emplace_back([this] { run_io(); });
+    for (std::size_t i = 0; i < io->size(); ++i)
+      io_threads.emplace_back([this, i] { run_io(i); });
   }
 };
 
@@ -542,7 +550,7 @@ uint16_t app::start() {
                                                detail::default_limits(d.settings));
   // The io_context exists before the actors (upstream clients live on it); its threads
   // start with the listener.
-  d.ioc = std::make_unique<net::asio::io_context>(d.settings.http.io_threads);
+  d.io = std::make_unique<net::io_pool>(static_cast<std::size_t>(d.settings.http.io_threads));
   d.start_actors();
   d.start_http();
   log::event(d.logger, spdlog::level::info, "listening")
@@ -584,20 +592,30 @@ void app::stop() {
     d.server->drain();
   if (d.metrics_server)
     d.metrics_server->drain();
-  if (d.work)
-    d.work.reset();
-  if (d.ioc)
-    d.ioc->stop();
-  for (auto& t : d.io_threads)
-    t.join();
-  d.io_threads.clear();
-  if (d.sys) {
+  // The actors stop while the io threads still run (they may be where the actors run, and
+  // the upstream calls that the tenants cancel end there); then the io threads stop.
+  auto stop_actors = [&d] {
+    if (!d.sys || !d.tenant_manager)
+      return;
     caf::anon_send_exit(d.tenant_directory, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(d.tenant_manager, caf::exit_reason::user_shutdown);
     d.tenant_directory = nullptr;
     d.tenant_manager = nullptr;
     d.sys->await_all_actors_done();
-  }
+  };
+  if (!d.io_threads.empty())
+    stop_actors();
+  d.work.clear();
+  if (d.io)
+    for (std::size_t i = 0; i < d.io->size(); ++i)
+      d.io->at(i).stop();
+  for (auto& t : d.io_threads)
+    t.join();
+  d.io_threads.clear();
+  if (d.sys)
+    if (auto* sched = io_scheduler_of(*d.sys))
+      sched->set_inline(); // what is still runnable now runs on the calling thread
+  stop_actors(); // a start that failed before the io threads
   if (d.executor)
     d.executor->stop();
   if (d.writer) {
@@ -628,7 +646,7 @@ void app::stop() {
   d.registry = std::make_shared<metrics::registry>(); // its collectors hold the routes too
   d.routes.reset();
   d.resilient_routes.clear();
-  d.ioc.reset();
+  d.io.reset();
   d.executor.reset();
   d.writer.reset();
   d.store.reset();

@@ -254,7 +254,7 @@ void start_node() {
   s.http.read_timeout_seconds = 5;
   s.data.dir = n->dir;
   s.admin.key = admin_key;
-  s.actors.scheduler_threads = 2;
+  s.actors.scheduler_threads = 0;
   s.shutdown.grace_seconds = 2;
   s.log.level = "debug";
   s.chat.echo_tokens_per_second = 0;

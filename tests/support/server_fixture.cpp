@@ -35,7 +35,7 @@ server_fixture::server_fixture(void (*tweak)(config::settings&), const std::stri
   settings_.http.io_threads = 1;
   settings_.data.dir = data_dir.empty() ? dir_.path() : data_dir;
   settings_.admin.key = admin_key;
-  settings_.actors.scheduler_threads = 2;
+  settings_.actors.scheduler_threads = 0; // the default: actors on the io threads
   settings_.shutdown.grace_seconds = 5;
   settings_.log.level = "debug";
   // Tests that are not about limits create tenants without any: said explicitly here (the

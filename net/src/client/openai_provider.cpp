@@ -59,34 +59,44 @@ endpoint parse_url(const std::string& url) {
   return e;
 }
 
-/// Shared by all calls of one upstream: where it is, credentials, TLS context, idle pool.
+/// Shared by all calls of one upstream: where it is, credentials, TLS context, and an idle
+/// pool per io context (a pooled connection is bound to the context that opened it, and a
+/// call uses its own thread's context, so it is served without leaving that thread).
 template <class Stream>
 struct upstream {
-  upstream(asio::io_context& io, endpoint e, std::string key, upstream_client_settings s,
+  upstream(io_pool& pool, endpoint e, std::string key, upstream_client_settings s,
            log::logger_ptr lg)
-    : ioc(io), ep(std::move(e)), api_key(std::move(key)), settings(s), logger(std::move(lg)) {}
+    : io(pool), ep(std::move(e)), api_key(std::move(key)), settings(s), logger(std::move(lg)),
+      lanes(pool.size()) {}
 
-  asio::io_context& ioc;
+  struct lane {
+    std::mutex mu;
+    std::vector<std::unique_ptr<Stream>> idle;
+  };
+
+  io_pool& io;
   endpoint ep;
   std::string api_key;
   upstream_client_settings settings;
   log::logger_ptr logger;
   std::unique_ptr<asio::ssl::context> tls;
-  std::mutex mu;
-  std::vector<std::unique_ptr<Stream>> idle;
+  std::vector<lane> lanes;
 
-  std::unique_ptr<Stream> take_idle() {
-    std::lock_guard<std::mutex> lock(mu);
-    if (idle.empty())
+  std::unique_ptr<Stream> take_idle(std::size_t i) {
+    auto& l = lanes[i];
+    std::lock_guard<std::mutex> lock(l.mu);
+    if (l.idle.empty())
       return nullptr;
-    auto s = std::move(idle.back());
-    idle.pop_back();
+    auto s = std::move(l.idle.back());
+    l.idle.pop_back();
     return s;
   }
-  void give_back(std::unique_ptr<Stream> s) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (idle.size() < settings.max_idle_connections)
-      idle.push_back(std::move(s));
+  void give_back(std::size_t i, std::unique_ptr<Stream> s) {
+    auto& l = lanes[i];
+    std::lock_guard<std::mutex> lock(l.mu);
+    // The bound is per upstream, shared by the lanes.
+    if (l.idle.size() * lanes.size() < settings.max_idle_connections)
+      l.idle.push_back(std::move(s));
   }
 };
 
@@ -134,7 +144,8 @@ public:
   call_op(std::shared_ptr<upstream<Stream>> up, actors::upstream_call call,
           std::shared_ptr<actors::call_listener> listener)
     : up_(std::move(up)),
-      strand_(asio::make_strand(up_->ioc)),
+      lane_(up_->io.pick()),
+      strand_(asio::make_strand(up_->io.at(lane_))),
       resolver_(strand_),
       listener_(std::move(listener)),
       request_id_(call.request_id),
@@ -218,7 +229,7 @@ private:
   void acquire() {
     if (finished_)
       return;
-    if (auto s = up_->take_idle()) {
+    if (auto s = up_->take_idle(lane_)) {
       stream_ = std::move(s);
       reused_ = true;
       return write();
@@ -425,7 +436,7 @@ private:
     listener_->on_done(std::move(d));
     if (keep && buffer_.size() == 0) {
       tcp_layer(*stream_).expires_never();
-      up_->give_back(std::move(stream_));
+      up_->give_back(lane_, std::move(stream_));
     }
   }
 
@@ -480,6 +491,7 @@ private:
   }
 
   std::shared_ptr<upstream<Stream>> up_;
+  std::size_t lane_; ///< the io context (and idle pool) this call runs on
   asio::strand<asio::io_context::executor_type> strand_;
   tcp::resolver resolver_;
   std::unique_ptr<Stream> stream_;
@@ -550,18 +562,18 @@ private:
 } // namespace
 
 std::shared_ptr<actors::provider_port>
-make_openai_provider(asio::io_context& ioc, const std::string& base_url, std::string api_key,
+make_openai_provider(io_pool& io, const std::string& base_url, std::string api_key,
                      upstream_client_settings settings, log::logger_ptr logger) {
   auto ep = parse_url(base_url);
   if (ep.tls) {
     auto up = std::make_shared<upstream<beast::ssl_stream<beast::tcp_stream>>>(
-      ioc, ep, std::move(api_key), settings, std::move(logger));
+      io, ep, std::move(api_key), settings, std::move(logger));
     up->tls = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
     up->tls->set_default_verify_paths();
     up->tls->set_verify_mode(asio::ssl::verify_peer);
     return std::make_shared<openai_provider<beast::ssl_stream<beast::tcp_stream>>>(std::move(up));
   }
-  auto up = std::make_shared<upstream<beast::tcp_stream>>(ioc, ep, std::move(api_key), settings,
+  auto up = std::make_shared<upstream<beast::tcp_stream>>(io, ep, std::move(api_key), settings,
                                                           std::move(logger));
   return std::make_shared<openai_provider<beast::tcp_stream>>(std::move(up));
 }

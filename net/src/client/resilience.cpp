@@ -600,7 +600,22 @@ void attempt_listener::on_failed(chat_failure f) { call_->on_failed(n_, std::mov
 resilient_route::resilient_route(asio::io_context& ioc, std::string model, route_policy policy,
                                  std::vector<std::shared_ptr<deployment>> deployments,
                                  log::logger_ptr logger)
-  : ioc_(ioc), model_(std::move(model)), policy_(std::move(policy)),
+  : resilient_route(std::make_unique<io_pool>(ioc), std::move(model), std::move(policy),
+                    std::move(deployments), std::move(logger)) {}
+
+resilient_route::resilient_route(std::unique_ptr<io_pool> own, std::string model,
+                                 route_policy policy,
+                                 std::vector<std::shared_ptr<deployment>> deployments,
+                                 log::logger_ptr logger)
+  : resilient_route(*own, std::move(model), std::move(policy), std::move(deployments),
+                    std::move(logger)) {
+  own_io_ = std::move(own);
+}
+
+resilient_route::resilient_route(io_pool& io, std::string model, route_policy policy,
+                                 std::vector<std::shared_ptr<deployment>> deployments,
+                                 log::logger_ptr logger)
+  : io_(&io), model_(std::move(model)), policy_(std::move(policy)),
     deployments_(std::move(deployments)), logger_(std::move(logger)) {
   if (deployments_.empty())
     throw std::invalid_argument("a route needs at least one deployment");

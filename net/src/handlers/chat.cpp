@@ -263,7 +263,10 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
     refused(self, *tenants, e);
   };
   tenants->find(self, tenant_id, [=](actors::tenant_actor t) mutable {
-    self->request(t, 10s, actors::chat_atom::value, std::move(req),
+    // No timeout: a CAF request timeout is a timer on CAF's clock thread for every request
+    // (a wake-up of another thread each). The tenant answers every chat request first thing,
+    // and should it stop, the request fails at once with request_receiver_down.
+    self->request(t, caf::infinite, actors::chat_atom::value, std::move(req),
                   caf::actor_cast<actors::turn_sink_actor>(self))
       .then(
         [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {

@@ -199,11 +199,11 @@ std::shared_ptr<asio::ssl::context> make_tls_context(const config::http_settings
 
 class listener : public std::enable_shared_from_this<listener> {
 public:
-  listener(asio::io_context& ioc, std::shared_ptr<const config::http_settings> settings,
+  listener(io_pool& io, std::shared_ptr<const config::http_settings> settings,
            std::shared_ptr<const pipeline> p, log::logger_ptr logger,
            std::shared_ptr<session_registry> registry)
-    : ioc_(ioc),
-      acceptor_(asio::make_strand(ioc)),
+    : io_(io),
+      acceptor_(asio::make_strand(io.at(0))),
       settings_(std::move(settings)),
       pipeline_(std::move(p)),
       logger_(std::move(logger)),
@@ -243,8 +243,9 @@ public:
 
 private:
   void do_accept() {
-    // Each connection gets its own strand, so its handlers never run concurrently.
-    acceptor_.async_accept(asio::make_strand(ioc_), [self = shared_from_this()](
+    // Each connection lives on one io thread (round robin) for its whole life, and gets its
+    // own strand, so its handlers never run concurrently.
+    acceptor_.async_accept(asio::make_strand(io_.at(next_++ % io_.size())), [self = shared_from_this()](
                                                       beast::error_code ec,
                                                       asio::ip::tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->accepting_.load())
@@ -298,7 +299,8 @@ private:
     });
   }
 
-  asio::io_context& ioc_;
+  io_pool& io_;
+  std::size_t next_ = 0; ///< the io context of the next connection (acceptor strand only)
   asio::ip::tcp::acceptor acceptor_;
   std::shared_ptr<const config::http_settings> settings_;
   std::shared_ptr<const pipeline> pipeline_;
@@ -312,10 +314,10 @@ private:
 
 // -- server -----------------------------------------------------------------------
 
-server::server(asio::io_context& ioc, const config::http_settings& settings,
+server::server(io_pool& io, const config::http_settings& settings,
                std::shared_ptr<const pipeline> p, log::logger_ptr logger)
   : registry_(std::make_shared<session_registry>()),
-    listener_(std::make_shared<listener>(ioc,
+    listener_(std::make_shared<listener>(io,
                                          std::make_shared<const config::http_settings>(settings),
                                          std::move(p), std::move(logger), registry_)) {}
 

@@ -55,7 +55,7 @@ struct data_settings {
 
 /// [actors]: the CAF actor system.
 struct actor_settings {
-  int scheduler_threads = 2;
+  int scheduler_threads = 0;               ///< 0: actors run on the io threads; N: CAF's own N threads
   int max_throughput = 300;                ///< messages per actor per scheduling run
 };
 

@@ -3,6 +3,7 @@
 #include "parley/actors/provider.hpp"
 #include "parley/config/logging.hpp"
 #include "parley/net/http.hpp"
+#include "parley/net/io_pool.hpp"
 
 #include <memory>
 #include <string>
@@ -20,7 +21,7 @@ struct upstream_client_settings {
 
 /// A provider for any OpenAI-compatible endpoint (OpenAI, Azure OpenAI, vLLM, llama.cpp
 /// server, Ollama): `base_url` like "https://api.openai.com/v1". Beast asynchronous client on
-/// `ioc`, keep-alive connection pool, HTTPS with the system CA store, certificate and host
+/// the calling io thread's context of `io`, a keep-alive connection pool per context, HTTPS with the system CA store, certificate and host
 /// name verification and SNI; the upstream is always called in streaming mode and its SSE
 /// body parsed incrementally, so tokens flow to the client as they arrive. The API key goes
 /// only into the upstream's Authorization header: never into logs, errors or responses.
@@ -32,7 +33,7 @@ struct upstream_client_settings {
 ///
 /// Thread safety: start() and the returned handles' cancel() may be called from any thread.
 std::shared_ptr<actors::provider_port>
-make_openai_provider(asio::io_context& ioc, const std::string& base_url, std::string api_key,
+make_openai_provider(io_pool& io, const std::string& base_url, std::string api_key,
                      upstream_client_settings settings, log::logger_ptr logger);
 
 } // namespace parley::net

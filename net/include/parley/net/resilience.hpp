@@ -9,6 +9,7 @@
 #include "parley/actors/provider.hpp"
 #include "parley/config/logging.hpp"
 #include "parley/net/http.hpp"
+#include "parley/net/io_pool.hpp"
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -156,6 +157,10 @@ class resilient_route final : public actors::provider_port,
                               public std::enable_shared_from_this<resilient_route> {
 public:
   /// `model` "" serves any model name (the quick-start upstream): calls keep their name.
+  /// Its calls' timers run on the calling io thread's context (`io`).
+  resilient_route(io_pool& io, std::string model, route_policy policy,
+                  std::vector<std::shared_ptr<deployment>> deployments, log::logger_ptr logger);
+  /// The same on one context the caller runs (tests).
   resilient_route(asio::io_context& ioc, std::string model, route_policy policy,
                   std::vector<std::shared_ptr<deployment>> deployments, log::logger_ptr logger);
 
@@ -173,12 +178,17 @@ public:
   /// Picks a deployment whose breaker admits a call, avoiding `tried` when it can; nullptr
   /// when every breaker is open. Sets `probe` for a half-open probe.
   std::shared_ptr<deployment> pick(const std::vector<const deployment*>& tried, bool& probe);
-  asio::io_context& ioc() noexcept { return ioc_; }
+  /// The context for a call's timers: the calling io thread's own.
+  asio::io_context& ioc() noexcept { return io_->pick_context(); }
   const log::logger_ptr& logger() const noexcept { return logger_; }
   void count_fallback(std::size_t i);
 
 private:
-  asio::io_context& ioc_;
+  resilient_route(std::unique_ptr<io_pool> own, std::string model, route_policy policy,
+                  std::vector<std::shared_ptr<deployment>> deployments, log::logger_ptr logger);
+
+  std::unique_ptr<io_pool> own_io_; ///< set by the one-context constructor
+  io_pool* io_;
   std::string model_;
   route_policy policy_;
   std::vector<std::shared_ptr<deployment>> deployments_;

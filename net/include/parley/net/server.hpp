@@ -3,6 +3,7 @@
 #include "parley/config/logging.hpp"
 #include "parley/config/settings.hpp"
 #include "parley/net/http.hpp"
+#include "parley/net/io_pool.hpp"
 #include "parley/net/middleware.hpp"
 #include "parley/net/router.hpp"
 
@@ -79,14 +80,15 @@ private:
 
 class listener;
 
-/// The HTTP server: a listener that accepts connections (a strand each) and starts sessions.
+/// The HTTP server: a listener that accepts connections (a strand each, on the pool's io
+/// contexts in turn) and starts sessions.
 ///
 /// Thread safety: start() and the stop/drain calls may be called from any thread; the
 /// io_context is run by threads the caller owns (runtime). Pending accepts hold the
 /// listener, not the server, so destroying the server while the io_context runs is safe.
 class server {
 public:
-  server(asio::io_context& ioc, const config::http_settings& settings,
+  server(io_pool& io, const config::http_settings& settings,
          std::shared_ptr<const pipeline> p, log::logger_ptr logger);
   ~server();
 
