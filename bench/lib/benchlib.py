@@ -5,6 +5,8 @@
   benchlib.py provision ...                tenants + API keys through parley's admin API
   benchlib.py add FILE k=v... < JSON       append one result record (JSON from stdin + k=v)
   benchlib.py report --in FILE --out DIR   results.json, results.md, chart.png (gnuplot)
+  benchlib.py cost PID...                  CPU seconds and context switches of the processes
+                                           and all their descendants and threads (JSON)
 """
 import argparse
 import concurrent.futures
@@ -31,6 +33,45 @@ def cmd_ports(a):
         print(s.getsockname()[1])
     for s in socks:
         s.close()
+
+
+def _tree(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cost(pids):
+    """CPU seconds (user + system, of live and exited threads) and context switches (voluntary
+    + involuntary, of the live threads) of the processes and all their descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu, cs = 0.0, 0
+    for root in pids:
+        for p in _tree(int(root)):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+                for t in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{t}/status") as f:
+                        for line in f:
+                            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                                cs += int(line.split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return {"cpu_s": cpu, "cs": cs}
+
+
+def cmd_cost(a):
+    print(json.dumps(cost(a.pids)))
 
 
 # ---- provisioning ------------------------------------------------------------------------------
@@ -205,6 +246,9 @@ def build(records, meta_extra):
                "p99_ms": _ms(r.get("p99_us")), "max_ms": _ms(r.get("max_us")),
                "errors": sum((r.get("errors") or {}).values()) if isinstance(r.get("errors"), dict) else None,
                "non2xx": (r.get("errors") or {}).get("status") if isinstance(r.get("errors"), dict) else None}
+        if r.get("requests") and r.get("cpu_s") is not None:
+            row["cpu_us_per_req"] = r["cpu_s"] * 1e6 / r["requests"]
+            row["cs_per_req"] = r["cs"] / r["requests"]
         d = direct.get(r["conc"])
         if d and r["target"] != "direct" and row["p50_ms"] is not None:
             row["added_p50_ms"] = row["p50_ms"] - _ms(d["p50_us"])
@@ -225,6 +269,9 @@ def build(records, meta_extra):
         for other in ("nginx", "portkey", "direct"):
             o = by.get(other)
             ratio[f"parley_over_{other}"] = (p["rps"] / o["rps"]) if o and o["rps"] else None
+        n = by.get("nginx")
+        ratio["cpu_parley_over_nginx"] = (p["cpu_us_per_req"] / n["cpu_us_per_req"]) \
+            if n and p.get("cpu_us_per_req") and n.get("cpu_us_per_req") else None
         ratios.append(ratio)
     out["ratios"] = ratios
 
@@ -338,6 +385,17 @@ def _targets(o):
         v = p["rps"] / n["rps"]
         rows.append({"target": f"throughput vs nginx-as-proxy at concurrency {top}", "goal": ">= 1.0x",
                      "measured": f"{v:.2f}x", "met": v >= 1.0})
+    for conc in concs:
+        pc, nc = by.get(("parley", conc)), by.get(("nginx", conc))
+        if pc and nc and pc.get("cpu_us_per_req") and nc.get("cpu_us_per_req"):
+            v = pc["cpu_us_per_req"] / nc["cpu_us_per_req"]
+            rows.append({"target": f"CPU per request vs nginx-as-proxy at concurrency {conc}", "goal": "<= 2x",
+                         "measured": f"{v:.2f}x ({pc['cpu_us_per_req']:.0f} vs {nc['cpu_us_per_req']:.0f} us)",
+                         "met": v <= 2})
+        if pc and pc.get("cs_per_req") is not None:
+            rows.append({"target": f"parley's context switches per request at concurrency {conc}", "goal": "<= 1.0",
+                         "measured": f"{pc['cs_per_req']:.2f}" + (f" (nginx {nc['cs_per_req']:.2f})" if nc and nc.get("cs_per_req") is not None else ""),
+                         "met": pc["cs_per_req"] <= 1.0})
     if p and k and k["rps"]:
         v = p["rps"] / k["rps"]
         rows.append({"target": f"throughput vs Portkey at concurrency {top}", "goal": ">= 30x",
@@ -391,19 +449,20 @@ def _md(o):
     if o["throughput"]:
         _table(L, f"### Throughput and latency (wrk, closed loop, {m.get('duration_s', '?')} s per run)",
                ["concurrency", "target", "requests/s", "p50 ms", "p90 ms", "p99 ms", "added p50 ms",
-                "added p99 ms", "errors"],
-               ["---:", "---"] + ["---:"] * 7,
+                "added p99 ms", "errors", "CPU us/request", "context switches/request"],
+               ["---:", "---"] + ["---:"] * 9,
                [[str(r["conc"]), TARGET_NAMES.get(r["target"], r["target"]), _f(r["rps"], 0),
                  _f(r["p50_ms"], 3), _f(r["p90_ms"], 3), _f(r["p99_ms"], 3),
-                 _f(r.get("added_p50_ms"), 3), _f(r.get("added_p99_ms"), 3), _f(r["errors"])]
+                 _f(r.get("added_p50_ms"), 3), _f(r.get("added_p99_ms"), 3), _f(r["errors"]),
+                 _f(r.get("cpu_us_per_req"), 1), _f(r.get("cs_per_req"), 2)]
                 for r in o["throughput"]])
         if o["ratios"]:
-            L.append("| concurrency | parley / nginx proxy | parley / Portkey | parley / upstream direct |")
-            L.append("|---:|---:|---:|---:|")
+            L.append("| concurrency | parley / nginx proxy | parley / Portkey | parley / upstream direct | CPU per request, parley / nginx proxy |")
+            L.append("|---:|---:|---:|---:|---:|")
             for r in o["ratios"]:
                 def x(v, d=2):
                     return "-" if v is None else f"{v:.{d}f}x"
-                L.append(f"| {r['conc']} | {x(r['parley_over_nginx'])} | {x(r['parley_over_portkey'], 1)} | {x(r['parley_over_direct'])} |")
+                L.append(f"| {r['conc']} | {x(r['parley_over_nginx'])} | {x(r['parley_over_portkey'], 1)} | {x(r['parley_over_direct'])} | {x(r.get('cpu_parley_over_nginx'))} |")
             L.append("")
     if o["rate"]:
         r0 = o["rate"][0]
@@ -595,6 +654,9 @@ def main():
     s.add_argument("file")
     s.add_argument("kv", nargs="*")
     s.set_defaults(fn=cmd_add)
+    s = sub.add_parser("cost")
+    s.add_argument("pids", nargs="+")
+    s.set_defaults(fn=cmd_cost)
     s = sub.add_parser("report")
     s.add_argument("--in", dest="infile", required=True)
     s.add_argument("--out", required=True)
