@@ -613,8 +613,21 @@ void app::stop() {
     t.join();
   d.io_threads.clear();
   if (d.sys)
-    if (auto* sched = io_scheduler_of(*d.sys))
-      sched->set_inline(); // what is still runnable now runs on the calling thread
+    if (auto* sched = io_scheduler_of(*d.sys)) {
+      // What becomes runnable from now on runs on the calling thread; and what was queued
+      // on the io contexts and never ran (a start that failed before the io threads) runs
+      // here now, so that the actors can finish.
+      sched->set_inline();
+      for (std::size_t i = 0; i < d.io->size(); ++i) {
+        try {
+          d.io->at(i).restart();
+          d.io->at(i).poll();
+        } catch (const std::exception& e) {
+          log::event(d.logger, spdlog::level::err, "exception in a handler run at shutdown")
+            .str("error", e.what());
+        }
+      }
+    }
   stop_actors(); // a start that failed before the io threads
   if (d.executor)
     d.executor->stop();

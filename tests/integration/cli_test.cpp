@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <boost/asio/ip/tcp.hpp>
+
 #include <csignal>
 
 using namespace parley::test;
@@ -84,4 +86,23 @@ TEST_CASE("parley admin provisions tenants and keys that the server accepts",
   CHECK(rcg == 1);
   auto [rcu, outu] = run_parley(d, {"admin", "tenant"});
   CHECK(rcu == 2);
+}
+
+TEST_CASE("parley serve exits with an error when its port is taken", "[cli][integration]") {
+  temp_dir d;
+  // Hold a listening socket, then ask parley to listen on the same port.
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::acceptor taken(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  auto port = taken.local_endpoint().port();
+  child_process p({PARLEY_BINARY, "serve"},
+                  {{"PARLEY_DATA_DIR", d.path()},
+                   {"PARLEY_HTTP_LISTEN", "127.0.0.1:" + std::to_string(port)}},
+                  d.path() + "/serve.out");
+  // Everything built before the listener (the store, the actors) stops again: the process
+  // ends instead of hanging on actors that never ran.
+  auto rc = p.wait_exit(std::chrono::seconds(30));
+  INFO(p.output());
+  REQUIRE(rc);
+  CHECK(*rc != 0);
+  CHECK(p.output().find("start-up failed") != std::string::npos);
 }
