@@ -1,5 +1,6 @@
 #include "io_scheduler.hpp"
 
+#include <caf/abstract_actor.hpp>
 #include <caf/detail/thread_safe_actor_clock.hpp>
 #include <caf/execution_unit.hpp>
 #include <caf/resumable.hpp>
@@ -11,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 namespace parley::runtime {
 namespace {
@@ -23,6 +25,59 @@ std::mutex g_configs_mu;
 std::map<const caf::actor_system_config*, net::io_pool*> g_configs;
 
 class io_coordinator;
+
+/// CAF's thread-safe clock, minus a wake-up per actor: CAF cancels an actor's timeouts when it
+/// terminates, and the thread-safe clock hands every call to its thread (a futex wake each).
+/// Most actors here (a relay per request) never set a timeout; for them there is nothing to
+/// cancel, so nothing is handed over.
+class io_clock final : public caf::detail::thread_safe_actor_clock {
+public:
+  using super = caf::detail::thread_safe_actor_clock;
+
+  void set_ordinary_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type,
+                            uint64_t id) override {
+    note(self);
+    super::set_ordinary_timeout(t, self, type, id);
+  }
+  void set_request_timeout(time_point t, caf::abstract_actor* self, caf::message_id id) override {
+    note(self);
+    super::set_request_timeout(t, self, id);
+  }
+  void set_multi_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type,
+                         uint64_t id) override {
+    note(self);
+    super::set_multi_timeout(t, self, type, id);
+  }
+  void cancel_ordinary_timeout(caf::abstract_actor* self, caf::atom_value type) override {
+    if (has(self))
+      super::cancel_ordinary_timeout(self, type);
+  }
+  void cancel_request_timeout(caf::abstract_actor* self, caf::message_id id) override {
+    if (has(self))
+      super::cancel_request_timeout(self, id);
+  }
+  void cancel_timeouts(caf::abstract_actor* self) override {
+    if (forget(self))
+      super::cancel_timeouts(self);
+  }
+
+private:
+  void note(caf::abstract_actor* self) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++timed_[self->id()];
+  }
+  bool has(caf::abstract_actor* self) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return timed_.count(self->id()) > 0;
+  }
+  bool forget(caf::abstract_actor* self) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return timed_.erase(self->id()) > 0;
+  }
+
+  std::mutex mu_;
+  std::unordered_map<caf::actor_id, uint32_t> timed_; ///< actors that ever set a timeout
+};
 
 /// The execution unit of one io thread: an actor that makes another runnable while running
 /// on this thread schedules it on this thread too.
@@ -119,7 +174,7 @@ private:
   std::mutex inline_mu_;
   std::deque<caf::resumable*> inline_queue_;
   bool inline_running_ = false;
-  caf::detail::thread_safe_actor_clock clock_;
+  io_clock clock_;
   std::thread clock_thread_;
 };
 
