@@ -275,9 +275,10 @@ bool wait_until(Cond cond, std::chrono::milliseconds bound) {
   return true;
 }
 
-/// After the drain began: a new connection is refused, or answered 503.
-bool new_connection_turned_away(uint16_t port, const std::string& key) {
-  if (connection_refused(port))
+/// After the drain began: new connections are refused (the listener is closed) within a
+/// bound; a connection that slips in before that is closed unanswered, or answered 503.
+bool new_connections_turned_away(uint16_t port, const std::string& key) {
+  if (wait_until([&] { return connection_refused(port); }, std::chrono::seconds(5)))
     return true;
   try {
     auto r = fetch(port, http::verb::post, "/v1/chat/completions",
@@ -285,7 +286,7 @@ bool new_connection_turned_away(uint16_t port, const std::string& key) {
                    {{"Authorization", "Bearer " + key}});
     return r.status == 503;
   } catch (const std::exception&) {
-    return true; // accepted by the kernel's backlog, then closed: turned away
+    return true; // accepted by the kernel's backlog, then closed unanswered
   }
 }
 
@@ -348,7 +349,7 @@ TEST_CASE("SIGTERM with 200 open SSE streams lets every stream finish with DONE 
   auto t0 = steady::now();
   n.proc->signal(SIGTERM);
   REQUIRE(n.proc->wait_for_output("\"msg\":\"draining\"", std::chrono::seconds(10)));
-  CHECK(new_connection_turned_away(n.port, n.key));
+  CHECK(new_connections_turned_away(n.port, n.key));
   set.join();
   auto rc = n.proc->wait_exit(std::chrono::seconds(30));
   auto exited = steady::now() - t0;
@@ -401,7 +402,7 @@ TEST_CASE("SIGTERM with 200 SSE streams longer than the grace period ends each w
   auto t0 = steady::now();
   n.proc->signal(SIGTERM);
   REQUIRE(n.proc->wait_for_output("\"msg\":\"draining\"", std::chrono::seconds(10)));
-  CHECK(new_connection_turned_away(n.port, n.key));
+  CHECK(new_connections_turned_away(n.port, n.key));
   auto rc = n.proc->wait_exit(std::chrono::seconds(grace + 30));
   auto exited = steady::now() - t0;
   set.join();
