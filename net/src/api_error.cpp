@@ -75,6 +75,9 @@ spec lookup(api_errc c) noexcept {
     case api_errc::overloaded:
       return {s::service_unavailable, "server_error", "overloaded",
               "The server is overloaded; retry later."};
+    case api_errc::shutting_down:
+      return {s::service_unavailable, "server_error", "server_shutdown",
+              "The server is shutting down; retry the request."};
     case api_errc::gateway_timeout:
       return {s::gateway_timeout, "server_error", "upstream_timeout",
               "The upstream model provider did not answer in time."};

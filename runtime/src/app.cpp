@@ -569,6 +569,15 @@ void app::begin_shutdown() {
     d.server->drain();
 }
 
+void app::end_in_flight() {
+  auto& d = *impl_;
+  d.draining = true;
+  if (d.server)
+    d.server->end_in_flight();
+  if (d.metrics_server)
+    d.metrics_server->end_in_flight();
+}
+
 bool app::drained() const {
   auto& d = *impl_;
   return !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);

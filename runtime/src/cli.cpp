@@ -52,13 +52,28 @@ int serve(const config::settings& s) {
   asio::steady_timer poll(control);
   auto deadline = std::chrono::steady_clock::now();
 
+  // When the grace period is over, the answers still in progress are told to end (a stream
+  // with an error event and [DONE]); this long is left for those last events to be written
+  // before whatever is still open is cut.
+  constexpr auto final_writes = std::chrono::seconds(3);
+  bool ending = false;
   std::function<void()> wait_drained = [&] {
-    if (node.drained() || std::chrono::steady_clock::now() >= deadline) {
-      if (!node.drained())
-        log::event(logger, spdlog::level::warn, "grace period over; cutting in-flight requests")
-          .num("in_flight", node.in_flight());
+    if (node.drained()) {
       control.stop();
       return;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      if (ending) {
+        log::event(logger, spdlog::level::warn, "in-flight requests did not end; cutting them")
+          .num("in_flight", node.in_flight());
+        control.stop();
+        return;
+      }
+      ending = true;
+      log::event(logger, spdlog::level::warn, "grace period over; ending in-flight requests")
+        .num("in_flight", node.in_flight());
+      node.end_in_flight();
+      deadline = std::chrono::steady_clock::now() + final_writes;
     }
     poll.expires_after(std::chrono::milliseconds(20));
     poll.async_wait([&](boost::system::error_code) { wait_drained(); });

@@ -104,10 +104,14 @@ struct relay_state {
   }
 };
 
+/// The node's grace period is over: end the answer now (the relay's own message).
+using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;
+
 /// The relay: the bridge between one HTTP exchange and the actors. It asks the tenant to
 /// admit the request and then receives the turn's events (which the tenant starts only after
-/// its answer is on its way) and the client's going away.
-using relay_actor = actors::turn_sink_actor::extend<caf::reacts_to<actors::cancel_atom, std::string>>;
+/// its answer is on its way), the client's going away, and the end of the node's grace period.
+using relay_actor = actors::turn_sink_actor::extend<caf::reacts_to<actors::cancel_atom, std::string>,
+                                                    caf::reacts_to<shutdown_atom>>;
 using relay_ptr = relay_actor::stateful_pointer<relay_state>;
 
 /// A delta: one SSE chunk, or appended to the JSON answer.
@@ -217,6 +221,38 @@ void on_failed(relay_ptr self, const actors::chat_failure& f) {
   self->quit();
 }
 
+/// Stops the turn's producer once the client reads nothing more from us: now if it is known,
+/// else when the tenant's answer names it (see ask_tenant).
+void stop_producing(relay_ptr self) {
+  auto& s = self->state;
+  s.cancelled = true;
+  if (s.producer) {
+    self->send(s.producer, actors::cancel_atom::value, s.req.request_id);
+    self->quit();
+  }
+  // Else: the tenant's answer has not come yet; it tells us the producer, then we cancel
+  // it. A cached answer needs no cancelling: it ends by itself.
+}
+
+/// The grace period is over: a stream ends with an error event and [DONE], an answer not yet
+/// begun is a 503; then the turn is cancelled (its ledger row says so, charged for what was
+/// sent). The client is told to retry: another node, or this one after its restart, serves it.
+void on_shutdown(relay_ptr self) {
+  auto& s = self->state;
+  if (s.cancelled)
+    return;
+  api_error err{api_errc::shutting_down, "", ""};
+  if (s.streaming) {
+    s.ex->stream_write("data: " + error_body(err) + "\n\n");
+    s.ex->stream_write("data: [DONE]\n\n");
+    s.ex->end_stream();
+  } else {
+    s.ex->add_header("Retry-After", "1");
+    s.ex->respond_error(err);
+  }
+  stop_producing(self);
+}
+
 /// The tenant's refusal or unavailability, answered to the client.
 void refused(relay_ptr self, tenant_locator& tenants, const caf::error& e) {
   auto& s = self->state;
@@ -299,7 +335,8 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
   st.created = persistence::now_millis() / 1000;
   auto me = caf::actor_cast<relay_actor>(self);
   // The client going away reaches us as a message; from then on nobody reads our output.
-  st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); });
+  st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); }, {},
+               [me] { caf::anon_send(me, shutdown_atom::value); });
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& s = self->state;
     if (dm.source != s.producer.address() || s.cancelled)
@@ -322,16 +359,8 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
     [=](actors::served_atom, std::string& model) { on_served(self, model); },
     [=](actors::done_atom, actors::chat_done& d) { on_done(self, d); },
     [=](actors::failed_atom, actors::chat_failure& f) { on_failed(self, f); },
-    [=](actors::cancel_atom, const std::string&) {
-      auto& s = self->state;
-      s.cancelled = true;
-      if (s.producer) {
-        self->send(s.producer, actors::cancel_atom::value, s.req.request_id);
-        self->quit();
-      }
-      // Else: the tenant's answer has not come yet; it tells us the producer, then we cancel
-      // it (see above). A cached answer needs no cancelling: it ends by itself.
-    },
+    [=](actors::cancel_atom, const std::string&) { stop_producing(self); },
+    [=](shutdown_atom) { on_shutdown(self); },
   };
 }
 

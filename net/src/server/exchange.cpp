@@ -79,9 +79,11 @@ void exchange::end_stream() {
   asio::dispatch(session_->executor(), [self = shared_from_this()] { self->session_->end_stream(); });
 }
 
-void exchange::watch(std::function<void()> on_gone, std::function<void()> on_written) {
+void exchange::watch(std::function<void()> on_gone, std::function<void()> on_written,
+                     std::function<void()> on_shutdown) {
   on_gone_ = std::move(on_gone);
   on_written_ = std::move(on_written);
+  on_shutdown_ = std::move(on_shutdown);
   // Start watching the socket for a client that goes away while we work on its answer.
   asio::dispatch(session_->executor(), [self = shared_from_this()] {
     self->session_->watch_client(self);

@@ -44,6 +44,7 @@ public:
 
   void start() override;
   void drain() override;
+  void shut_down() override;
   void write_response(const std::shared_ptr<exchange>& ex, response res) override;
   void begin_stream(const std::shared_ptr<exchange>& ex, response header) override;
   void stream_chunk(std::string data) override;
@@ -153,6 +154,24 @@ void basic_http_session<Stream>::drain() {
     self->closing_ = true;
     if (!self->busy_)
       self->do_close();
+  });
+}
+
+template <class Stream>
+void basic_http_session<Stream>::shut_down() {
+  asio::post(stream_.get_executor(), [self = self()] {
+    self->closing_ = true;
+    auto ex = self->stream_ex_ ? self->stream_ex_ : self->watched_.lock();
+    if (ex && ex->on_shutdown_) {
+      // Its producer ends the response (an error answer, or a stream's last events and end);
+      // the connection closes once that is written (closing_).
+      auto end = std::move(ex->on_shutdown_);
+      ex->on_shutdown_ = nullptr;
+      ex->on_gone_ = nullptr;
+      return end();
+    }
+    // Nothing can end this connection cleanly any more: it would be cut at exit anyway.
+    self->do_close();
   });
 }
 
@@ -406,6 +425,7 @@ void basic_http_session<Stream>::finish_stream(bool ok) {
   log_access(*ex, stream_header_ ? stream_header_->result_int() : 200, ok);
   stream_header_.reset();
   if (!ok) {
+    ex->on_shutdown_ = nullptr;
     if (ex->on_gone_) {
       auto gone = std::move(ex->on_gone_);
       ex->on_gone_ = nullptr;
@@ -455,6 +475,7 @@ void basic_http_session<Stream>::client_gone(const char* why) {
     return;
   auto gone = std::move(ex->on_gone_);
   ex->on_gone_ = nullptr;
+  ex->on_shutdown_ = nullptr;
   log::event(pipeline_->logger(), spdlog::level::info, "client went away")
     .str("request_id", ex->ctx().request_id)
     .str("why", why);

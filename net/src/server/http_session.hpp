@@ -18,7 +18,7 @@ namespace parley::net {
 /// This is the interface exchanges and the registry use; make_http_session() builds the one
 /// implementation, a template over the stream type (TCP, or TLS over TCP).
 ///
-/// Thread safety: every member function except start() and drain() runs on the
+/// Thread safety: every member function except start(), drain() and shut_down() runs on the
 /// connection's strand. Pending operations and live exchanges hold shared_from_this().
 class http_session : public std::enable_shared_from_this<http_session> {
 public:
@@ -28,6 +28,10 @@ public:
   virtual void start() = 0;
   /// Finishes the current request, then closes; closes at once when idle (any thread).
   virtual void drain() = 0;
+  /// The grace period is over (any thread): the response in progress, if its producer set an
+  /// on_shutdown callback, is told to end now and the connection closes after it; any other
+  /// connection (idle, a request still arriving, a handler without the callback) closes now.
+  virtual void shut_down() = 0;
 
   /// Writes the response of `ex` (strand only; called by exchange).
   virtual void write_response(const std::shared_ptr<exchange>& ex, response res) = 0;

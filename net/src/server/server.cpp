@@ -157,6 +157,18 @@ void session_registry::drain_all() {
     s->drain();
 }
 
+void session_registry::shut_down_all() {
+  std::vector<std::shared_ptr<http_session>> live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& w : sessions_)
+      if (auto s = w.lock())
+        live.push_back(std::move(s));
+  }
+  for (auto& s : live)
+    s->shut_down();
+}
+
 std::size_t session_registry::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::size_t n = 0;
@@ -331,6 +343,11 @@ void server::drain() {
   registry_->draining = true;
   stop_accepting();
   registry_->drain_all();
+}
+
+void server::end_in_flight() {
+  drain();
+  registry_->shut_down_all();
 }
 
 } // namespace parley::net

@@ -39,6 +39,8 @@ TEST_CASE("the error table maps each code to its HTTP status", "[net][unit]") {
   CHECK(std::string(type_of(api_errc::internal)) == "server_error");
   CHECK(status_of(api_errc::overloaded) == http::status::service_unavailable);
   CHECK(status_of(api_errc::gateway_timeout) == http::status::gateway_timeout);
+  CHECK(status_of(api_errc::shutting_down) == http::status::service_unavailable);
+  CHECK(std::string(code_of(api_errc::shutting_down)) == "server_shutdown");
 }
 
 TEST_CASE("store errors map to client errors without their internal detail", "[net][unit]") {

@@ -31,6 +31,7 @@ enum class api_errc {
   bad_gateway,         ///< 502 server_error / upstream_error
   unavailable,         ///< 503 server_error / service_unavailable
   overloaded,          ///< 503 server_error / overloaded
+  shutting_down,       ///< 503 server_error / server_shutdown
   gateway_timeout,     ///< 504 server_error / upstream_timeout
 };
 

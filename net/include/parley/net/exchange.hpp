@@ -61,11 +61,16 @@ public:
   /// Ends the streamed body (the last chunk), then the connection serves its next request.
   void end_stream();
 
-  /// Callbacks for whoever produces the response; both run on the session's strand and must
+  /// Callbacks for whoever produces the response; all run on the session's strand and must
   /// only hand off (e.g. send a message to an actor). `on_gone`: the client disconnected or
   /// a write failed, before the response completed. `on_written`: one stream chunk was
-  /// written to the socket (flow-control credit). Set them before responding.
-  void watch(std::function<void()> on_gone, std::function<void()> on_written = {});
+  /// written to the socket (flow-control credit). `on_shutdown`: the server's grace period is
+  /// over while this response is unanswered or still streaming -- end it now (an error
+  /// answer, or a stream's final error event and end); the connection closes after it, and
+  /// whatever is still unfinished a few seconds later is cut. Each fires at most once, and
+  /// neither after the other. Set them before responding.
+  void watch(std::function<void()> on_gone, std::function<void()> on_written = {},
+             std::function<void()> on_shutdown = {});
 
   /// Index of the next middleware to run (used by the pipeline).
   std::size_t next_filter = 0;
@@ -84,6 +89,7 @@ private:
   std::vector<std::pair<std::string, std::string>> extra_headers_;
   std::function<void()> on_gone_;
   std::function<void()> on_written_;
+  std::function<void()> on_shutdown_;
   std::atomic<bool> responded_{false};
   std::atomic<bool> client_left_{false}; ///< the client went away before its answer
 };

@@ -62,6 +62,9 @@ public:
   /// Posts a drain to every live session: idle ones close, busy ones close after their
   /// current response.
   void drain_all();
+  /// Posts shut_down to every live session: responses in progress are told to end now (their
+  /// producers' on_shutdown), every other connection closes.
+  void shut_down_all();
   std::size_t size() const;
 
   std::atomic<bool> draining{false};
@@ -101,6 +104,11 @@ public:
   void stop_accepting();
   /// stop_accepting(), then asks every session to finish its current request and close.
   void drain();
+  /// The grace period is over: drain(), then every response still in progress is told to
+  /// end now (a chat stream ends with an error event and [DONE], a waiting chat request is
+  /// answered 503) and every other connection is closed. Any thread; the sessions act on
+  /// their strands, so this returns before they are done (watch in_flight()).
+  void end_in_flight();
 
   int64_t in_flight() const noexcept { return registry_->in_flight.load(); }
   int64_t streams() const noexcept { return registry_->streams.load(); }

@@ -30,7 +30,7 @@ struct route_info {
 /// store, persistence workers, actor system (tenant manager and directory), io threads,
 /// HTTP listener -- and stops them in reverse, so the listener is the first to stop.
 ///
-/// Thread safety: start(), begin_shutdown(), stop() are called by one controlling thread
+/// Thread safety: start(), begin_shutdown(), end_in_flight(), stop() are called by one controlling thread
 /// (main, or a test). drained() and port() may be called from any thread.
 class app {
 public:
@@ -45,6 +45,11 @@ public:
   /// Graceful shutdown, first step: readiness turns 503, the listener stops accepting, idle
   /// connections close, busy ones close after their current response.
   void begin_shutdown();
+  /// Graceful shutdown, second step, when the grace period is over: every answer still in
+  /// progress is told to end now -- a chat stream with an error event (`server_shutdown`)
+  /// and [DONE], a chat request not yet answered with 503 -- and its turn is cancelled;
+  /// every other connection closes. Returns at once; wait for drained(), bounded.
+  void end_in_flight();
   /// True when no request is in flight and no connection is open.
   bool drained() const;
   /// Requests still in flight.
