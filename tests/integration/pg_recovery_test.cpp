@@ -163,13 +163,6 @@ int readyz(uint16_t port) {
   }
 }
 
-/// A gauge or counter from /metrics (-1 when absent).
-double metric(uint16_t port, const std::string& name) {
-  auto m = fetch(port, http::verb::get, "/metrics", {}, admin_headers());
-  auto pos = m.body.find("\n" + name + " ");
-  return pos == std::string::npos ? -1 : std::atof(m.body.c_str() + pos + name.size() + 2);
-}
-
 } // namespace
 
 TEST_CASE("PostgreSQL restarted under load: readiness follows it, requests fail cleanly and nothing acknowledged is lost",

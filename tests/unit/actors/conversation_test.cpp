@@ -896,3 +896,46 @@ TEST_CASE("a turn that reaches the tenant after it let an idle conversation go i
   CHECK(f.actors.conversations.load() == 1);
   CHECK(f.stored_texts() == std::vector<std::string>{"before", "idle soon", "after", "served"});
 }
+
+// Review (79968c1): the relay asks its tenant with caf::infinite. A request the tenant has
+// already taken from its mailbox and parked (waiting_for_budget) is never answered when the
+// tenant stops: CAF 0.17 bounces only what is still queued, and a dropped response_promise
+// sends nothing. With no timeout the relay (and its HTTP client) waits forever.
+TEST_CASE("review: a relay whose admission is parked for the daily budget is answered when "
+          "its tenant stops",
+          "[actors][unit][review]") {
+  conversation_fixture f;
+  // Hold the store executor's only worker, so that the tenant's budget load stays queued.
+  std::mutex gate_mu;
+  std::condition_variable gate_cv;
+  bool gate_open = false;
+  REQUIRE(f.executor.try_post([&] {
+    std::unique_lock<std::mutex> lock(gate_mu);
+    gate_cv.wait(lock, [&] { return gate_open; });
+  }));
+  chat_request req;
+  req.request_id = "req_budget";
+  req.tenant_id = tenant_id;
+  req.model = "m";
+  req.messages.push_back(to_chat_message(user_json("hello")));
+  req.extra_json = "{}";
+  req.stream = true;
+  req.tenant_config = R"({"limits":{"tokens_per_day":100000}})";
+  auto log = std::make_shared<relay_log>();
+  auto relay = f.sys->spawn(test_relay, f.tenant, std::move(req), log);
+  f.relays.push_back(caf::actor_cast<caf::actor>(relay));
+  f.sched->run(); // the relay asks; the tenant parks the request and queues the budget load
+  CHECK_FALSE(log->finished());
+
+  // The tenant stops (a crash, or the node's shutdown).
+  caf::anon_send_exit(f.tenant, caf::exit_reason::unhandled_exception);
+  f.sched->run();
+  f.sched->trigger_timeouts(); // there is none: the request has no timeout
+  bool answered = f.run_until([&] { return log->finished(); }, 2s);
+  {
+    std::lock_guard<std::mutex> lock(gate_mu);
+    gate_open = true;
+  }
+  gate_cv.notify_all();
+  CHECK(answered); // fails on 79968c1: nothing ever answers this relay
+}
