@@ -939,3 +939,44 @@ TEST_CASE("review: a relay whose admission is parked for the daily budget is ans
   gate_cv.notify_all();
   CHECK(answered); // fails on 79968c1: nothing ever answers this relay
 }
+
+// Review (6477bfc): a conversation turn's end now travels conversation -> tenant -> relay, while
+// the relay watches the conversation (its producer). If the conversation actor stops after it
+// forwarded a completed, committed turn's end (its conversation deleted, a crash in its next
+// turn) and the relay runs before the tenant has told it, the relay sees its producer down
+// first and answers 500 "ended unexpectedly" for an answer that was committed and charged.
+TEST_CASE("review: a committed conversation turn is not reported as failed when its "
+          "conversation stops right after forwarding the end",
+          "[actors][unit][review]") {
+  conversation_fixture f;
+  auto c1 = f.client("hello");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto conv = c1->conversation();
+  REQUIRE(conv);
+  f.provider->at(0)->answer({"hi"});
+  auto* tenant_job =
+    dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(f.tenant));
+  auto tenant_ready = [&] {
+    return std::find(f.sched->jobs.begin(), f.sched->jobs.end(), tenant_job) !=
+           f.sched->jobs.end();
+  };
+  // Everything but the tenant runs: the reply is committed, the conversation forwards the end.
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!(f.store.arrived() == 2 && tenant_ready())) {
+    auto seen = f.sched->epoch();
+    f.sched->pump();
+    f.run_all_but(f.tenant);
+    if (f.store.arrived() == 2 && tenant_ready())
+      break;
+    REQUIRE(f.sched->wait_past(seen, deadline));
+  }
+  CHECK(c1->deltas == std::vector<std::string>{"hi"});
+  CHECK(f.stored_texts() == std::vector<std::string>{"hello", "hi"}); // committed
+  // The conversation stops now (e.g. DELETE /v1/conversations/conv_1 reached the tenant
+  // just before the end did); the relay runs before the busy tenant.
+  caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
+  f.run_all_but(f.tenant);
+  f.sched->run();
+  CHECK(c1->done);
+  CHECK_FALSE(c1->producer_down); // on 6477bfc+ the relay saw its producer die first: a 500
+}
