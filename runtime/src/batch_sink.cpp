@@ -1,5 +1,7 @@
 #include "batch_sink.hpp"
 
+#include <cstdio>
+
 namespace parley::runtime {
 
 batch_sink::batch_sink(std::vector<spdlog::sink_ptr> out, std::chrono::milliseconds interval,
@@ -54,16 +56,27 @@ void batch_sink::set_formatter(std::unique_ptr<spdlog::formatter> f) {
 }
 
 void batch_sink::write(std::vector<spdlog::details::log_msg_buffer>& batch, bool flush) {
+  // A sink that fails (a full disk, a failed rotation) loses its lines, as spdlog's own
+  // loggers do; it must not end the writer thread (std::terminate) or the flushing caller.
+  auto guarded = [](const char* what, auto&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "[*** LOG ERROR ***] batch_sink %s: %s\n", what, e.what());
+    } catch (...) {
+      std::fprintf(stderr, "[*** LOG ERROR ***] batch_sink %s: unknown exception\n", what);
+    }
+  };
   bool urgent = false;
   for (auto& m : batch) {
     urgent = urgent || m.level >= spdlog::level::warn;
     for (auto& s : out_)
       if (s->should_log(m.level))
-        s->log(m);
+        guarded("log", [&] { s->log(m); });
   }
   if (flush || urgent)
     for (auto& s : out_)
-      s->flush();
+      guarded("flush", [&] { s->flush(); });
   batch.clear();
 }
 
@@ -75,13 +88,19 @@ void batch_sink::run() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait_for(lock, interval_, [this] { return urgent_ || stop_; });
-      urgent_ = false;
-      stopping = stop_;
-      batch.swap(pending_);
     }
-    room_.notify_all();
     {
+      // The write lock before the swap (the order flush() takes them in): a batch taken from
+      // pending_ is always written before anyone else writes, so flush() never returns while
+      // older lines wait in our hands, and lines are never written out of order.
       std::lock_guard<std::mutex> writing(write_mu_);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        urgent_ = false;
+        stopping = stop_;
+        batch.swap(pending_);
+      }
+      room_.notify_all();
       write(batch, stopping);
     }
     if (stopping)

@@ -54,6 +54,12 @@ struct tenant_state {
   ~tenant_state() {
     if (board && load)
       board->leave(tenant_id, load);
+    // Admissions parked for today's budget: their relays ask without a timeout, and CAF 0.17
+    // answers nothing for a promise that is dropped. Tell them we are gone (the relay looks
+    // the tenant up afresh once, or answers 503).
+    auto parked = std::move(waiting_for_budget);
+    for (auto& w : parked)
+      w.promise.deliver(caf::make_error(caf::sec::request_receiver_down));
     // Stopping (shutdown or a crash): the stateless calls stop with us.
     auto calls = std::move(turns);
     for (auto& [id, call] : calls)

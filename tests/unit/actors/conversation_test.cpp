@@ -899,3 +899,87 @@ TEST_CASE("a turn that reaches the tenant after it let an idle conversation go i
   CHECK(f.actors.conversations.load() == 1);
   CHECK(f.stored_texts() == std::vector<std::string>{"before", "idle soon", "after", "served"});
 }
+
+// Review (79968c1): the relay asks its tenant with caf::infinite. A request the tenant has
+// already taken from its mailbox and parked (waiting_for_budget) is never answered when the
+// tenant stops: CAF 0.17 bounces only what is still queued, and a dropped response_promise
+// sends nothing. With no timeout the relay (and its HTTP client) waits forever.
+TEST_CASE("review: a relay whose admission is parked for the daily budget is answered when "
+          "its tenant stops",
+          "[actors][unit][review]") {
+  conversation_fixture f;
+  // Hold the store executor's only worker, so that the tenant's budget load stays queued.
+  std::mutex gate_mu;
+  std::condition_variable gate_cv;
+  bool gate_open = false;
+  REQUIRE(f.executor.try_post([&] {
+    std::unique_lock<std::mutex> lock(gate_mu);
+    gate_cv.wait(lock, [&] { return gate_open; });
+  }));
+  chat_request req;
+  req.request_id = "req_budget";
+  req.tenant_id = tenant_id;
+  req.model = "m";
+  req.messages.push_back(to_chat_message(user_json("hello")));
+  req.extra_json = "{}";
+  req.stream = true;
+  req.tenant_config = R"({"limits":{"tokens_per_day":100000}})";
+  auto log = std::make_shared<relay_log>();
+  auto relay = f.sys->spawn(test_relay, f.tenant, std::move(req), log);
+  f.relays.push_back(caf::actor_cast<caf::actor>(relay));
+  f.sched->run(); // the relay asks; the tenant parks the request and queues the budget load
+  CHECK_FALSE(log->finished());
+
+  // The tenant stops (a crash, or the node's shutdown).
+  caf::anon_send_exit(f.tenant, caf::exit_reason::unhandled_exception);
+  f.sched->run();
+  f.sched->trigger_timeouts(); // there is none: the request has no timeout
+  bool answered = f.run_until([&] { return log->finished(); }, 2s);
+  {
+    std::lock_guard<std::mutex> lock(gate_mu);
+    gate_open = true;
+  }
+  gate_cv.notify_all();
+  CHECK(answered); // fails on 79968c1: nothing ever answers this relay
+}
+
+// Review (6477bfc): a conversation turn's end now travels conversation -> tenant -> relay, while
+// the relay watches the conversation (its producer). If the conversation actor stops after it
+// forwarded a completed, committed turn's end (its conversation deleted, a crash in its next
+// turn) and the relay runs before the tenant has told it, the relay sees its producer down
+// first and answers 500 "ended unexpectedly" for an answer that was committed and charged.
+TEST_CASE("review: a committed conversation turn is not reported as failed when its "
+          "conversation stops right after forwarding the end",
+          "[actors][unit][review]") {
+  conversation_fixture f;
+  auto c1 = f.client("hello");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto conv = c1->conversation();
+  REQUIRE(conv);
+  f.provider->at(0)->answer({"hi"});
+  auto* tenant_job =
+    dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(f.tenant));
+  auto tenant_ready = [&] {
+    return std::find(f.sched->jobs.begin(), f.sched->jobs.end(), tenant_job) !=
+           f.sched->jobs.end();
+  };
+  // Everything but the tenant runs: the reply is committed, the conversation forwards the end.
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!(f.store.arrived() == 2 && tenant_ready())) {
+    auto seen = f.sched->epoch();
+    f.sched->pump();
+    f.run_all_but(f.tenant);
+    if (f.store.arrived() == 2 && tenant_ready())
+      break;
+    REQUIRE(f.sched->wait_past(seen, deadline));
+  }
+  CHECK(c1->deltas == std::vector<std::string>{"hi"});
+  CHECK(f.stored_texts() == std::vector<std::string>{"hello", "hi"}); // committed
+  // The conversation stops now (e.g. DELETE /v1/conversations/conv_1 reached the tenant
+  // just before the end did); the relay runs before the busy tenant.
+  caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
+  f.run_all_but(f.tenant);
+  f.sched->run();
+  CHECK(c1->done);
+  CHECK_FALSE(c1->producer_down); // on 6477bfc+ the relay saw its producer die first: a 500
+}
