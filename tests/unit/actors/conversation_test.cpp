@@ -904,9 +904,9 @@ TEST_CASE("a turn that reaches the tenant after it let an idle conversation go i
 // already taken from its mailbox and parked (waiting_for_budget) is never answered when the
 // tenant stops: CAF 0.17 bounces only what is still queued, and a dropped response_promise
 // sends nothing. With no timeout the relay (and its HTTP client) waits forever.
-TEST_CASE("review: a relay whose admission is parked for the daily budget is answered when "
+TEST_CASE("a relay whose admission is parked for the daily budget is answered when "
           "its tenant stops",
-          "[actors][unit][review]") {
+          "[actors][unit]") {
   conversation_fixture f;
   // Hold the store executor's only worker, so that the tenant's budget load stays queued.
   std::mutex gate_mu;
@@ -948,9 +948,9 @@ TEST_CASE("review: a relay whose admission is parked for the daily budget is ans
 // forwarded a completed, committed turn's end (its conversation deleted, a crash in its next
 // turn) and the relay runs before the tenant has told it, the relay sees its producer down
 // first and answers 500 "ended unexpectedly" for an answer that was committed and charged.
-TEST_CASE("review: a committed conversation turn is not reported as failed when its "
+TEST_CASE("a committed conversation turn is not reported as failed when its "
           "conversation stops right after forwarding the end",
-          "[actors][unit][review]") {
+          "[actors][unit]") {
   conversation_fixture f;
   auto c1 = f.client("hello");
   REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));

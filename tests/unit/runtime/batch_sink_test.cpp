@@ -1,5 +1,5 @@
 // Review (999847f): batch_sink's flush() guarantee and its writer thread's error handling.
-#include "../../../runtime/src/batch_sink.hpp"
+#include "batch_sink.hpp"
 
 #include <catch2/catch.hpp>
 #include <spdlog/logger.h>
@@ -45,8 +45,8 @@ private:
 
 } // namespace
 
-TEST_CASE("review: batch_sink::flush() returns only after every line logged before it is written",
-          "[unit][review]") {
+TEST_CASE("batch_sink::flush() returns only after every line logged before it is written",
+          "[runtime][unit]") {
   auto rec = std::make_shared<recording_sink>();
   auto sink = std::make_shared<parley::runtime::batch_sink>(
     std::vector<spdlog::sink_ptr>{rec}, std::chrono::milliseconds(0), 65536);
@@ -76,9 +76,9 @@ TEST_CASE("review: batch_sink::flush() returns only after every line logged befo
   CHECK(missing == 0);
 }
 
-TEST_CASE("review: a failing file sink does not take the process down through batch_sink's "
+TEST_CASE("a failing file sink does not take the process down through batch_sink's "
           "writer thread",
-          "[unit][review]") {
+          "[runtime][unit]") {
   // In a child: the failure, if it is fatal, ends the child only.
   pid_t pid = fork();
   REQUIRE(pid >= 0);
