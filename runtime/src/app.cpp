@@ -629,7 +629,8 @@ void app::stop() {
       for (std::size_t i = 0; i < d.io->size(); ++i) {
         try {
           d.io->at(i).restart();
-          d.io->at(i).poll();
+          while (d.io->at(i).poll() > 0) {
+          }
         } catch (const std::exception& e) {
           log::event(d.logger, spdlog::level::err, "exception in a handler run at shutdown")
             .str("error", e.what());

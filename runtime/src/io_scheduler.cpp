@@ -124,12 +124,22 @@ public:
 
   /// Runs `job` on io context `i` (the calling thread's own when it is that io thread).
   void enqueue_on(caf::resumable* job, std::size_t i) {
-    if (inline_.load(std::memory_order_acquire) || i == net::io_pool::npos)
+    posting_.fetch_add(1, std::memory_order_acq_rel);
+    if (inline_.load(std::memory_order_acquire) || i == net::io_pool::npos) {
+      posting_.fetch_sub(1, std::memory_order_acq_rel);
       return run_inline(job);
+    }
     asio::post(io_.at(i), [this, job, i] { resume(job, i); });
+    posting_.fetch_sub(1, std::memory_order_acq_rel);
   }
 
-  void set_inline() override { inline_.store(true, std::memory_order_release); }
+  /// Waits out posts that began before the switch, so that once it returns every job is
+  /// either queued on a context (the caller polls them) or runs inline.
+  void set_inline() override {
+    inline_.store(true, std::memory_order_release);
+    while (posting_.load(std::memory_order_acquire) != 0)
+      std::this_thread::yield();
+  }
 
 private:
   void resume(caf::resumable* job, std::size_t i) {
@@ -171,6 +181,7 @@ private:
   std::vector<std::unique_ptr<io_unit>> units_;
   std::unique_ptr<io_unit> inline_unit_;
   std::atomic<bool> inline_{false};
+  std::atomic<int> posting_{0}; ///< enqueue_on calls between their inline_ check and their post
   std::mutex inline_mu_;
   std::deque<caf::resumable*> inline_queue_;
   bool inline_running_ = false;

@@ -272,8 +272,12 @@ class resilient_call final : public actors::call_handle,
 public:
   resilient_call(std::shared_ptr<resilient_route> primary, actors::upstream_call call,
                  std::shared_ptr<actors::call_listener> sink)
-    : call_(std::move(call)), sink_(std::move(sink)),
-      backoff_timer_(primary->ioc()), total_timer_(primary->ioc()) {
+    : resilient_call(primary, std::move(call), std::move(sink), primary->ioc()) {}
+
+  /// Both timers on one context: the calling io thread's.
+  resilient_call(std::shared_ptr<resilient_route> primary, actors::upstream_call call,
+                 std::shared_ptr<actors::call_listener> sink, asio::io_context& ioc)
+    : call_(std::move(call)), sink_(std::move(sink)), backoff_timer_(ioc), total_timer_(ioc) {
     candidates_.push_back(primary);
     for (auto& fb : primary->fallbacks())
       if (allowed(fb->model()))

@@ -13,8 +13,9 @@ io_pool::io_pool(std::size_t n) {
   if (n == 0)
     n = 1;
   for (std::size_t i = 0; i < n; ++i) {
-    // Concurrency hint 1: one thread runs each context, so Asio skips its locking and keeps
-    // work posted from that thread in the thread's own queue (no wake-up of another thread).
+    // Concurrency hint 1: one thread runs each context, so work posted from that thread goes
+    // to the thread's own queue (no wake-up of another thread). Asio keeps its locking:
+    // other threads (the store's workers, the timer thread) post to these contexts too.
     owned_.push_back(std::make_unique<asio::io_context>(1));
     ctx_.push_back(owned_.back().get());
   }
