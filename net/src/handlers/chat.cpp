@@ -52,6 +52,7 @@ struct relay_state {
   exchange_ptr ex;
   actors::chat_request req; // messages dropped after hand-off; ids and flags kept
   actors::turn_control_actor producer;
+  actors::tenant_actor tenant; ///< who tells us the end (the producer, or the conversation's tenant)
   std::string content;
   bool streaming = false;
   bool cancelled = false;
@@ -314,6 +315,7 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
             s.ex->ctx().cache = cache_names[limits.cache];
           }
           s.producer = producer;
+          s.tenant = t;
           if (!producer)
             return; // a cached answer follows: nothing to cancel or watch
           if (s.cancelled) {
@@ -337,10 +339,9 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
   // The client going away reaches us as a message; from then on nobody reads our output.
   st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); }, {},
                [me] { caf::anon_send(me, shutdown_atom::value); });
-  self->set_down_handler([=](caf::down_msg& dm) {
+  // The producer died before we heard the end (a crash, a conversation deleted or stopped).
+  auto ended_unexpectedly = [=] {
     auto& s = self->state;
-    if (dm.source != s.producer.address() || s.cancelled)
-      return;
     if (s.streaming) {
       s.send_event({{"error", {{"message", "The completion ended unexpectedly."},
                                {"type", "server_error"}, {"param", nullptr}, {"code", "internal_error"}}}});
@@ -350,6 +351,19 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
       s.ex->respond_error({api_errc::internal, "The completion ended unexpectedly.", ""});
     }
     self->quit();
+  };
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& s = self->state;
+    if (dm.source != s.producer.address() || s.cancelled)
+      return;
+    if (!s.tenant || s.tenant.address() == s.producer.address())
+      return ended_unexpectedly();
+    // A conversation hands its turn's end to the tenant, which tells us after settling it:
+    // the end may be on its way through the tenant. A round trip to the tenant comes back
+    // after anything the conversation sent it before stopping (and so after our end).
+    self->request(s.tenant, caf::infinite, caf::get_atom::value)
+      .then([=](const std::string&) { ended_unexpectedly(); },
+            [=](const caf::error&) { ended_unexpectedly(); });
   });
   st.req = req;
   st.req.messages.clear();
