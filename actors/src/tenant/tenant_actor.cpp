@@ -275,7 +275,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
       auto& st = self->state;
       auto id = req.request_id;
       auto me = caf::actor_cast<tenant_actor>(self);
-      detail::turn_spec spec{std::move(req), r_copy, st.cfg, relay};
+      detail::turn_spec spec;
+      spec.req = std::move(req);
+      spec.r = r_copy;
+      spec.cfg = st.cfg;
+      spec.relay = relay;
       st.turns[id] = detail::start_turn(std::move(spec), st.svc, [me](turn_outcome o) {
         caf::anon_send(me, ended_atom::value, std::move(o));
       });
