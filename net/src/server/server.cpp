@@ -145,27 +145,22 @@ void session_registry::release(const std::string& peer) {
     per_client_.erase(it);
 }
 
+std::vector<std::shared_ptr<http_session>> session_registry::live() const {
+  std::vector<std::shared_ptr<http_session>> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& w : sessions_)
+    if (auto s = w.lock())
+      out.push_back(std::move(s));
+  return out;
+}
+
 void session_registry::drain_all() {
-  std::vector<std::shared_ptr<http_session>> live;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& w : sessions_)
-      if (auto s = w.lock())
-        live.push_back(std::move(s));
-  }
-  for (auto& s : live)
+  for (auto& s : live())
     s->drain();
 }
 
 void session_registry::shut_down_all() {
-  std::vector<std::shared_ptr<http_session>> live;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& w : sessions_)
-      if (auto s = w.lock())
-        live.push_back(std::move(s));
-  }
-  for (auto& s : live)
+  for (auto& s : live())
     s->shut_down();
 }
 

@@ -75,6 +75,8 @@ public:
   std::atomic<uint64_t> accept_errors{0}; ///< failed accepts (e.g. out of file descriptors)
 
 private:
+  /// The sessions still alive, taken under the lock (acted on outside it).
+  std::vector<std::shared_ptr<http_session>> live() const;
   mutable std::mutex mu_;
   std::set<std::weak_ptr<http_session>, std::owner_less<std::weak_ptr<http_session>>> sessions_;
   int64_t connections_ = 0;                          ///< admitted and not yet released
