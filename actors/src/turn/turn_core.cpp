@@ -45,7 +45,7 @@ namespace {
 /// different threads; one mutex orders them. After the turn finished, only the commit's
 /// completion touches it (fields fixed by then).
 class turn_core final : public call_listener,
-                        public call_handle,
+                        public turn_handle,
                         public std::enable_shared_from_this<turn_core> {
 public:
   turn_core(turn_spec spec, std::shared_ptr<const chat_services> svc, turn_end_fn on_end)
@@ -189,6 +189,11 @@ public:
       call->cancel();
   }
 
+  int64_t charged() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return charged_;
+  }
+
 private:
   enum class outcome_kind { completed, failed, cancelled };
 
@@ -222,6 +227,7 @@ private:
     u.upstream_status = status;
     u.at = persistence::now_millis();
     outcome_.tokens += u.prompt_tokens + u.completion_tokens;
+    charged_ = outcome_.tokens;
     rows_.push_back(std::move(u));
   }
 
@@ -290,7 +296,7 @@ private:
       tell_end(outcome_);
   }
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   live_count live_;
   turn_spec spec_;
   std::shared_ptr<const chat_services> svc_;
@@ -300,6 +306,9 @@ private:
   std::vector<persistence::usage_entry> rows_; ///< closed attempts, in order
   turn_outcome outcome_;
   bool cancelled_ = false; ///< ended by cancel(): nobody to tell
+  /// outcome_.tokens as of the last closed attempt, readable while the commit's completion
+  /// hands outcome_ on (charged()).
+  int64_t charged_ = 0;
   int64_t prompt_estimate_ = 0;
   int64_t completion_estimate_ = 0;
   int64_t produced_ = 0; ///< deltas forwarded (one token each, as streaming upstreams send them)
@@ -320,7 +329,7 @@ void tell_end(const turn_outcome& o) {
     caf::anon_send(o.relay, failed_atom::value, o.failure);
 }
 
-std::shared_ptr<call_handle> start_turn(turn_spec spec, std::shared_ptr<const chat_services> svc,
+std::shared_ptr<turn_handle> start_turn(turn_spec spec, std::shared_ptr<const chat_services> svc,
                                         turn_end_fn on_end) {
   auto t = std::make_shared<turn_core>(std::move(spec), std::move(svc), std::move(on_end));
   t->begin();

@@ -35,13 +35,23 @@ using turn_end_fn = std::function<void(turn_outcome)>;
 /// after settling the turn; see turn_outcome.
 void tell_end(const turn_outcome& o);
 
+/// A started turn, as its owner holds it: cancel() it (the client went away, or the owner
+/// stops), or read what it has charged.
+class turn_handle : public call_handle {
+public:
+  /// The tokens the turn's ledger rows charge so far (its closed attempts). Final once the
+  /// turn has finished: it ended by itself, or cancel() returned (which closes the running
+  /// attempt, charged for what the client received). Any thread.
+  virtual int64_t charged() const = 0;
+};
+
 /// Starts a turn: builds the prompt (system prompt, history newest first within the model's
 /// context, the new messages), calls the provider, forwards deltas to the relay, cuts the
 /// completion off at the tenant's budget, records one usage ledger row per upstream attempt,
 /// and commits the ledger rows (and a conversation's reply) before the relay sees the end.
 /// The handle cancels it (the client went away, or its owner stops): what the upstream
 /// already produced still counts; nothing more reaches the relay.
-std::shared_ptr<call_handle> start_turn(turn_spec spec, std::shared_ptr<const chat_services> svc,
+std::shared_ptr<turn_handle> start_turn(turn_spec spec, std::shared_ptr<const chat_services> svc,
                                         turn_end_fn on_end);
 
 /// The prompt of a turn: the tenant's system prompt, then `history` newest-first as far as
