@@ -29,6 +29,15 @@
 // The handshake does not rely on message ordering between the tenant's turns and its answer,
 // and a fresh actor for the same conversation can exist only once the old one can no longer
 // receive turns (it quits on the agreement it is about to read, having nothing to serve).
+//
+// Stopping otherwise (the conversation is deleted: the tenant sends an exit; or a crash: an
+// exception in a handler, an exit with an error) loses what the actor holds -- its queue and
+// the turns still in its mailbox -- without a word. The tenant settles those: it keeps the
+// request ids of the turns it sent us and has not seen end, and at our down message settles
+// each of them once and tells its client a clean failure. The only thing it could not know
+// is what the running turn's engine charged (its end would come back to us): our state's
+// destructor, which runs before the down message is sent, cancels the engine and tells the
+// tenant (charged_atom).
 #include "internal.hpp"
 #include "turn/turn_core.hpp"
 
@@ -63,7 +72,7 @@ struct conversation_state {
   uint64_t next_turn_id = 1;
   uint64_t turns_received = 0; ///< every turn the tenant sent us (the passivation handshake)
   std::vector<chat_message> fresh; ///< the running turn's new messages
-  std::shared_ptr<call_handle> call; ///< the running turn's engine (calling)
+  std::shared_ptr<turn_handle> call; ///< the running turn's engine (calling)
   uint64_t idle_generation = 0;
   /// Cancels that overtook their turn (the relay cancels as soon as it holds the tenant's
   /// answer; the tenant sends us the turn right after that answer): the newest few.
@@ -72,9 +81,15 @@ struct conversation_state {
   static inline const char* name = "parley.conversation";
 
   ~conversation_state() {
-    // Stopping (the tenant stops, or a crash): the running turn's call stops with us.
-    if (call)
+    // Stopping (deleted, a crash, or the tenant stops): the running turn's engine stops with
+    // us. Its end would come back to us and be lost with our mailbox, so the tenant learns
+    // now what the turn's ledger rows charge; this runs before our down message is sent, at
+    // which the tenant settles every turn we have not ended (see the top of this file).
+    if (call) {
       call->cancel();
+      if (tenant && !queue.empty())
+        caf::anon_send(tenant, charged_atom::value, queue.front().req.request_id, call->charged());
+    }
   }
 };
 

@@ -1,7 +1,9 @@
 // The tenant actor: the single owner of one tenant's limits, budget, response cache and
 // conversations. It admits completions (model, concurrency, rates, budget, cache), starts
 // stateless turns itself and hands conversation turns to their conversation actor, which
-// passivates only with its agreement (passivate_atom; see conversation_actor.cpp).
+// passivates only with its agreement (passivate_atom; see conversation_actor.cpp). It settles
+// every turn it admitted exactly once: at the turn's `ended`, or -- for a conversation turn
+// whose actor stopped first (deleted, or a crash) -- at that actor's down message.
 #include "internal.hpp"
 #include "turn/turn_core.hpp"
 
@@ -10,6 +12,7 @@
 #include "parley/tenants/response_cache.hpp"
 #include "parley/tenants/token_budget.hpp"
 
+#include <algorithm>
 #include <functional>
 #include <unordered_map>
 #include <unordered_set>
@@ -33,7 +36,22 @@ struct tenant_state {
   std::unordered_map<std::string, conversation_entry> conversations;
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked conversations alive
-  std::unordered_map<std::string, std::shared_ptr<call_handle>> turns; ///< stateless calls by request id
+  std::unordered_map<std::string, std::shared_ptr<detail::turn_handle>> turns; ///< stateless calls by request id
+  /// A conversation turn we sent and have not seen end. If its conversation actor stops
+  /// first, we settle it at the actor's down message and tell its relay why.
+  struct sent_turn {
+    caf::actor_addr conversation;
+    turn_sink_actor relay;
+    int64_t charged = 0; ///< what its engine charged, when the stopping actor said (charged_atom)
+  };
+  std::unordered_map<std::string, sent_turn> sent_turns; ///< by request id
+  /// Per conversation actor, until its down message: the turns we sent it and have not seen
+  /// end (request ids, in the order sent), and whether we stopped it because it was deleted.
+  struct actor_turns {
+    std::vector<std::string> unended;
+    bool deleted = false;
+  };
+  std::unordered_map<caf::actor_addr, actor_turns> turns_by_actor;
   int64_t in_flight = 0;
   // The tenant's limits: this actor is their single owner, so they are exact.
   tenants::rate_limiter requests;
@@ -90,6 +108,39 @@ struct tenant_state {
       budget_state = budget_phase::unloaded; // today's spending is read again
     }
     cfg = std::move(next);
+  }
+
+  /// Takes an admitted turn out of flight: true once per turn (a stateless turn, or a
+  /// conversation turn we sent and have not settled); false for anything else.
+  bool take_in_flight(const std::string& request_id) {
+    if (turns.erase(request_id) > 0)
+      return true;
+    auto it = sent_turns.find(request_id);
+    if (it == sent_turns.end())
+      return false;
+    if (auto a = turns_by_actor.find(it->second.conversation); a != turns_by_actor.end()) {
+      auto& ids = a->second.unended;
+      ids.erase(std::remove(ids.begin(), ids.end(), request_id), ids.end());
+    }
+    sent_turns.erase(it);
+    return true;
+  }
+
+  /// Settles a turn taken out of flight: frees its slot, and settles its admission estimate
+  /// and budget reservation with the tokens it really `used` (what its ledger rows charge).
+  void settle(const std::string& request_id, int64_t used, int64_t now) {
+    if (in_flight > 0)
+      --in_flight;
+    publish_in_flight();
+    if (auto b = reservations.find(request_id); b != reservations.end()) {
+      budget.settle(now, b->second, used);
+      reservations.erase(b);
+    }
+    if (auto e = estimates.find(request_id); e != estimates.end()) {
+      if (e->second > 0)
+        tokens.adjust(now, used - e->second);
+      estimates.erase(e);
+    }
   }
 
   rate_snapshot snapshot(const tenants::rate_limiter::decision& r,
@@ -298,6 +349,8 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   }
   auto conv = it->second.actor;
   ++it->second.turns_sent; // sent below (a.go runs in this same handler, right after the answer)
+  st.sent_turns[req.request_id] = tenant_state::sent_turn{conv.address(), relay, 0};
+  st.turns_by_actor[conv.address()].unended.push_back(req.request_id);
   a.producer = conv;
   a.go = [self, conv, relay, req = std::move(req)]() mutable {
     self->send(conv, chat_atom::value, std::move(req), relay);
@@ -328,6 +381,38 @@ void load_budget(tenant_actor::stateful_pointer<tenant_state> self) {
     caf::anon_send(me, budget_atom::value, day, int64_t{-1});
 }
 
+/// A conversation actor stopped (at its down message): settles the turns we sent it and have
+/// not seen end -- the one it ran with what its engine charged (charged_atom, which came
+/// first), the others (queued, or still in its mailbox) with nothing -- and tells their
+/// clients a clean failure. An end for one of them that comes later is ignored (ended_atom).
+void settle_lost_turns(tenant_actor::stateful_pointer<tenant_state> self,
+                       const caf::actor_addr& conversation) {
+  auto& st = self->state;
+  auto a = st.turns_by_actor.find(conversation);
+  if (a == st.turns_by_actor.end())
+    return;
+  auto lost = std::move(a->second);
+  st.turns_by_actor.erase(a);
+  auto now = persistence::now_millis();
+  for (auto& id : lost.unended) {
+    auto it = st.sent_turns.find(id);
+    if (it == st.sent_turns.end())
+      continue;
+    turn_outcome o;
+    o.request_id = id;
+    o.tokens = it->second.charged;
+    o.tell = true;
+    o.relay = it->second.relay;
+    o.failure = lost.deleted
+                  ? chat_failure{chat_error_kind::not_found, "The conversation was deleted.", 0}
+                  : chat_failure{chat_error_kind::unavailable,
+                                 "The conversation was closed unexpectedly; retry later.", 0, 1000};
+    st.sent_turns.erase(it);
+    st.settle(id, o.tokens, now);
+    detail::tell_end(o);
+  }
+}
+
 tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_state> self,
                                         std::string tenant_id,
                                         std::shared_ptr<const chat_services> svc) {
@@ -342,15 +427,16 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   // Turns and conversations are linked to us so that they stop with us; one of them failing
   // must not take the tenant down.
   detail::absorb_child_exits(self);
-  // A conversation actor stopped (a crash; a passivating one was forgotten when we agreed):
-  // forget it; the next turn re-activates the conversation.
+  // A conversation actor stopped (a crash; a deleted or passivating one was forgotten
+  // already): forget it, the next turn re-activates the conversation; and settle the turns it
+  // took with it.
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
-    auto it = st.conversation_by_addr.find(dm.source);
-    if (it == st.conversation_by_addr.end())
-      return;
-    st.conversations.erase(it->second);
-    st.conversation_by_addr.erase(it);
+    if (auto it = st.conversation_by_addr.find(dm.source); it != st.conversation_by_addr.end()) {
+      st.conversations.erase(it->second);
+      st.conversation_by_addr.erase(it);
+    }
+    settle_lost_turns(self, dm.source);
   });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
@@ -409,6 +495,8 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       auto conv = it->second.actor;
       st.conversation_by_addr.erase(conv.address());
       st.conversations.erase(it);
+      if (auto a = st.turns_by_actor.find(conv.address()); a != st.turns_by_actor.end())
+        a->second.deleted = true; // its unended turns fail with not_found at its down message
       caf::anon_send_exit(conv, caf::exit_reason::user_shutdown);
     },
     [=](passivate_atom, uint64_t turns_received) -> bool {
@@ -429,6 +517,12 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.conversation_by_addr.erase(by_addr);
       return true;
     },
+    [=](charged_atom, const std::string& request_id, int64_t tokens) {
+      // A stopping conversation actor's running turn; settled at the actor's down message.
+      auto& st = self->state;
+      if (auto it = st.sent_turns.find(request_id); it != st.sent_turns.end())
+        it->second.charged = tokens;
+    },
     [=](cancel_atom, const std::string& request_id) {
       // The client of a stateless turn went away.
       auto& st = self->state;
@@ -439,21 +533,12 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
     },
     [=](ended_atom, turn_outcome& o) {
       auto& st = self->state;
+      // Settled once: a conversation turn whose actor stopped first was settled (and its
+      // client told) at the actor's down message.
+      if (!st.take_in_flight(o.request_id))
+        return;
       auto now = persistence::now_millis();
-      st.turns.erase(o.request_id);
-      if (st.in_flight > 0)
-        --st.in_flight;
-      st.publish_in_flight();
-      // Settle the admission estimate and reservation with what the turn really used.
-      if (auto b = st.reservations.find(o.request_id); b != st.reservations.end()) {
-        st.budget.settle(now, b->second, o.tokens);
-        st.reservations.erase(b);
-      }
-      if (auto e = st.estimates.find(o.request_id); e != st.estimates.end()) {
-        if (e->second > 0)
-          st.tokens.adjust(now, o.tokens - e->second);
-        st.estimates.erase(e);
-      }
+      st.settle(o.request_id, o.tokens, now);
       if (o.completed && !o.cache_key.empty() && st.cfg->cache_ttl_seconds > 0)
         st.cache.put(o.cache_key,
                      tenants::cached_completion{std::move(o.deltas), o.done.finish_reason,

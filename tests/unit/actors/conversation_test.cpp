@@ -9,6 +9,7 @@
 #include "parley/actors/spawn.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/persistence/turn_writer.hpp"
+#include "support/wait.hpp"
 
 #include <caf/all.hpp>
 #include <caf/scheduler/test_coordinator.hpp>
@@ -20,6 +21,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 using namespace parley::actors;
@@ -142,6 +144,18 @@ public:
   int loads() const {
     std::lock_guard<std::mutex> lock(mu_);
     return loads_;
+  }
+  /// Rows in the usage ledger, and the tokens (prompt plus completion) they charge.
+  std::size_t ledger_rows() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return usage_.size();
+  }
+  int64_t ledger_tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    int64_t n = 0;
+    for (auto& u : usage_)
+      n += u.prompt_tokens + u.completion_tokens;
+    return n;
   }
   std::vector<persistence::message_record> messages(const std::string& id) const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -327,6 +341,8 @@ class scripted_provider final : public provider_port {
 public:
   std::shared_ptr<call_handle> start(upstream_call call,
                                      std::shared_ptr<call_listener> listener) override {
+    if (throw_next_start.exchange(false))
+      throw std::runtime_error("scripted provider: start failed");
     auto c = std::make_shared<scripted_call>();
     c->call = std::move(call);
     c->listener = std::move(listener);
@@ -348,6 +364,9 @@ public:
     calls_.clear();
   }
 
+  /// The next start() throws (inside the actor that calls it: a crash), then starts work again.
+  std::atomic<bool> throw_next_start{false};
+
 private:
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<scripted_call>> calls_;
@@ -357,19 +376,21 @@ private:
 
 /// What a test relay saw. Written by the relay on the test thread, read by the test.
 struct relay_log {
+  std::string request_id;
   bool admitted = false;
   turn_control_actor producer;
   caf::error refused;
   std::vector<std::string> deltas;
   bool done = false;
   caf::optional<chat_failure> failed;
-  bool producer_down = false; ///< the producer died without ending our turn (a 500)
+  bool producer_down = false; ///< our turn ended without a word: its tenant died (a 500)
   bool finished() const { return done || failed || producer_down || refused; }
   conversation_actor conversation() const { return caf::actor_cast<conversation_actor>(producer); }
 };
 
-/// A relay as net's is: asks the tenant to admit its turn, watches the producer, receives the
-/// turn's events; `cancel` is its client going away (it tells the producer and stops).
+/// A relay as net's is: asks the tenant to admit its turn, watches the producer (and the tenant
+/// once a conversation producer stopped), receives the turn's events; `cancel` is its client
+/// going away (it tells the producer and stops).
 using test_relay_actor = turn_sink_actor::extend<caf::reacts_to<cancel_atom, std::string>>;
 
 struct test_relay_state {
@@ -383,18 +404,19 @@ test_relay(test_relay_actor::stateful_pointer<test_relay_state> self, tenant_act
            chat_request req, std::shared_ptr<relay_log> log) {
   self->state.log = log;
   self->state.request_id = req.request_id;
-  // As net's relay does: a conversation (not the tenant) that stopped may have handed our end
-  // to the tenant already; a round trip to the tenant comes back after it.
+  // As net's relay does: the tenant tells us how our turn ended, also when a conversation
+  // producer stopped first (it settles the turns that actor took with it), so then we watch the
+  // tenant; only the tenant's down is an end without a word.
   self->set_down_handler([=](caf::down_msg& dm) {
-    if (dm.source != log->producer.address() || log->done || log->failed)
+    if (log->done || log->failed)
       return;
-    if (dm.source == tenant.address()) {
-      log->producer_down = true;
+    if (dm.source == log->producer.address() && dm.source != tenant.address()) {
+      // A conversation actor stopped: its tenant tells us how our turn ended; watch the tenant.
+      self->monitor(tenant);
       return;
     }
-    self->request(tenant, caf::infinite, caf::get_atom::value)
-      .then([=](const std::string&) { log->producer_down = !log->done && !log->failed; },
-            [=](const caf::error&) { log->producer_down = !log->done && !log->failed; });
+    if (dm.source == tenant.address())
+      log->producer_down = true;
   });
   self->request(tenant, caf::infinite, chat_atom::value, std::move(req),
                 caf::actor_cast<turn_sink_actor>(self))
@@ -456,6 +478,7 @@ struct conversation_fixture {
   tenant_actor tenant;
   std::vector<caf::actor> relays;
   int next_request = 1;
+  std::string tenant_config; ///< the tenant's config (JSON) that every client's request carries
 
   conversation_fixture() {
     store.add_conversation(tenant_id, conv_id);
@@ -506,9 +529,12 @@ struct conversation_fixture {
 
   /// A client sends a turn with `text` (spawned, not yet run).
   std::shared_ptr<relay_log> client(const std::string& text,
-                                    const std::string& conversation = conv_id) {
+                                    const std::string& conversation = conv_id,
+                                    int64_t max_tokens = 0) {
     chat_request req;
     req.request_id = "req_" + std::to_string(next_request++);
+    req.tenant_config = tenant_config;
+    req.max_tokens = max_tokens;
     req.tenant_id = tenant_id;
     req.model = "m";
     req.messages.push_back(to_chat_message(user_json(text)));
@@ -516,6 +542,7 @@ struct conversation_fixture {
     req.extra_json = "{}";
     req.stream = true;
     auto log = std::make_shared<relay_log>();
+    log->request_id = req.request_id;
     auto relay = sys->spawn(test_relay, tenant, std::move(req), log);
     relays.push_back(caf::actor_cast<caf::actor>(relay));
     return log;
@@ -543,6 +570,28 @@ struct conversation_fixture {
   void run_all_but(const Handle& except) {
     auto* skip = dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(except));
     sched->run_jobs_filtered([skip](caf::resumable* r) { return r != skip; });
+  }
+
+  /// Whether `who` has a job ready to run.
+  template <class Handle>
+  bool ready(const Handle& who) const {
+    auto* job = dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(who));
+    return std::find(sched->jobs.begin(), sched->jobs.end(), job) != sched->jobs.end();
+  }
+
+  /// run_until, but `except` does not run.
+  template <class Handle, class Pred>
+  bool run_all_but_until(const Handle& except, Pred done, std::chrono::milliseconds limit = 5s) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      auto seen = sched->epoch();
+      sched->pump();
+      run_all_but(except);
+      if (done())
+        return true;
+      if (!sched->wait_past(seen, deadline))
+        return done();
+    }
   }
 
   std::vector<std::string> stored_texts() const {
@@ -991,4 +1040,184 @@ TEST_CASE("a committed conversation turn is not reported as failed when its "
   f.sched->run();
   CHECK(c1->done);
   CHECK_FALSE(c1->producer_down);
+}
+
+// -- a conversation actor that stops with turns unended ----------------------------------------
+//
+// The tenant admitted each of these turns (a slot, a reservation, an estimate) and settles each
+// exactly once: at its end, or at the down message of its conversation actor when that actor
+// stops first; their clients hear a clean failure from the tenant, never a 500.
+
+namespace {
+
+/// The kind of failure a client was told ("" if it was not told a failure).
+std::string failure_of(const relay_log& c) {
+  return c.failed ? to_string(c.failed->kind) : "";
+}
+
+} // namespace
+
+TEST_CASE("deleting a conversation with a turn running and one queued settles both and tells "
+          "their clients the conversation is gone",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.tenant_config = R"({"limits":{"max_concurrent":2}})";
+  f.store.add_conversation(tenant_id, "conv_2");
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto call1 = f.provider->at(0);
+  call1->listener->on_delta("partial");
+  auto c2 = f.client("two"); // queued behind turn 1
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+  CHECK(f.in_flight() == 2);
+  auto full = f.client("full", "conv_2");
+  REQUIRE(f.run_until([&] { return full->finished(); }));
+  CHECK(full->refused == chat_error_kind::rate_limited);
+
+  caf::anon_send(f.tenant, forget_atom::value, std::string(conv_id));
+  REQUIRE(f.run_until([&] { return c1->finished() && c2->finished(); }));
+  CHECK(call1->cancelled);
+  CHECK(c1->deltas == std::vector<std::string>{"partial"});
+  for (auto& c : {c1, c2}) {
+    CHECK_FALSE(c->producer_down);
+    CHECK(failure_of(*c) == "not_found");
+  }
+  REQUIRE(f.run_until([&] { return f.in_flight() == 0; }));
+
+  // The slots are free again: the tenant admits up to its limit, and no further.
+  auto c3 = f.client("three", "conv_2");
+  auto c4 = f.client("four", "conv_2");
+  REQUIRE(f.run_until([&] { return c3->admitted && c4->admitted; }));
+  auto over = f.client("over", "conv_2");
+  REQUIRE(f.run_until([&] { return over->finished(); }));
+  CHECK(over->refused == chat_error_kind::rate_limited);
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  f.provider->at(1)->answer({"three done"});
+  REQUIRE(f.run_until([&] { return f.provider->count() == 3; }));
+  f.provider->at(2)->answer({"four done"});
+  REQUIRE(f.run_until([&] { return c3->finished() && c4->finished() && f.in_flight() == 0; }));
+  CHECK(c3->done);
+  CHECK(c4->done);
+}
+
+TEST_CASE("a conversation actor that crashes mid-turn settles its turns, charging each what its "
+          "ledger rows hold, and tells their clients",
+          "[actors][unit]") {
+  constexpr int64_t budget = 200; // tokens per day
+  conversation_fixture f;
+  f.tenant_config = R"({"limits":{"max_concurrent":2,"tokens_per_day":200}})";
+  f.store.add_conversation(tenant_id, "conv_2");
+  std::vector<std::shared_ptr<relay_log>> lost; // the turns the crash took
+
+  SECTION("it is stopped with an error while its turn calls the upstream") {
+    auto c1 = f.client("one", conv_id, 20);
+    REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+    auto call1 = f.provider->at(0);
+    call1->listener->on_delta("a");
+    call1->listener->on_delta("b");
+    auto c2 = f.client("two", conv_id, 20); // queued behind turn 1
+    REQUIRE(f.run_until([&] { return c2->admitted; }));
+    CHECK(f.in_flight() == 2);
+    caf::anon_send_exit(c1->conversation(), caf::exit_reason::unhandled_exception);
+    REQUIRE(f.run_until([&] { return c1->finished() && c2->finished(); }));
+    CHECK(call1->cancelled);
+    CHECK(c1->deltas == std::vector<std::string>{"a", "b"});
+    // Turn 1 was charged for what its client received: one ledger row, committed by its engine.
+    REQUIRE(f.run_until([&] { return f.store.ledger_rows() == 1; }));
+    CHECK(f.store.ledger_tokens() > 0);
+    lost = {c1, c2};
+  }
+  SECTION("it throws while it starts a turn's upstream call, with the next turn in its mailbox") {
+    f.store.hold();
+    auto c1 = f.client("one", conv_id, 20);
+    REQUIRE(f.run_until([&] { return f.store.arrived() == 1; }));
+    auto conv = c1->conversation();
+    f.provider->throw_next_start = true;
+    f.store.release(); // turn 1's user message: the acknowledgement waits in the mailbox...
+    REQUIRE(f.run_all_but_until(conv, [&] { return f.ready(conv); }));
+    auto c2 = f.client("two", conv_id, 20); // ...and turn 2 right behind it
+    f.run_all_but(conv);
+    REQUIRE(c2->admitted);
+    CHECK(f.in_flight() == 2);
+    f.store.open();
+    REQUIRE(f.run_until([&] { return c1->finished() && c2->finished(); }));
+    CHECK(f.provider->count() == 0);
+    CHECK(f.store.ledger_rows() == 0); // no upstream attempt: nothing charged
+    lost = {c1, c2};
+  }
+
+  for (auto& c : lost) {
+    CHECK_FALSE(c->producer_down);
+    CHECK(failure_of(*c) == "unavailable");
+  }
+  REQUIRE(f.run_until([&] { return f.in_flight() == 0; }));
+  // The budget counts exactly what the ledger holds, and nothing stays reserved: a turn that
+  // asks for more than is left is granted (and capped at) exactly the rest.
+  auto calls = f.provider->count();
+  auto c3 = f.client("three", "conv_2");
+  REQUIRE(f.run_until([&] { return f.provider->count() == calls + 1; }));
+  auto call3 = f.provider->at(calls);
+  auto prompt3 = to_chat_message(user_json("three")).tokens;
+  CHECK(call3->call.max_tokens == budget - f.store.ledger_tokens() - prompt3);
+  call3->answer({"fine"});
+  REQUIRE(f.run_until([&] { return c3->finished() && f.in_flight() == 0; }));
+  CHECK(c3->done);
+}
+
+TEST_CASE("a turn end that races the down message of its conversation actor is settled once",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.add_conversation(tenant_id, "conv_2");
+  // A turn elsewhere holds a slot throughout, so that a second settlement would show.
+  auto other = f.client("elsewhere", "conv_2");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  auto c2 = f.client("two"); // queued behind turn 1
+  REQUIRE(f.run_until([&] { return c2->admitted; }));
+  auto conv = c1->conversation();
+  CHECK(f.in_flight() == 3);
+
+  SECTION("the end is on its way to the tenant when the conversation stops") {
+    // Turn 1 ends: the conversation reports it to the tenant, which has not read it yet, and
+    // starts turn 2 (its user message waits at the gate). Then the conversation crashes.
+    f.store.hold();
+    f.store.release(); // turn 1's reply
+    f.provider->at(1)->answer({"ok1"});
+    REQUIRE(f.run_all_but_until(f.tenant, [&] { return f.store.arrived() == 4; }));
+    caf::anon_send_exit(conv, caf::exit_reason::unhandled_exception);
+    f.run_all_but(f.tenant);
+    f.store.open();
+    REQUIRE(f.run_until([&] { return c1->finished() && c2->finished(); }));
+    CHECK(c1->done); // its reply is durable: the end it was told
+    // Turn 2's user message was at the gate when the actor stopped: the store still commits
+    // it, on its own thread (nobody is told, so no actor runs for it).
+    auto committed = std::vector<std::string>{"one", "ok1", "two"};
+    CHECK(parley::test::wait_until(parley::test::deadline_in(5s),
+                                   [&] { return f.stored_texts() == committed; }));
+    CHECK(f.stored_texts() == committed);
+    CHECK_FALSE(c2->producer_down);
+    CHECK(failure_of(*c2) == "unavailable");
+    CHECK(f.in_flight() == 1);
+  }
+  SECTION("an end for a turn of the stopped conversation arrives after its down message") {
+    caf::anon_send_exit(conv, caf::exit_reason::unhandled_exception);
+    REQUIRE(f.run_until([&] { return c1->finished() && c2->finished(); }));
+    for (auto& c : {c1, c2}) {
+      CHECK_FALSE(c->producer_down);
+      CHECK(failure_of(*c) == "unavailable");
+    }
+    CHECK(f.in_flight() == 1);
+    turn_outcome late;
+    late.request_id = c1->request_id;
+    late.turn_id = 1;
+    late.tokens = 7;
+    caf::anon_send(f.tenant, ended_atom::value, late);
+    f.sched->run();
+    CHECK(f.in_flight() == 1);
+  }
+
+  f.provider->at(0)->answer({"still here"});
+  REQUIRE(f.run_until([&] { return other->finished() && f.in_flight() == 0; }));
+  CHECK(other->done);
 }

@@ -28,6 +28,8 @@ using idle_atom = caf::atom_constant<caf::atom("idle")>;
 using forget_atom = caf::atom_constant<caf::atom("forget")>;
 /// A turn (stateless or conversation) ended; sent to the tenant actor to settle its counts.
 using ended_atom = caf::atom_constant<caf::atom("ended")>;
+/// What a stopping conversation actor's running turn was charged (to the tenant actor).
+using charged_atom = caf::atom_constant<caf::atom("charged")>;
 /// Today's spent tokens of a tenant, loaded from the usage table (to the tenant actor).
 using budget_atom = caf::atom_constant<caf::atom("budget")>;
 /// Empty the tenant's response cache (admin).

@@ -129,7 +129,7 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<limits_atom, std::string>::with<rate_snapshot>,
   /// Empties the response cache; answers the number of entries dropped.
   caf::replies_to<flush_atom>::with<int64_t>,
-  /// A conversation was deleted: stop its actor.
+  /// A conversation was deleted: stop its actor. Its unended turns fail with not_found.
   caf::reacts_to<forget_atom, std::string>,
   /// An idle conversation actor (the sender), which has received `n` turns, asks to passivate.
   /// The tenant agrees (true) only when it has sent that actor exactly `n` turns, and then
@@ -140,8 +140,16 @@ using tenant_actor = caf::typed_actor<
   /// The client of a stateless turn (by request id) went away: stop its upstream call.
   caf::reacts_to<cancel_atom, std::string>,
   /// A turn ended (stateless, or from a conversation): settles the admission estimate and
-  /// budget reservation with what it really used; fills the response cache.
-  caf::reacts_to<ended_atom, turn_outcome>>;
+  /// budget reservation with what it really used; fills the response cache; then tells the
+  /// client. Every admitted turn is settled exactly once: an end for a turn that is not in
+  /// flight (settled already, because its conversation actor stopped first) is ignored.
+  caf::reacts_to<ended_atom, turn_outcome>,
+  /// A conversation actor that is stopping (deleted, or a crash) cancelled the engine of its
+  /// running turn (request id): the tokens that turn's ledger rows charge. Sent from the
+  /// actor's cleanup, so it arrives before the actor's down message, at which the tenant
+  /// settles the actor's unended turns (this one with these tokens, the others with none) and
+  /// tells their clients it failed.
+  caf::reacts_to<charged_atom, std::string, int64_t>>;
 
 /// Supervises the tenant actors of this node: spawns one on first use, monitors it.
 using tenant_manager_actor = caf::typed_actor<
