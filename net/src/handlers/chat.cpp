@@ -52,7 +52,7 @@ struct relay_state {
   exchange_ptr ex;
   actors::chat_request req; // messages dropped after hand-off; ids and flags kept
   actors::turn_control_actor producer;
-  actors::tenant_actor tenant; ///< who tells us the end (the producer, or the conversation's tenant)
+  actors::tenant_actor tenant; ///< the turn's owner: it settles the turn and tells us its end
   std::string content;
   bool streaming = false;
   bool cancelled = false;
@@ -323,7 +323,8 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
             self->quit();
             return;
           }
-          // If the producer dies without a word (a crash), we must still answer.
+          // If the producer dies without a word (a crash), we must still answer (see the
+          // down handler in relay_impl).
           self->monitor(producer);
         },
         fail_now);
@@ -339,7 +340,7 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
   // The client going away reaches us as a message; from then on nobody reads our output.
   st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); }, {},
                [me] { caf::anon_send(me, shutdown_atom::value); });
-  // The producer died before we heard the end (a crash, a conversation deleted or stopped).
+  // The turn's owner died before we heard the end: nobody will tell us any more.
   auto ended_unexpectedly = [=] {
     auto& s = self->state;
     if (s.streaming) {
@@ -354,16 +355,19 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
   };
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& s = self->state;
-    if (dm.source != s.producer.address() || s.cancelled)
+    if (s.cancelled)
       return;
-    if (!s.tenant || s.tenant.address() == s.producer.address())
-      return ended_unexpectedly();
-    // A conversation hands its turn's end to the tenant, which tells us after settling it:
-    // the end may be on its way through the tenant. A round trip to the tenant comes back
-    // after anything the conversation sent it before stopping (and so after our end).
-    self->request(s.tenant, caf::infinite, caf::get_atom::value)
-      .then([=](const std::string&) { ended_unexpectedly(); },
-            [=](const caf::error&) { ended_unexpectedly(); });
+    if (dm.source == s.producer.address() && dm.source != s.tenant.address()) {
+      // Our producer was a conversation actor, and it stopped (deleted, or a crash): the turn
+      // is still its tenant's, which settles it and tells us how it ended -- the end the
+      // conversation handed it before stopping, or a failure it settles at the conversation's
+      // down. From now on we watch the tenant instead, in case it is gone too (then this
+      // handler runs at once).
+      self->monitor(s.tenant);
+      return;
+    }
+    if (dm.source == s.tenant.address())
+      ended_unexpectedly();
   });
   st.req = req;
   st.req.messages.clear();

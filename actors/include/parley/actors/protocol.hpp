@@ -51,9 +51,10 @@ typename Inspector::result_type inspect(Inspector& f, manager_stats& x) {
 
 /// Where a turn's events go: the relay that holds the client's exchange. In order: zero or
 /// more deltas (a served model first when a fallback serves it), then one done or failed --
-/// the end always from the tenant, once it has settled the turn. A sink whose producer (a
-/// conversation) stops before the end arrived asks the tenant anything: the answer comes after
-/// an end the conversation handed the tenant before it stopped.
+/// the end always from the tenant, once it has settled the turn. The tenant tells the end of
+/// every turn it admitted, also when a conversation producer stops first (the end it handed the
+/// tenant before stopping, or a failure settled at its down message): a sink whose producer (a
+/// conversation) stops watches the tenant from then on; only the tenant's down ends it unheard.
 using turn_sink_actor = caf::typed_actor<
   caf::reacts_to<delta_atom, std::string>,
   caf::reacts_to<served_atom, std::string>,
