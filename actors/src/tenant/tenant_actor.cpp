@@ -233,6 +233,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                   "This request may use up to " + std::to_string(est) +
                     " tokens (prompt plus max_tokens); the limit is " +
                     std::to_string(lim.max_request_tokens) + ".");
+  // Every admitted turn is accounted (slot, reservation, estimate) and settled exactly once by
+  // its request id, which the client may choose (x-request-id): one in flight per id.
+  if (st.turns.count(req.request_id) > 0 || st.sent_turns.count(req.request_id) > 0)
+    return refuse(chat_error_kind::invalid_request,
+                  "A request with id '" + req.request_id + "' is already in progress.");
   // Bounded in-flight work: the tenant's own limit, else the node's default per tenant.
   auto max_concurrent = lim.max_concurrent > 0 ? lim.max_concurrent : st.svc->tenant_max_in_flight;
   auto count = [&](std::atomic<uint64_t> admission_counters::*c) {

@@ -1221,3 +1221,29 @@ TEST_CASE("a turn end that races the down message of its conversation actor is s
   REQUIRE(f.run_until([&] { return other->finished() && f.in_flight() == 0; }));
   CHECK(other->done);
 }
+
+TEST_CASE("a turn whose request id is already in flight at its tenant is refused and the first "
+          "one is unaffected",
+          "[actors][unit]") {
+  conversation_fixture f;
+  f.store.add_conversation(tenant_id, "conv_2");
+  auto c1 = f.client("one");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  f.next_request = 1; // the next client sends c1's request id again (x-request-id is the client's)
+  auto twin = f.client("twin", "conv_2");
+  REQUIRE(f.run_until([&] { return twin->finished(); }));
+  CHECK(twin->request_id == c1->request_id);
+  CHECK(twin->refused == chat_error_kind::invalid_request);
+  CHECK(f.in_flight() == 1);
+  f.provider->at(0)->answer({"only once"});
+  REQUIRE(f.run_until([&] { return c1->finished() && f.in_flight() == 0; }));
+  CHECK(c1->done);
+  // Once it has ended, the id may be used again.
+  f.next_request = 1;
+  auto again = f.client("again", "conv_2");
+  CHECK(again->request_id == c1->request_id);
+  REQUIRE(f.run_until([&] { return f.provider->count() == 2; }));
+  f.provider->at(1)->answer({"fine"});
+  REQUIRE(f.run_until([&] { return again->finished() && f.in_flight() == 0; }));
+  CHECK(again->done);
+}
