@@ -753,3 +753,34 @@ TEST_CASE("a route with two weighted deployments spreads requests by weight", "[
       ++listed;
   CHECK(listed == 2);
 }
+
+// ---- a conversation deleted mid-turn ----------------------------------------------------------
+
+TEST_CASE("deleting a conversation while its turn streams ends the stream with not_found and frees "
+          "the tenant's slot",
+          "[resilience][conversations][integration]") {
+  fake_upstream up;
+  node n({route_to("m", up.url(), quick())}, {{"config", {{"limits", {{"max_concurrent", 1}}}}}});
+  auto port = n.srv->port();
+  std::string cid = json::parse(fetch(port, http::verb::post, "/v1/conversations", "{}", bearer(n.key)).body)["id"];
+  auto body = chat_body("m", "SCRIPT:{\"stall_after_tokens\":2,\"stall_ms\":10000} a b c d", true);
+  body["conversation"] = cid;
+  http_reply rep;
+  std::thread client([&] { rep = n.chat(body); });
+  // The turn runs: the upstream holds its response open, stalled after two tokens.
+  bool open = wait_until(deadline_in(milliseconds(5000)), [&] { return up.stats()["open_responses"] == 1; });
+  auto del = fetch(port, http::verb::delete_, "/v1/conversations/" + cid, {}, bearer(n.key));
+  client.join();
+  REQUIRE(open);
+  CHECK(del.status == 200);
+  // The client hears that the conversation is gone (an error event if its stream had begun),
+  // not that the completion ended unexpectedly.
+  INFO(rep.body);
+  auto err = rep.status == 200 ? stream_error(rep.body) : json::parse(rep.body, nullptr, false);
+  REQUIRE(err.is_object());
+  CHECK(err["error"]["code"] == "not_found");
+  // The upstream call was cancelled, and the turn's slot is free: the tenant (at most one
+  // request at a time) admits the next one.
+  CHECK(wait_until(deadline_in(milliseconds(5000)), [&] { return up.stats()["client_disconnects"] == 1; }));
+  CHECK(n.chat(chat_body("m", "after")).status == 200);
+}
