@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <set>
+#include <vector>
 
 namespace parley::net {
 namespace {
@@ -57,7 +58,27 @@ struct relay_state {
   bool streaming = false;
   bool cancelled = false;
   int64_t created = 0;
+  caf::local_actor* self = nullptr; ///< the relay (for the destructor)
+  /// The actors we monitor: our producer, and the tenant once a conversation producer stopped.
+  std::vector<caf::actor_addr> watched;
   static inline const char* name = "parley.relay";
+
+  /// A monitor stays in the monitored actor until it is removed (CAF 0.17 does not remove it
+  /// when the monitoring actor stops), and it keeps the stopped relay's memory alive (a weak
+  /// reference). A tenant or a conversation serves request after request, so every relay
+  /// removes its monitors when it stops: here, which CAF runs on every exit (quit, an
+  /// exception, a kill) before the relay terminates.
+  ~relay_state() {
+    for (auto& a : watched)
+      self->demonitor(a);
+  }
+
+  /// Monitors `who` until we stop (its down, if it stops first, reaches our down handler).
+  template <class Handle>
+  void watch(const Handle& who) {
+    self->monitor(who);
+    watched.push_back(who.address());
+  }
 
   std::string id() const { return "chatcmpl-" + req.request_id; }
 
@@ -325,7 +346,7 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
           }
           // If the producer dies without a word (a crash), we must still answer (see the
           // down handler in relay_impl).
-          self->monitor(producer);
+          s.watch(producer);
         },
         fail_now);
   }, fail_now);
@@ -334,6 +355,7 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
 relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::chat_request req,
                                       std::shared_ptr<tenant_locator> tenants) {
   auto& st = self->state;
+  st.self = self;
   st.ex = std::move(ex);
   st.created = persistence::now_millis() / 1000;
   auto me = caf::actor_cast<relay_actor>(self);
@@ -363,7 +385,7 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
       // conversation handed it before stopping, or a failure it settles at the conversation's
       // down. From now on we watch the tenant instead, in case it is gone too (then this
       // handler runs at once).
-      self->monitor(s.tenant);
+      s.watch(s.tenant);
       return;
     }
     if (dm.source == s.tenant.address())
