@@ -275,6 +275,9 @@ const std::vector<field>& fields() {
          "PostgreSQL statement_timeout for every statement; 0 disables"),
     make("store", "busy_timeout_ms", &settings::store, &store_settings::busy_timeout_ms,
          "SQLite busy timeout when another connection holds the write lock"),
+    make("store", "sqlite_synchronous", &settings::store, &store_settings::sqlite_synchronous,
+         "SQLite durability: normal (a commit survives a crash of parley; a power loss may roll "
+         "back the last ones) or full (every commit waits for fsync and survives a power loss)"),
     make("store", "migrate_on_start", &settings::store, &store_settings::migrate_on_start,
          "Apply pending migrations when `parley serve` starts"),
     make("data", "dir", &settings::data, &data_settings::dir,
@@ -602,6 +605,8 @@ void validate(const settings& s) {
   check_range("store.acquire_timeout_ms", s.store.acquire_timeout_ms, 1, 600000);
   check_range("store.statement_timeout_ms", s.store.statement_timeout_ms, 0, 3600000);
   check_range("store.busy_timeout_ms", s.store.busy_timeout_ms, 0, 600000);
+  if (s.store.sqlite_synchronous != "normal" && s.store.sqlite_synchronous != "full")
+    fail("store.sqlite_synchronous", "'" + s.store.sqlite_synchronous + "' is not normal or full");
   if (s.data.dir.empty())
     fail("data.dir", "must not be empty");
   check_range("actors.scheduler_threads", s.actors.scheduler_threads, 0, 256);

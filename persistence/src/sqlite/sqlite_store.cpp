@@ -26,7 +26,7 @@ struct sqlite_failure {
 
 class connection {
 public:
-  connection(const std::string& path, int busy_timeout_ms) {
+  connection(const std::string& path, int busy_timeout_ms, bool full_sync) {
     int rc = sqlite3_open_v2(path.c_str(), &db_,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                              nullptr);
@@ -39,7 +39,9 @@ public:
     sqlite3_extended_result_codes(db_, 1);
     sqlite3_busy_timeout(db_, busy_timeout_ms);
     exec("PRAGMA journal_mode=WAL");
-    exec("PRAGMA synchronous=FULL");
+    // WAL + NORMAL: a commit is in the WAL file (the page cache) before it returns, so it
+    // survives parley crashing; fsync happens at checkpoints. FULL fsyncs every commit.
+    exec(full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     exec("PRAGMA foreign_keys=ON");
   }
   ~connection() {
@@ -244,8 +246,8 @@ public:
   sqlite_store(std::string path, const config::store_settings& s)
     : path_(std::move(path)),
       pool_(s.pool_size, std::chrono::milliseconds(s.acquire_timeout_ms),
-            [p = path_, busy = s.busy_timeout_ms] {
-              return std::make_unique<connection>(p, busy);
+            [p = path_, busy = s.busy_timeout_ms, full = s.sqlite_synchronous == "full"] {
+              return std::make_unique<connection>(p, busy, full);
             }) {}
 
   // -- store ----------------------------------------------------------------------

@@ -45,6 +45,7 @@ struct store_settings {
   int acquire_timeout_ms = 2000;           ///< waiting longer for a connection fails with timeout
   int statement_timeout_ms = 5000;         ///< PostgreSQL statement_timeout
   int busy_timeout_ms = 5000;              ///< SQLite busy_timeout
+  std::string sqlite_synchronous = "normal"; ///< "normal" | "full": SQLite fsync per commit or per checkpoint
   bool migrate_on_start = true;            ///< `serve` applies pending migrations at start
 };
 
