@@ -1,4 +1,4 @@
-// The OpenAI-compatible upstream client. One call = one operation object on its own strand:
+// The OpenAI-compatible upstream client. One call = one operation object on one io thread:
 // take a pooled connection (or resolve, connect, TLS-handshake a new one), write the request,
 // read the response header, then read the streamed body in 16 KiB slices through the SSE
 // parser, sending each delta to the listening actor. Every step has a timeout.
@@ -145,8 +145,8 @@ public:
           std::shared_ptr<actors::call_listener> listener)
     : up_(std::move(up)),
       lane_(up_->io.pick()),
-      strand_(asio::make_strand(up_->io.at(lane_))),
-      resolver_(strand_),
+      exec_(up_->io.at(lane_).get_executor()),
+      resolver_(exec_),
       listener_(std::move(listener)),
       request_id_(call.request_id),
       client_model_(call.client_model) {
@@ -208,11 +208,11 @@ public:
   }
 
   void start() {
-    asio::post(strand_, [self = this->shared_from_this()] { self->acquire(); });
+    asio::post(exec_, [self = this->shared_from_this()] { self->acquire(); });
   }
 
   void cancel() override {
-    asio::post(strand_, [self = this->shared_from_this()] {
+    asio::post(exec_, [self = this->shared_from_this()] {
       if (self->finished_)
         return;
       self->finished_ = true; // the listener wants nothing more
@@ -492,7 +492,7 @@ private:
 
   std::shared_ptr<upstream<Stream>> up_;
   std::size_t lane_; ///< the io context (and idle pool) this call runs on
-  asio::strand<asio::io_context::executor_type> strand_;
+  asio::io_context::executor_type exec_; ///< the lane's context: run by one thread, so serial
   tcp::resolver resolver_;
   std::unique_ptr<Stream> stream_;
   std::shared_ptr<actors::call_listener> listener_;
@@ -517,7 +517,7 @@ private:
 
 template <>
 void call_op<beast::tcp_stream>::make_stream() {
-  stream_ = std::make_unique<beast::tcp_stream>(strand_);
+  stream_ = std::make_unique<beast::tcp_stream>(exec_);
 }
 template <>
 void call_op<beast::tcp_stream>::handshake() {
@@ -526,7 +526,7 @@ void call_op<beast::tcp_stream>::handshake() {
 
 template <>
 void call_op<beast::ssl_stream<beast::tcp_stream>>::make_stream() {
-  stream_ = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(strand_, *up_->tls);
+  stream_ = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(exec_, *up_->tls);
   // SNI, and verification of the certificate against the host name.
   SSL_set_tlsext_host_name(stream_->native_handle(), up_->ep.host.c_str());
   stream_->set_verify_callback(asio::ssl::host_name_verification(up_->ep.host));

@@ -19,7 +19,8 @@ namespace parley::net {
 /// implementation, a template over the stream type (TCP, or TLS over TCP).
 ///
 /// Thread safety: every member function except start(), drain() and shut_down() runs on the
-/// connection's strand. Pending operations and live exchanges hold shared_from_this().
+/// connection's strand: its io context's executor, which one thread runs (so "strand" below
+/// means that thread). Pending operations and live exchanges hold shared_from_this().
 class http_session : public std::enable_shared_from_this<http_session> {
 public:
   virtual ~http_session() = default;

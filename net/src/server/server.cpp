@@ -210,7 +210,7 @@ public:
            std::shared_ptr<const pipeline> p, log::logger_ptr logger,
            std::shared_ptr<session_registry> registry)
     : io_(io),
-      acceptor_(asio::make_strand(io.at(0))),
+      acceptor_(io.at(0).get_executor()),
       settings_(std::move(settings)),
       pipeline_(std::move(p)),
       logger_(std::move(logger)),
@@ -235,7 +235,7 @@ public:
   void stop() {
     if (!accepting_.exchange(false))
       return;
-    // Close on the acceptor's strand so it never races a completing accept, and wait (briefly)
+    // Close on the acceptor's thread so it never races a completing accept, and wait (briefly)
     // for it: when stop() returns, new connections are refused by the kernel.
     auto closed = std::make_shared<std::promise<void>>();
     auto done = closed->get_future();
@@ -250,9 +250,9 @@ public:
 
 private:
   void do_accept() {
-    // Each connection lives on one io thread (round robin) for its whole life, and gets its
-    // own strand, so its handlers never run concurrently.
-    acceptor_.async_accept(asio::make_strand(io_.at(next_++ % io_.size())), [self = shared_from_this()](
+    // Each connection lives on one io thread (round robin) for its whole life: one thread
+    // runs each context, so its handlers never run concurrently (no strand needed).
+    acceptor_.async_accept(io_.at(next_++ % io_.size()).get_executor(), [self = shared_from_this()](
                                                       beast::error_code ec,
                                                       asio::ip::tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->accepting_.load())
@@ -307,7 +307,7 @@ private:
   }
 
   io_pool& io_;
-  std::size_t next_ = 0; ///< the io context of the next connection (acceptor strand only)
+  std::size_t next_ = 0; ///< the io context of the next connection (acceptor's thread only)
   asio::ip::tcp::acceptor acceptor_;
   std::shared_ptr<const config::http_settings> settings_;
   std::shared_ptr<const pipeline> pipeline_;
@@ -315,7 +315,7 @@ private:
   std::shared_ptr<session_registry> registry_;
   std::atomic<bool> accepting_{false};
   asio::steady_timer backoff_;
-  int backoff_ms_ = 0; ///< current accept backoff (acceptor strand only); 0 = none
+  int backoff_ms_ = 0; ///< current accept backoff (acceptor's thread only); 0 = none
   std::shared_ptr<asio::ssl::context> tls_; ///< null: plain HTTP
 };
 

@@ -85,7 +85,7 @@ private:
 
 class listener;
 
-/// The HTTP server: a listener that accepts connections (a strand each, on the pool's io
+/// The HTTP server: a listener that accepts connections (each on one of the pool's io
 /// contexts in turn) and starts sessions.
 ///
 /// Thread safety: start() and the stop/drain calls may be called from any thread; the
