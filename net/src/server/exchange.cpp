@@ -33,7 +33,7 @@ void exchange::respond(response res) {
   for (auto& [k, v] : extra_headers_)
     res.set(k, v);
   extra_headers_.clear();
-  // dispatch: runs inline when already on the strand, else hops onto it.
+  // dispatch: runs inline when already on the connection's io thread, else hops onto it.
   asio::dispatch(session_->executor(), [self = shared_from_this(), res = std::move(res)]() mutable {
     self->session_->write_response(self, std::move(res));
   });

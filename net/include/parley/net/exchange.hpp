@@ -75,7 +75,7 @@ public:
   /// Index of the next middleware to run (used by the pipeline).
   std::size_t next_filter = 0;
 
-  /// Executor of the session's strand, for code that must hop onto it.
+  /// Executor of the session's io thread (its "strand"), for code that must hop onto it.
   asio::any_io_executor executor() const;
 
 private:
