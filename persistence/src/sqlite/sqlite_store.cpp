@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <stdexcept>
 #include <unordered_map>
@@ -62,7 +63,8 @@ public:
     }
   }
 
-  /// A cached prepared statement, reset and unbound.
+  /// A cached prepared statement, reset and unbound. `sql` has static storage (stmt only takes
+  /// string literals), so its address is the cache key: no hashing of the text per call.
   sqlite3_stmt* prepare(const char* sql) {
     auto it = cache_.find(sql);
     if (it != cache_.end()) {
@@ -83,13 +85,15 @@ public:
 
 private:
   sqlite3* db_ = nullptr;
-  std::unordered_map<std::string, sqlite3_stmt*> cache_;
+  std::unordered_map<const char*, sqlite3_stmt*> cache_;
 };
 
 /// Binds and steps one statement.
 class stmt {
 public:
-  stmt(connection& c, const char* sql) : c_(c), st_(c.prepare(sql)) {}
+  /// Only literals (arrays with static storage): the statement cache keys on their address.
+  template <std::size_t N>
+  stmt(connection& c, const char (&sql)[N]) : c_(c), st_(c.prepare(sql)) {}
   ~stmt() { sqlite3_reset(st_); }
 
   stmt& bind(const std::string& v) {
@@ -559,9 +563,25 @@ public:
     return unit{};
   }
 
-  /// Inserts ledger rows not there yet and adds each new one to its rollup row (inside the
-  /// caller's transaction).
-  static void write_usage(connection& c, const std::vector<usage_entry>& entries) {
+  /// The rollup rows a batch of ledger rows adds to, summed before they are written: a group
+  /// commit of N requests of one tenant, key and model costs one upsert, not N.
+  struct rollup_key {
+    const std::string *tenant_id, *key_id, *model;
+    int64_t period_start;
+    bool operator==(const rollup_key& o) const {
+      return period_start == o.period_start && *tenant_id == *o.tenant_id &&
+             *key_id == *o.key_id && *model == *o.model;
+    }
+  };
+  struct rollup_sum {
+    int64_t requests = 0, prompt_tokens = 0, completion_tokens = 0, errors = 0;
+  };
+  using rollups = std::vector<std::pair<rollup_key, rollup_sum>>;
+
+  /// Inserts the ledger rows not there yet and adds each new one to `sums` (inside the
+  /// caller's transaction; `entries` must outlive `sums`).
+  static void insert_ledger_rows(connection& c, const std::vector<usage_entry>& entries,
+                                 rollups& sums) {
     for (auto& e : entries) {
       stmt(c, "INSERT INTO usage_ledger (request_id, attempt, tenant_id, key_id, model, "
               "served_model, deployment, prompt_tokens, completion_tokens, outcome, "
@@ -573,24 +593,38 @@ public:
         .run();
       if (c.changes() == 0)
         continue; // recorded before: a retried write
+      rollup_key k{&e.tenant_id, &e.key_id, &e.model, e.at / 60000 * 60000};
+      auto it = std::find_if(sums.begin(), sums.end(), [&](auto& p) { return p.first == k; });
+      if (it == sums.end())
+        it = sums.insert(sums.end(), {k, rollup_sum{}});
+      it->second.requests += 1;
+      it->second.prompt_tokens += e.prompt_tokens;
+      it->second.completion_tokens += e.completion_tokens;
+      it->second.errors += e.outcome == "ok" ? 0 : 1;
+    }
+  }
+
+  static void write_rollups(connection& c, const rollups& sums) {
+    for (auto& [k, v] : sums)
       stmt(c, "INSERT INTO usage (tenant_id, key_id, model, period_start, requests, "
-              "prompt_tokens, completion_tokens, errors) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
+              "prompt_tokens, completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
               "ON CONFLICT (tenant_id, key_id, model, period_start) DO UPDATE SET "
-              "requests = requests + 1, "
+              "requests = requests + excluded.requests, "
               "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
               "completion_tokens = completion_tokens + excluded.completion_tokens, "
               "errors = errors + excluded.errors")
-        .bind(e.tenant_id).bind(e.key_id).bind(e.model).bind(e.at / 60000 * 60000)
-        .bind(e.prompt_tokens).bind(e.completion_tokens).bind(int64_t{e.outcome == "ok" ? 0 : 1})
+        .bind(*k.tenant_id).bind(*k.key_id).bind(*k.model).bind(k.period_start)
+        .bind(v.requests).bind(v.prompt_tokens).bind(v.completion_tokens).bind(v.errors)
         .run();
-    }
   }
 
   // -- usage_store ----------------------------------------------------------------
   status record_usage(const std::vector<usage_entry>& entries) override {
     return with<unit>([&](connection& c) -> status {
       transaction tx(c);
-      write_usage(c, entries);
+      rollups sums;
+      insert_ledger_rows(c, entries, sums);
+      write_rollups(c, sums);
       tx.commit();
       return unit{};
     });
@@ -605,8 +639,10 @@ public:
       auto r = write_messages(c, msgs);
       if (!r.ok())
         return r;
+      rollups sums;
       for (auto& w : batch)
-        write_usage(c, w.usage);
+        insert_ledger_rows(c, w.usage, sums);
+      write_rollups(c, sums);
       tx.commit();
       return unit{};
     });

@@ -32,8 +32,12 @@ std::unique_ptr<middleware> make_security_headers();
 /// preflights fall through to routing).
 std::unique_ptr<middleware> make_cors(std::vector<std::string> allowed_origins);
 
-/// A new random request id (32 lowercase hex characters). Thread-safe.
+/// A new request id: 32 lowercase hex characters, the first 12 the milliseconds since the
+/// epoch (so ids sort by time), the rest random. Thread-safe.
 std::string generate_request_id();
+/// A new random W3C trace id (32 lowercase hex) and span id (16). Thread-safe.
+std::string generate_trace_id();
+std::string generate_span_id();
 
 /// Parses a W3C `traceparent` header; on success sets its trace id and flags.
 bool parse_traceparent(std::string_view value, std::string& trace_id, std::string& flags);
