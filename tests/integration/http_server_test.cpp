@@ -97,10 +97,12 @@ TEST_CASE("a sane incoming request id is echoed and a bad one is replaced", "[ne
   server_fixture srv;
   auto a = fetch(srv.port(), http::verb::get, "/healthz", {}, {{"X-Request-ID", "abc-123.x:y_z"}});
   CHECK(a.header("x-request-id") == "abc-123.x:y_z");
+  CHECK(a.header("x-parley-request-id").size() == 32); // parley's own id is still there
 
   auto b = fetch(srv.port(), http::verb::get, "/healthz", {}, {{"X-Request-ID", "bad id with spaces"}});
   CHECK(b.header("x-request-id").size() == 32);
   CHECK(b.header("x-request-id") != "bad id with spaces");
+  CHECK(b.header("x-parley-request-id").empty()); // x-request-id already is parley's
 
   auto c1 = fetch(srv.port(), http::verb::get, "/healthz");
   auto c2 = fetch(srv.port(), http::verb::get, "/healthz");
@@ -109,7 +111,9 @@ TEST_CASE("a sane incoming request id is echoed and a bad one is replaced", "[ne
 
   // The access log line carries the id the client saw (access_log_line() waits for the line,
   // which is written after the response).
-  CHECK(srv.access_log_line("abc-123.x:y_z").is_object());
+  auto la = srv.access_log_line("abc-123.x:y_z");
+  CHECK(la.value("client_request_id", "") == "abc-123.x:y_z");
+  CHECK(la.value("request_id", "") == a.header("x-parley-request-id"));
   CHECK(srv.access_log_line(c1.header("x-request-id")).is_object());
 }
 

@@ -18,6 +18,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 using namespace parley::test;
@@ -29,7 +30,8 @@ namespace {
 const std::string admin = "ledger-admin-key-0123456789abcdef012345";
 
 struct sent {
-  std::string request_id;
+  std::string request_id;      ///< the client's X-Request-Id (a correlation id only)
+  std::string parley_id;       ///< parley's id for it (the ledger's key), once answered
   std::string conversation_id; ///< "" = stateless
   std::string text;            ///< the user message (the echo model replies with it)
   bool completed = false;      ///< 200 with the whole answer (JSON body, or the stream's [DONE])
@@ -56,6 +58,7 @@ void client_loop(uint16_t port, const std::string& key, int worker, const std::s
       h["X-Request-Id"] = s.request_id;
       out.push_back(s); // recorded before sending: a request cut off by the kill is listed too
       auto r = c.post("/v1/chat/completions", body.dump(), h);
+      out.back().parley_id = r.header("x-parley-request-id");
       bool whole = stream ? r.body.find("data: [DONE]") != std::string::npos &&
                               r.body.find("\"error\"") == std::string::npos
                           : r.body.find("\"choices\"") != std::string::npos;
@@ -68,7 +71,7 @@ void client_loop(uint16_t port, const std::string& key, int worker, const std::s
 
 struct tally {
   int completed = 0, completed_one_row = 0;
-  int incomplete = 0, incomplete_no_row = 0, incomplete_one_row = 0;
+  int incomplete = 0, rows_of_incomplete = 0;
   int violations = 0;
 };
 
@@ -149,9 +152,27 @@ void run_crash(const std::string& backend, const std::string& config,
     for (auto& m : *msgs)
       conv_texts[cid].push_back(m.role + ":" + json::parse(m.content_json)["content"].dump());
   }
+  // A request cut off by the kill may have no answer, so its ledger rows (if any) are known
+  // only as rows no completed request claims: parley's ids are unique per request, so each of
+  // them is one request's, and their number is at most the number of incomplete requests.
+  std::set<std::string> claimed;
   for (auto& log : logs)
     for (auto& s : log) {
-      auto it = by_request.find(s.request_id);
+      if (!s.completed)
+        continue;
+      if (s.parley_id.size() == 32 && claimed.insert(s.parley_id).second)
+        continue;
+      ++t1.violations; // a completed answer without its own id
+    }
+  for (auto& [id, of_request] : by_request)
+    if (claimed.count(id) == 0) {
+      ++t1.rows_of_incomplete;
+      if (of_request.size() != 1 || of_request[0].attempt != 1)
+        ++t1.violations;
+    }
+  for (auto& log : logs)
+    for (auto& s : log) {
+      auto it = by_request.find(s.parley_id);
       std::size_t n = it == by_request.end() ? 0 : it->second.size();
       if (s.completed) {
         ++t1.completed;
@@ -170,9 +191,6 @@ void run_crash(const std::string& backend, const std::string& config,
         }
       } else {
         ++t1.incomplete;
-        (n == 0 ? t1.incomplete_no_row : t1.incomplete_one_row) += n <= 1 ? 1 : 0;
-        if (n > 1)
-          ++t1.violations;
       }
     }
   // The rollup derives from the ledger: the same totals.
@@ -185,14 +203,15 @@ void run_crash(const std::string& backend, const std::string& config,
   }
   std::printf("kill -9 under load (%s): %d requests\n"
               "  completed   %5d | exactly one ledger row: %5d\n"
-              "  incomplete  %5d | no row: %5d | one row: %5d\n"
+              "  incomplete  %5d | ledger rows of incomplete requests: %5d\n"
               "  ledger rows %5zu | rollup requests %5lld | ledger tokens %lld = rollup %lld\n",
               backend.c_str(), t1.completed + t1.incomplete, t1.completed, t1.completed_one_row,
-              t1.incomplete, t1.incomplete_no_row, t1.incomplete_one_row, rows->size(),
+              t1.incomplete, t1.rows_of_incomplete, rows->size(),
               static_cast<long long>(rollup_requests), static_cast<long long>(ledger_tokens),
               static_cast<long long>(rollup_tokens));
   CHECK(t1.completed >= 100);
   CHECK(t1.incomplete >= 1); // the kill did cut requests off
+  CHECK(t1.rows_of_incomplete <= t1.incomplete);
   CHECK(t1.completed_one_row == t1.completed);
   CHECK(t1.violations == 0);
   CHECK(rollup_requests == static_cast<int64_t>(rows->size()));

@@ -141,8 +141,10 @@ TEST_CASE("logs are JSON lines with ts, level and msg", "[runtime][integration]"
     CHECK(j.contains("ts"));
     CHECK(j.contains("level"));
     CHECK(j.contains("msg"));
-    if (j["msg"] == "request" && j.value("request_id", "") == "trace-me-1")
-      saw_request = j["status"] == 200 && j["route"] == "/healthz";
+    // The client's id is kept for correlation; request_id is parley's own.
+    if (j["msg"] == "request" && j.value("client_request_id", "") == "trace-me-1")
+      saw_request = j["status"] == 200 && j["route"] == "/healthz" &&
+                    j.value("request_id", "").size() == 32;
     ++n;
   }
   CHECK(n >= 4);

@@ -211,8 +211,11 @@ TEST_CASE("the trace context and request id are propagated to the upstream", "[m
                    json{{"model", "up-model"}, {"messages", msg("trace me")}}.dump(), h);
     REQUIRE(r.status == 200);
     CHECK(r.header("x-request-id") == "client-chosen-id-42");
+    // The upstream gets parley's own id (the key of the request's ledger rows), not the client's.
+    auto own = r.header("x-parley-request-id");
+    CHECK(own.size() == 32);
     auto hd = stats()["last_headers"];
-    CHECK(hd["x-request-id"] == "client-chosen-id-42");
+    CHECK(hd["x-request-id"] == own);
     std::string tp = hd["traceparent"];
     REQUIRE(tp.size() == 55);
     CHECK(tp.substr(0, 36) == "00-4bf92f3577b34da6a3ce929d0e0e4736-");

@@ -35,7 +35,8 @@ const char* phase_name[] = {"before", "outage", "after", "across"};
 
 /// One request as the client saw it (written by its client thread, read after join).
 struct call {
-  std::string request_id;
+  std::string request_id;      ///< the client's X-Request-Id (a correlation id only)
+  std::string parley_id;       ///< parley's id for it, the ledger's key (x-parley-request-id)
   std::string conversation_id; ///< "" = stateless
   std::string text;
   bool stream = false;
@@ -61,6 +62,7 @@ json error_of(const std::string& body) {
 /// Judges one answer: completed, clean error, or neither.
 void judge(call& c, const http_reply& r) {
   c.status = r.status;
+  c.parley_id = r.header("x-parley-request-id");
   if (r.status == 200 && !c.stream) {
     auto j = json::parse(r.body, nullptr, false);
     c.completed = !j.is_discarded() && j.contains("choices") &&
@@ -289,7 +291,7 @@ TEST_CASE("PostgreSQL restarted under load: readiness follows it, requests fail 
       auto& p = by_phase[ph];
       ++p.sent;
       p.max_ms = std::max(p.max_ms, std::chrono::duration<double, std::milli>(k.answered - k.sent).count());
-      auto it = ledger.find(k.request_id);
+      auto it = k.parley_id.empty() ? ledger.end() : ledger.find(k.parley_id);
       std::size_t rows = it == ledger.end() ? 0 : it->second.size();
       duplicate_rows += rows > 1;
       if (!k.transport.empty()) {

@@ -784,3 +784,33 @@ TEST_CASE("deleting a conversation while its turn streams ends the stream with n
   CHECK(wait_until(deadline_in(milliseconds(5000)), [&] { return up.stats()["client_disconnects"] == 1; }));
   CHECK(n.chat(chat_body("m", "after")).status == 200);
 }
+
+TEST_CASE("a reused or another tenant's x-request-id never merges or drops ledger rows",
+          "[resilience][integration]") {
+  fake_upstream up;
+  node n({route_to("m", up.url(), single_attempt())});
+  auto other = create_tenant(n.srv->port(), "other");
+  std::string other_key = create_key(n.srv->port(), other["id"])["key"];
+  auto call = [&](const std::string& key) {
+    auto h = bearer(key);
+    h["x-request-id"] = "order-17"; // the client's correlation id, the same every time
+    auto r = fetch(n.srv->port(), http::verb::post, "/v1/chat/completions",
+                   chat_body("m", "hi").dump(), h);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("x-request-id") == "order-17");
+    return r.header("x-parley-request-id");
+  };
+  std::vector<std::string> ids{call(n.key), call(n.key), call(other_key), call(n.key)};
+  for (auto& id : ids)
+    CHECK(id.size() == 32);
+  std::sort(ids.begin(), ids.end());
+  CHECK(std::unique(ids.begin(), ids.end()) == ids.end());
+  // Each of the tenant's three requests has its own ledger row under parley's id, and its
+  // rollup counts all three; the other tenant's request is in neither.
+  CHECK(wait_until(deadline_in(std::chrono::seconds(5)), [&] { return n.attempts().size() == 3; }));
+  for (auto& row : n.attempts()) {
+    CHECK(row["request_id"] != "order-17");
+    CHECK(std::find(ids.begin(), ids.end(), row["request_id"].get<std::string>()) != ids.end());
+  }
+  CHECK(n.usage().first == 3);
+}

@@ -69,7 +69,9 @@ nlohmann::json server_fixture::access_log_line(const std::string& request_id,
       if (end == std::string::npos)
         end = text.size();
       auto j = nlohmann::json::parse(text.substr(pos, end - pos), nullptr, false);
-      if (j.is_object() && j.value("msg", "") == "request" && j.value("request_id", "") == request_id) {
+      if (j.is_object() && j.value("msg", "") == "request" &&
+          (j.value("request_id", "") == request_id ||
+           j.value("client_request_id", "") == request_id)) {
         found = std::move(j);
         return true;
       }

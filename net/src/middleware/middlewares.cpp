@@ -25,7 +25,9 @@ public:
   filter_status on_request(const exchange_ptr& ex) override {
     auto incoming = ex->req()["x-request-id"];
     auto& ctx = ex->ctx();
-    ctx.request_id = sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+    ctx.request_id = generate_request_id();
+    if (sane_request_id(incoming))
+      ctx.client_request_id.assign(incoming);
     // W3C trace context: keep a valid incoming trace id (and its flags), else start a trace;
     // either way this hop gets its own span id, the parent of the upstream call.
     auto tp = ex->req()["traceparent"];
@@ -42,12 +44,19 @@ public:
 
   void on_response(exchange& ex, response& res) override {
     // Local replies written before on_request ran (parse errors) still get an id.
-    if (ex.ctx().request_id.empty()) {
+    auto& ctx = ex.ctx();
+    if (ctx.request_id.empty()) {
+      ctx.request_id = generate_request_id();
       auto incoming = ex.req()["x-request-id"];
-      ex.ctx().request_id =
-        sane_request_id(incoming) ? std::string(incoming) : generate_request_id();
+      if (sane_request_id(incoming))
+        ctx.client_request_id.assign(incoming);
     }
-    res.set("x-request-id", ex.ctx().request_id);
+    if (ctx.client_request_id.empty()) {
+      res.set("x-request-id", ctx.request_id);
+    } else {
+      res.set("x-request-id", ctx.client_request_id);
+      res.set("x-parley-request-id", ctx.request_id);
+    }
   }
 };
 
@@ -110,7 +119,7 @@ public:
     if (!any_)
       res.set(http::field::vary, "Origin");
     res.set(http::field::access_control_expose_headers,
-            "x-request-id, retry-after, x-ratelimit-limit-requests, "
+            "x-request-id, x-parley-request-id, retry-after, x-ratelimit-limit-requests, "
             "x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
             "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, "
             "x-ratelimit-reset-tokens, x-parley-cache");

@@ -33,8 +33,10 @@ void pipeline::finished(const exchange& ex, unsigned status, bool write_ok) cons
   if (!logger_->should_log(status >= 500 ? spdlog::level::warn : spdlog::level::info))
     return;
   auto line = log::event(logger_, status >= 500 ? spdlog::level::warn : spdlog::level::info, "request");
-  line.str("request_id", ctx.request_id)
-    .str("trace_id", ctx.trace_id)
+  line.str("request_id", ctx.request_id);
+  if (!ctx.client_request_id.empty())
+    line.str("client_request_id", ctx.client_request_id);
+  line.str("trace_id", ctx.trace_id)
     .str("tenant_id", ctx.tenant_id)
     .str("key_id", ctx.key_id)
     .str("method", std::string(ex.req().method_string()))

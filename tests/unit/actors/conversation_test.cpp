@@ -1229,7 +1229,7 @@ TEST_CASE("a turn whose request id is already in flight at its tenant is refused
   f.store.add_conversation(tenant_id, "conv_2");
   auto c1 = f.client("one");
   REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
-  f.next_request = 1; // the next client sends c1's request id again (x-request-id is the client's)
+  f.next_request = 1; // a second turn under c1's id (net never makes one: the id is parley's own)
   auto twin = f.client("twin", "conv_2");
   REQUIRE(f.run_until([&] { return twin->finished(); }));
   CHECK(twin->request_id == c1->request_id);

@@ -10,8 +10,10 @@
 /// The built-in middleware of the request pipeline. Runtime puts them in order.
 namespace parley::net {
 
-/// Accepts a sane incoming X-Request-ID (1-128 chars of [A-Za-z0-9._:-]), else generates
-/// one; stores it in ctx().request_id and echoes it as `x-request-id` on every response.
+/// Gives every request parley's own id (ctx().request_id, generated). A sane incoming
+/// X-Request-ID (1-128 chars of [A-Za-z0-9._:-]) is kept in ctx().client_request_id and echoed
+/// as `x-request-id`, with parley's id in `x-parley-request-id`; otherwise `x-request-id` is
+/// parley's id.
 std::unique_ptr<middleware> make_request_id();
 
 /// Sets ctx().client_address from X-Forwarded-For or Forwarded (RFC 7239), but only when the

@@ -18,7 +18,12 @@ class exchange;
 /// Owned by its exchange; touched only on the session strand (or by the one handler that
 /// currently holds the exchange).
 struct request_context {
+  /// parley's own id for this request, always generated here (time-ordered, unique): the key
+  /// of its usage ledger rows, its turn in the tenant actor and its log lines. Never the
+  /// client's, so a reused or foreign X-Request-ID cannot merge or drop anyone's ledger rows.
   std::string request_id;
+  /// The client's sane X-Request-ID, if it sent one: echoed back and logged, for correlation only.
+  std::string client_request_id;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string client_address;     ///< peer IP
   std::string route;              ///< matched route pattern, e.g. "/admin/v1/tenants/{id}"
