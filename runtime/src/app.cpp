@@ -33,8 +33,9 @@
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <algorithm>
-#include <malloc.h>
 #include <cstdlib>
+#include <dlfcn.h>
+#include <malloc.h>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -82,6 +83,20 @@ log::logger_ptr make_logger(const config::log_settings& s, bool async) {
 }
 
 namespace {
+
+/// Hands the heap's free pages back to the OS. With jemalloc (linked into the parley
+/// executable, or preloaded) that is a purge of every arena -- it would also return them by
+/// itself after its decay time; with glibc's malloc, malloc_trim (glibc keeps them otherwise).
+void give_back_free_heap() {
+  using mallctl_fn = int (*)(const char*, void*, std::size_t*, void*, std::size_t);
+  static const auto mallctl = reinterpret_cast<mallctl_fn>(dlsym(RTLD_DEFAULT, "mallctl"));
+  if (mallctl) {
+    // "arena.<MALLCTL_ARENAS_ALL>.purge"; MALLCTL_ARENAS_ALL is 4096 in jemalloc 5.
+    (void)mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
+    return;
+  }
+  malloc_trim(0);
+}
 
 /// Readiness of this node: not draining, store reachable, migrations applied. The store
 /// round trip runs on the persistence workers, never on the io thread that asked.
@@ -227,7 +242,7 @@ struct app::impl {
       auto passivated = actor_counts.conversation_passivations.load(std::memory_order_relaxed);
       if (passivated - trimmed_at >= 100) {
         trimmed_at = passivated;
-        (void)executor->try_post([] { malloc_trim(0); });
+        (void)executor->try_post([] { give_back_free_heap(); });
       }
       schedule_health();
     });
