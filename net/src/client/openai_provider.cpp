@@ -11,6 +11,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -190,21 +191,28 @@ public:
       body += std::to_string(call.max_tokens);
     }
     body += '}';
-    req_.method(http::verb::post);
-    req_.target(up_->ep.base_path + "/chat/completions");
-    req_.version(11);
-    req_.set(http::field::host, up_->ep.host);
-    req_.set(http::field::user_agent, "parley/0.1");
-    req_.set(http::field::content_type, "application/json");
-    req_.set(http::field::accept, "text/event-stream");
-    req_.set("x-request-id", request_id_);
-    if (!call.traceparent.empty())
-      req_.set("traceparent", call.traceparent);
-    if (!up_->api_key.empty())
-      req_.set(http::field::authorization, "Bearer " + up_->api_key);
-    req_.keep_alive(true);
-    req_.body() = std::move(body);
-    req_.prepare_payload();
+    // The request's bytes, made once (a retry on a fresh connection sends them again). Every
+    // value is parley's own (config, generated ids), so none can carry a line break.
+    req_.reserve(256 + body.size() + up_->api_key.size());
+    req_ += "POST ";
+    req_ += up_->ep.base_path;
+    req_ += "/chat/completions HTTP/1.1\r\nHost: ";
+    req_ += up_->ep.host;
+    req_ += "\r\nUser-Agent: parley/0.1\r\nContent-Type: application/json\r\n"
+            "Accept: text/event-stream\r\nx-request-id: ";
+    req_ += request_id_;
+    if (!call.traceparent.empty()) {
+      req_ += "\r\ntraceparent: ";
+      req_ += call.traceparent;
+    }
+    if (!up_->api_key.empty()) {
+      req_ += "\r\nAuthorization: Bearer ";
+      req_ += up_->api_key;
+    }
+    req_ += "\r\nContent-Length: ";
+    req_ += std::to_string(body.size());
+    req_ += "\r\n\r\n";
+    req_ += body;
   }
 
   void start() {
@@ -266,7 +274,7 @@ private:
   // -- request and response --------------------------------------------------------
   void write() {
     tcp_layer(*stream_).expires_after(std::chrono::milliseconds(up_->settings.first_byte_timeout_ms));
-    http::async_write(*stream_, req_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+    asio::async_write(*stream_, asio::buffer(req_), [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) {
         // A pooled connection the upstream closed meanwhile: one fresh try.
         if (self->reused_ && !self->finished_)
@@ -499,7 +507,7 @@ private:
   std::string request_id_;
   std::string client_model_;
   int64_t retry_after_ms_ = 0;
-  http::request<http::string_body> req_;
+  std::string req_; ///< the whole request as sent: head and body
   std::optional<http::response_parser<http::buffer_body>> parser_;
   beast::flat_buffer buffer_;
   char slice_[4096]; ///< body read buffer: SSE events are small, and thousands of streams add up

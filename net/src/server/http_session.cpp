@@ -1,4 +1,5 @@
 #include "server/http_session.hpp"
+#include "server/wire.hpp"
 
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
@@ -13,6 +14,7 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
+#include <array>
 #include <deque>
 #include <optional>
 
@@ -82,6 +84,7 @@ private:
   std::shared_ptr<const pipeline> pipeline_;
   std::shared_ptr<session_registry> registry_;
   std::string peer_;
+  std::string out_head_, out_body_; ///< the response being written (reused across requests)
   bool first_request_ = true;
   bool busy_ = false;     ///< an exchange is in flight
   bool closing_ = false;  ///< close after the current response
@@ -89,8 +92,7 @@ private:
 
   // The streamed response in progress, if any.
   std::shared_ptr<exchange> stream_ex_;
-  std::shared_ptr<http::response<http::empty_body>> stream_header_;
-  std::shared_ptr<http::response_serializer<http::empty_body>> stream_sr_;
+  unsigned stream_status_ = 200;
   std::deque<std::string> stream_queue_;
   std::size_t stream_queued_bytes_ = 0;
   bool stream_writing_ = false;
@@ -302,10 +304,14 @@ void basic_http_session<Stream>::write_response(const std::shared_ptr<exchange>&
     res.body().clear();
   res.prepare_payload();
   auto status = res.result_int();
-  auto sp = std::make_shared<response>(std::move(res));
+  // Head and body as two buffers of this session's own (one response is written at a time).
+  out_head_.clear();
+  wire::append_head(out_head_, res.base());
+  out_body_ = std::move(res.body());
+  std::array<asio::const_buffer, 2> bufs{asio::buffer(out_head_), asio::buffer(out_body_)};
   tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
-  http::async_write(stream_, *sp,
-                    [self = self(), sp, ex, status](beast::error_code ec, std::size_t) {
+  asio::async_write(stream_, bufs,
+                    [self = self(), ex, status](beast::error_code ec, std::size_t) {
                       self->log_access(*ex, status, !ec);
                       if (ec)
                         self->client_gone(ec.message().c_str());
@@ -334,24 +340,24 @@ void basic_http_session<Stream>::begin_stream(const std::shared_ptr<exchange>& e
   bool keep = ex->req().keep_alive() && !closing_ && !registry_->draining.load();
   if (!keep)
     closing_ = true;
-  stream_header_ = std::make_shared<http::response<http::empty_body>>();
-  static_cast<http::response_header<>&>(*stream_header_) = header.base();
-  stream_header_->keep_alive(keep);
-  stream_header_->chunked(true);
+  header.keep_alive(keep);
+  header.chunked(true);
+  stream_status_ = header.result_int();
   stream_ex_ = ex;
   registry_->streams.fetch_add(1, std::memory_order_relaxed);
   stream_queue_.clear();
   stream_queued_bytes_ = 0;
   stream_ending_ = false;
   stream_writing_ = true; // the header goes first
-  stream_sr_ = std::make_shared<http::response_serializer<http::empty_body>>(*stream_header_);
+  out_head_.clear();
+  wire::append_head(out_head_, header.base());
   tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
-  http::async_write_header(stream_, *stream_sr_,
-                           [self = self()](beast::error_code ec, std::size_t) {
-                             if (ec)
-                               return self->finish_stream(false);
-                             self->write_next_chunk();
-                           });
+  asio::async_write(stream_, asio::buffer(out_head_),
+                    [self = self()](beast::error_code ec, std::size_t) {
+                      if (ec)
+                        return self->finish_stream(false);
+                      self->write_next_chunk();
+                    });
 }
 
 template <class Stream>
@@ -383,30 +389,38 @@ template <class Stream>
 void basic_http_session<Stream>::write_next_chunk() {
   if (!stream_ex_)
     return;
-  if (stream_queue_.empty()) {
-    if (!stream_ending_) {
-      stream_writing_ = false;
-      return;
-    }
-    stream_writing_ = true;
-    tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
-    asio::async_write(stream_, http::make_chunk_last(),
-                      [self = self()](beast::error_code ec, std::size_t) {
-                        self->finish_stream(!ec);
-                      });
+  if (stream_queue_.empty() && !stream_ending_) {
+    stream_writing_ = false;
     return;
   }
   stream_writing_ = true;
-  // The front string stays in the queue (and alive) until its write completes.
+  // What is queued goes out in one write (up to about 64 KiB), framed into one buffer, and
+  // with it the last chunk once the stream is ending and nothing else waits.
+  constexpr std::size_t batch_bytes = 64u << 10;
+  out_head_.clear();
+  std::size_t n = 0;
+  for (auto& s : stream_queue_) {
+    if (n > 0 && out_head_.size() + s.size() > batch_bytes)
+      break;
+    wire::append_chunk(out_head_, s);
+    ++n;
+  }
+  bool last = stream_ending_ && n == stream_queue_.size();
+  if (last)
+    out_head_ += wire::last_chunk;
   tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
-  asio::async_write(stream_, http::make_chunk(asio::buffer(stream_queue_.front())),
-                    [self = self()](beast::error_code ec, std::size_t) {
+  asio::async_write(stream_, asio::buffer(out_head_),
+                    [self = self(), n, last](beast::error_code ec, std::size_t) {
                       if (ec)
                         return self->finish_stream(false);
-                      self->stream_queued_bytes_ -= self->stream_queue_.front().size();
-                      self->stream_queue_.pop_front();
-                      if (self->stream_ex_ && self->stream_ex_->on_written_)
-                        self->stream_ex_->on_written_();
+                      for (std::size_t i = 0; i < n && !self->stream_queue_.empty(); ++i) {
+                        self->stream_queued_bytes_ -= self->stream_queue_.front().size();
+                        self->stream_queue_.pop_front();
+                        if (self->stream_ex_ && self->stream_ex_->on_written_)
+                          self->stream_ex_->on_written_(); // one credit per chunk written
+                      }
+                      if (last)
+                        return self->finish_stream(true);
                       self->write_next_chunk();
                     });
 }
@@ -418,12 +432,10 @@ void basic_http_session<Stream>::finish_stream(bool ok) {
   stream_queue_.clear();
   stream_queued_bytes_ = 0;
   stream_writing_ = false;
-  stream_sr_.reset();
   if (!ex)
     return;
   registry_->streams.fetch_sub(1, std::memory_order_relaxed);
-  log_access(*ex, stream_header_ ? stream_header_->result_int() : 200, ok);
-  stream_header_.reset();
+  log_access(*ex, stream_status_, ok);
   if (!ok) {
     ex->on_shutdown_ = nullptr;
     if (ex->on_gone_) {
