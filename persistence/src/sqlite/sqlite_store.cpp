@@ -164,17 +164,18 @@ private:
 /// BEGIN IMMEDIATE ... COMMIT, rolled back unless committed.
 class transaction {
 public:
-  explicit transaction(connection& c) : c_(c) { c_.exec("BEGIN IMMEDIATE"); }
+  // Prepared once per connection, like every other statement (sqlite3_exec parses each time).
+  explicit transaction(connection& c) : c_(c) { stmt(c_, "BEGIN IMMEDIATE").run(); }
   ~transaction() {
     if (!done_) {
       try {
-        c_.exec("ROLLBACK");
+        stmt(c_, "ROLLBACK").run();
       } catch (...) {
       }
     }
   }
   void commit() {
-    c_.exec("COMMIT");
+    stmt(c_, "COMMIT").run();
     done_ = true;
   }
 
