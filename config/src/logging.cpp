@@ -1,21 +1,30 @@
 #include "parley/config/logging.hpp"
 
+#include <array>
 #include <charconv>
 #include <cmath>
 
 namespace parley::log {
+
+namespace {
+/// Which bytes a JSON string must escape: controls, '"' and '\\'.
+constexpr auto escape_table = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c)
+    t[static_cast<std::size_t>(c)] = true;
+  t['"'] = true;
+  t['\\'] = true;
+  return t;
+}();
+} // namespace
 
 void append_escaped(std::string& out, std::string_view s) {
   std::size_t i = 0;
   while (i < s.size()) {
     // Runs of characters that need no escape go in one append.
     std::size_t j = i;
-    while (j < s.size()) {
-      auto c = static_cast<unsigned char>(s[j]);
-      if (c < 0x20 || c == '"' || c == '\\')
-        break;
+    while (j < s.size() && !escape_table[static_cast<unsigned char>(s[j])])
       ++j;
-    }
     out.append(s.data() + i, j - i);
     if (j == s.size())
       return;

@@ -1,5 +1,7 @@
 #include "parley/net/sse_parser.hpp"
 
+#include <cstring>
+
 namespace parley::net {
 
 bool sse_parser::feed(std::string_view bytes, std::vector<std::string>& out) {
@@ -11,10 +13,13 @@ bool sse_parser::feed(std::string_view bytes, std::vector<std::string>& out) {
       continue;
     }
     last_was_cr_ = false;
-    // The rest of this line, found in bulk rather than a byte at a time.
-    std::size_t end = i;
-    while (end < bytes.size() && bytes[end] != '\n' && bytes[end] != '\r')
-      ++end;
+    // The rest of this line, found in bulk (memchr is vectorized): its first LF, or an
+    // earlier CR (a lone CR also ends a line in SSE).
+    std::size_t end = bytes.size();
+    if (auto* lf = static_cast<const char*>(std::memchr(bytes.data() + i, '\n', bytes.size() - i)))
+      end = static_cast<std::size_t>(lf - bytes.data());
+    if (auto* cr = static_cast<const char*>(std::memchr(bytes.data() + i, '\r', end - i)))
+      end = static_cast<std::size_t>(cr - bytes.data());
     auto piece = bytes.substr(i, end - i);
     if (end == bytes.size()) { // no line end yet: keep the fragment
       if (pending_.size() + piece.size() + data_.size() > max_)
