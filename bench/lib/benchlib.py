@@ -4,7 +4,8 @@
   benchlib.py ports N                      N free loopback TCP ports, one per line
   benchlib.py provision ...                tenants + API keys through parley's admin API
   benchlib.py add FILE k=v... < JSON       append one result record (JSON from stdin + k=v)
-  benchlib.py report --in FILE --out DIR   results.json, results.md, chart.png (gnuplot)
+  benchlib.py report --in FILE --out DIR   results.json, results.md, chart.png (gnuplot); the
+                                           profile section links profile.svg (lib/flamegraph.py)
   benchlib.py cost PID...                  CPU seconds and context switches of the processes
                                            and all their descendants and threads (JSON)
 """
@@ -368,6 +369,12 @@ def build(records, meta_extra):
                 out["problems"].append(f"footprint: {t['errors']} of {t.get('count')} tenant requests failed ({t.get('error_kinds')}, {t.get('last_error', '')[:200]})")
         out["footprint"] = f
 
+    # CPU profile of parley under load (bench/lib/flamegraph.py's summary)
+    prof = next((r for r in records if r.get("phase") == "profile"), None)
+    if prof:
+        out["profile"] = {k: prof.get(k) for k in ("svg", "seconds", "frequency_hz", "conc", "samples", "kinds",
+                                                    "threads", "top_self", "top_inclusive", "wrk")}
+
     for r in records:
         if r.get("phase") == "problem":
             out["problems"].append(r.get("text", ""))
@@ -475,6 +482,26 @@ def _md(o):
                  _f(r["max_ms"], 3), _f(r.get("added_p50_ms"), 3), _f(r.get("added_p99_ms"), 3),
                  _f(r["connections"])]
                 for r in o["rate"]])
+    pf = o.get("profile")
+    if pf:
+        L.append(f"### CPU profile of parley under load (perf, wrk c={pf.get('conc', 64)})")
+        L.append("")
+        w = pf.get("wrk") or {}
+        L.append(f"[flame graph]({pf.get('svg') or 'profile.svg'}): {_f(pf.get('samples'))} samples of parley's threads, "
+                 f"`perf record -F {pf.get('frequency_hz', '?')} --call-graph dwarf` for {pf.get('seconds', '?')} s "
+                 f"while wrk ran at concurrency {pf.get('conc', 64)}"
+                 + (f" ({_f(w.get('rps'), 0)} requests/s with perf attached)" if w.get("rps") else "") + ".")
+        L.append("")
+        kinds = pf.get("kinds") or {}
+        names = {"kernel": "kernel", "parley": "parley binary", "libc": "libc, libstdc++, ld.so",
+                 "caf": "CAF", "sqlite": "SQLite", "other": "other libraries (jemalloc, OpenSSL, spdlog, fmt, ...)"}
+        _table(L, "Where the samples are (self time, by kind of code):", ["code", "samples", "share"],
+               ["---", "---:", "---:"],
+               [[names.get(k, k), _f(v.get("samples")), f"{v.get('percent', 0):.1f} %"] for k, v in kinds.items()])
+        _table(L, "Top functions by self samples:", ["function", "code", "self samples", "share"],
+               ["---", "---", "---:", "---:"],
+               [[f"`{e['function']}`", e.get("kind", ""), _f(e.get("samples")), f"{e.get('percent', 0):.1f} %"]
+                for e in pf.get("top_self") or []])
     if o["streams"]:
         L.append(f"### Concurrent SSE streams through parley ({m.get('stream_desc', '')})")
         L.append("")
@@ -614,7 +641,7 @@ def cmd_publish(a):
         if os.path.isdir(ref):
             shutil.rmtree(ref)
         os.makedirs(ref)
-        for name in ("results.json", "results.md", "chart.png", "records.jsonl"):
+        for name in ("results.json", "results.md", "chart.png", "profile.svg", "records.jsonl"):
             src = os.path.join(a.source, name)
             if os.path.exists(src):
                 shutil.copy2(src, ref)
@@ -623,6 +650,7 @@ def cmd_publish(a):
     md = open(os.path.join(ref, "results.md")).read()
     rel = os.path.relpath(ref, os.path.dirname(os.path.abspath(a.docs)))
     md = md.replace("](chart.png)", f"]({rel}/chart.png)")
+    md = md.replace("](profile.svg)", f"]({rel}/profile.svg)")
     md = md.replace("(logs/", f"({rel}/logs/")
     begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
     doc = open(a.docs).read()
