@@ -234,7 +234,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                     " tokens (prompt plus max_tokens); the limit is " +
                     std::to_string(lim.max_request_tokens) + ".");
   // Every admitted turn is accounted (slot, reservation, estimate) and settled exactly once by
-  // its request id, which the client may choose (x-request-id): one in flight per id.
+  // its request id (net generates one per request; an id already in flight is refused).
   if (st.turns.count(req.request_id) > 0 || st.sent_turns.count(req.request_id) > 0)
     return refuse(chat_error_kind::invalid_request,
                   "A request with id '" + req.request_id + "' is already in progress.");

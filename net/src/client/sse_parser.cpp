@@ -6,6 +6,8 @@ namespace parley::net {
 
 bool sse_parser::feed(std::string_view bytes, std::vector<std::string>& out) {
   std::size_t i = 0;
+  std::size_t next_lf = 0; // where the last search found an LF (bytes.size(): none left)
+  bool lf_known = false;
   while (i < bytes.size()) {
     if (last_was_cr_ && bytes[i] == '\n') { // the LF of a CRLF: the line already ended at CR
       last_was_cr_ = false;
@@ -15,9 +17,13 @@ bool sse_parser::feed(std::string_view bytes, std::vector<std::string>& out) {
     last_was_cr_ = false;
     // The rest of this line, found in bulk (memchr is vectorized): its first LF, or an
     // earlier CR (a lone CR also ends a line in SSE).
-    std::size_t end = bytes.size();
-    if (auto* lf = static_cast<const char*>(std::memchr(bytes.data() + i, '\n', bytes.size() - i)))
-      end = static_cast<std::size_t>(lf - bytes.data());
+    // The LF search is kept across lines: lines ended by lone CRs do not rescan the rest.
+    if (!lf_known || next_lf < i) {
+      auto* lf = static_cast<const char*>(std::memchr(bytes.data() + i, '\n', bytes.size() - i));
+      next_lf = lf ? static_cast<std::size_t>(lf - bytes.data()) : bytes.size();
+      lf_known = true;
+    }
+    std::size_t end = next_lf;
     if (auto* cr = static_cast<const char*>(std::memchr(bytes.data() + i, '\r', end - i)))
       end = static_cast<std::size_t>(cr - bytes.data());
     auto piece = bytes.substr(i, end - i);

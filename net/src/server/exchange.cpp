@@ -22,7 +22,10 @@ exchange::~exchange() {
     asio::post(session_->executor(), [s = session_] { s->drop_left(); });
     return;
   }
-  asio::post(session_->executor(), [s = session_, id = ctx_.request_id] { s->abandon(id); });
+  asio::post(session_->executor(),
+             [s = session_, id = ctx_.request_id, client_id = ctx_.client_request_id] {
+               s->abandon(id, client_id);
+             });
 }
 
 asio::any_io_executor exchange::executor() const { return session_->executor(); }

@@ -52,7 +52,7 @@ public:
   void stream_chunk(std::string data) override;
   void end_stream() override;
   void watch_client(const std::shared_ptr<exchange>& ex) override;
-  void abandon(const std::string& request_id) override;
+  void abandon(const std::string& request_id, const std::string& client_request_id) override;
   void drop_left() override;
   asio::any_io_executor executor() override { return stream_.get_executor(); }
 
@@ -69,6 +69,13 @@ private:
   void finish_stream(bool ok);
   void client_gone(const char* why);
   void log_access(const exchange& ex, unsigned status, bool ok);
+  /// After a write: the body goes (an idle keep-alive connection holds no response), and the
+  /// head/chunk buffer is kept for the next write only while it is small.
+  void release_write_buffers() {
+    std::string().swap(out_body_);
+    if (out_head_.capacity() > 16u << 10)
+      std::string().swap(out_head_);
+  }
 
   std::shared_ptr<basic_http_session> self() {
     return std::static_pointer_cast<basic_http_session>(shared_from_this());
@@ -312,6 +319,7 @@ void basic_http_session<Stream>::write_response(const std::shared_ptr<exchange>&
   tcp().expires_after(std::chrono::seconds(settings_->write_timeout_seconds));
   asio::async_write(stream_, bufs,
                     [self = self(), ex, status](beast::error_code ec, std::size_t) {
+                      self->release_write_buffers();
                       self->log_access(*ex, status, !ec);
                       if (ec)
                         self->client_gone(ec.message().c_str());
@@ -419,8 +427,10 @@ void basic_http_session<Stream>::write_next_chunk() {
                         if (self->stream_ex_ && self->stream_ex_->on_written_)
                           self->stream_ex_->on_written_(); // one credit per chunk written
                       }
-                      if (last)
+                      if (last) {
+                        self->release_write_buffers();
                         return self->finish_stream(true);
+                      }
                       self->write_next_chunk();
                     });
 }
@@ -503,13 +513,15 @@ void basic_http_session<Stream>::drop_left() {
 }
 
 template <class Stream>
-void basic_http_session<Stream>::abandon(const std::string& request_id) {
+void basic_http_session<Stream>::abandon(const std::string& request_id,
+                                         const std::string& client_request_id) {
   // A bug dropped an exchange without an answer: still answer, and keep the counts right.
   log::event(pipeline_->logger(), spdlog::level::err, "exchange dropped without a response")
     .str("request_id", request_id);
   request req;
   auto ex = std::make_shared<exchange>(self(), std::move(req), pipeline_);
   ex->ctx().request_id = request_id;
+  ex->ctx().client_request_id = client_request_id; // still echoed as x-request-id
   // busy_ is still set from the dropped request: this answer's write completes it.
   closing_ = true;
   ex->respond_error({api_errc::internal, "", ""});

@@ -44,7 +44,7 @@ public:
   virtual void watch_client(const std::shared_ptr<exchange>& ex) = 0;
 
   /// An exchange was dropped without answering: answer 500 (strand only).
-  virtual void abandon(const std::string& request_id) = 0;
+  virtual void abandon(const std::string& request_id, const std::string& client_request_id) = 0;
   /// The exchange whose client went away ended unanswered (it logged 499).
   virtual void drop_left() = 0;
 

@@ -63,7 +63,10 @@ public:
   void stream_chunk(std::string data) override { body += data; }
   void end_stream() override { answered = true; }
   void watch_client(const std::shared_ptr<exchange>&) override {}
-  void abandon(const std::string&) override { abandoned = true; }
+  void abandon(const std::string& id, const std::string& client_id) override {
+    abandoned = true;
+    abandoned_ids = {id, client_id};
+  }
   void drop_left() override {}
   asio::any_io_executor executor() override { return io_.get_executor(); }
 
@@ -71,6 +74,7 @@ public:
   std::string body;
   bool answered = false;
   bool abandoned = false;
+  std::pair<std::string, std::string> abandoned_ids;
 
 private:
   asio::io_context& io_;
@@ -294,4 +298,19 @@ TEST_CASE("a tenant serving many requests holds no monitor of the relays that ha
   for (auto& c : clients)
     CHECK(c->status == 200);
   caf::anon_send_exit(tenant, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("an exchange dropped without an answer hands its session both request ids",
+          "[net][unit]") {
+  asio::io_context io;
+  auto session = std::make_shared<fake_session>(io);
+  {
+    auto ex = std::make_shared<exchange>(session, request{}, nullptr);
+    ex->ctx().request_id = "0194a1b2c3d4e5f60718293a4b5c6d7e";
+    ex->ctx().client_request_id = "order-17";
+  } // dropped: a bug somewhere, the session must still answer (and echo the client's id)
+  io.run();
+  CHECK(session->abandoned);
+  CHECK(session->abandoned_ids.first == "0194a1b2c3d4e5f60718293a4b5c6d7e");
+  CHECK(session->abandoned_ids.second == "order-17");
 }
