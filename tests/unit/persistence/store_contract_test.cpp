@@ -218,6 +218,9 @@ void contract(store& s) {
     other.request_id = "req-other";
     other.tenant_id = "ten_other";
     rows.push_back(other);
+    auto later = entry("req4", 1, "k1", 7, 8, "ok"); // the next minute, in the same write
+    later.at = 125000;
+    rows.push_back(later);
     REQUIRE(s.record_usage(rows).ok());
     // A write retried after an ambiguous failure changes nothing.
     REQUIRE(s.record_usage(rows).ok());
@@ -230,7 +233,13 @@ void contract(store& s) {
     CHECK((*sums)[0].completion_tokens == 15);
     CHECK((*sums)[0].errors == 1);
     CHECK((*sums)[1].requests == 1);
-    CHECK(REQUIRE_OK(s.query_usage(t->id, 120000, 180000))->empty());
+    auto next_minute = REQUIRE_OK(s.query_usage(t->id, 120000, 180000));
+    REQUIRE(next_minute->size() == 1);
+    CHECK((*next_minute)[0].key_id == "k1");
+    CHECK((*next_minute)[0].requests == 1);
+    CHECK((*next_minute)[0].prompt_tokens == 7);
+    CHECK((*next_minute)[0].completion_tokens == 8);
+    CHECK(REQUIRE_OK(s.query_usage(t->id, 180000, 240000))->empty());
     auto ledger = REQUIRE_OK(s.list_usage_entries(t->id, 0, 120000, 100));
     REQUIRE(ledger->size() == 4);
     CHECK((*ledger)[0].request_id == "req1");
