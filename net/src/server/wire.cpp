@@ -13,11 +13,9 @@ void append_version(std::string& out, unsigned version) {
 
 void append_fields(std::string& out, const http::fields& f) {
   for (auto& field : f) {
-    auto name = field.name_string();
-    auto value = field.value();
-    out.append(name.data(), name.size());
+    out += field.name_string();
     out += ": ";
-    out.append(value.data(), value.size());
+    out += field.value();
     out += "\r\n";
   }
   out += "\r\n";
@@ -33,21 +31,7 @@ void append_head(std::string& out, const http::response_header<>& h) {
   out.append(digits, 3);
   out += ' ';
   auto reason = h.reason();
-  if (reason.empty())
-    reason = http::obsolete_reason(h.result());
-  out.append(reason.data(), reason.size());
-  out += "\r\n";
-  append_fields(out, h);
-}
-
-void append_head(std::string& out, const http::request_header<>& h) {
-  auto method = h.method_string();
-  auto target = h.target();
-  out.append(method.data(), method.size());
-  out += ' ';
-  out.append(target.data(), target.size());
-  out += ' ';
-  append_version(out, h.version());
+  out += reason.empty() ? http::obsolete_reason(h.result()) : reason;
   out += "\r\n";
   append_fields(out, h);
 }
