@@ -18,16 +18,20 @@ bool sane_request_id(std::string_view id) {
   });
 }
 
+/// parley's own id for the request, and the client's X-Request-ID beside it if it is sane.
+void assign_request_ids(request_context& ctx, std::string_view incoming) {
+  ctx.request_id = generate_request_id();
+  if (sane_request_id(incoming))
+    ctx.client_request_id.assign(incoming);
+}
+
 class request_id_filter final : public middleware {
 public:
   const char* name() const noexcept override { return "request_id"; }
 
   filter_status on_request(const exchange_ptr& ex) override {
-    auto incoming = ex->req()["x-request-id"];
     auto& ctx = ex->ctx();
-    ctx.request_id = generate_request_id();
-    if (sane_request_id(incoming))
-      ctx.client_request_id.assign(incoming);
+    assign_request_ids(ctx, ex->req()["x-request-id"]);
     // W3C trace context: keep a valid incoming trace id (and its flags), else start a trace;
     // either way this hop gets its own span id, the parent of the upstream call.
     auto tp = ex->req()["traceparent"];
@@ -45,12 +49,8 @@ public:
   void on_response(exchange& ex, response& res) override {
     // Local replies written before on_request ran (parse errors) still get an id.
     auto& ctx = ex.ctx();
-    if (ctx.request_id.empty()) {
-      ctx.request_id = generate_request_id();
-      auto incoming = ex.req()["x-request-id"];
-      if (sane_request_id(incoming))
-        ctx.client_request_id.assign(incoming);
-    }
+    if (ctx.request_id.empty())
+      assign_request_ids(ctx, ex.req()["x-request-id"]);
     if (ctx.client_request_id.empty()) {
       res.set("x-request-id", ctx.request_id);
     } else {
