@@ -11,6 +11,9 @@ const char* to_string(actor_errc code) noexcept {
     case actor_errc::overloaded: return "overloaded";
     case actor_errc::draining: return "draining";
     case actor_errc::unknown_tenant: return "unknown_tenant";
+    case actor_errc::not_owner: return "not_owner";
+    case actor_errc::no_lease: return "no_lease";
+    case actor_errc::node_unreachable: return "node_unreachable";
   }
   return "unknown";
 }
@@ -45,6 +48,11 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<persistence::persistence_errc>("parley.persistence_errc");
   cfg.add_message_type<turn_sink_actor>("parley.turn_sink_actor");
   cfg.add_message_type<turn_control_actor>("parley.turn_control_actor");
+  // Handles that cross nodes in a cluster: a tenant lookup answers with a tenant actor.
+  cfg.add_message_type<tenant_actor>("parley.tenant_actor");
+  cfg.add_message_type<tenant_manager_actor>("parley.tenant_manager_actor");
+  cfg.add_message_type<cluster_member>("parley.cluster_member");
+  cfg.add_message_type<std::vector<cluster_member>>("parley.cluster_members");
   cfg.add_error_category(caf::atom("parley"),
                          [](uint8_t code, caf::atom_value, const caf::message&) -> std::string {
                            return std::string("parley::") +

@@ -340,6 +340,20 @@ const std::vector<field>& fields() {
          "not served otherwise; empty = none"),
     make("upstream", "key", &settings::upstream, &upstream_settings::key,
          "Bearer key sent to the upstream (never logged)", true),
+    make("cluster", "enabled", &settings::cluster, &cluster_settings::enabled,
+         "Join a cluster of nodes sharing store.postgres_dsn; each tenant is owned by exactly one node"),
+    make("cluster", "node_id", &settings::cluster, &cluster_settings::node_id,
+         "Stable name of this node in the cluster; empty: its advertised address"),
+    make("cluster", "listen", &settings::cluster, &cluster_settings::listen,
+         "HOST:PORT of the node-to-node listener (port 0: any free port); keep it on a private network"),
+    make("cluster", "advertise", &settings::cluster, &cluster_settings::advertise,
+         "HOST:PORT that other nodes dial to reach this one; empty: listen's host and bound port"),
+    make("cluster", "lease_ttl_ms", &settings::cluster, &cluster_settings::lease_ttl_ms,
+         "Lease of a node in the nodes table, renewed every TTL/4; a node that cannot renew stops serving its tenants"),
+    make("cluster", "call_timeout_ms", &settings::cluster, &cluster_settings::call_timeout_ms,
+         "Deadline of a call to another node (tenant lookup, admission)"),
+    make("cluster", "heartbeat_ms", &settings::cluster, &cluster_settings::heartbeat_ms,
+         "Node-to-node heartbeat interval; a peer silent for six intervals is dropped"),
     make("metrics", "enabled", &settings::metrics, &metrics_settings::enabled,
          "Serve GET /metrics (Prometheus text format)"),
     make("metrics", "listen", &settings::metrics, &metrics_settings::listen,
@@ -692,6 +706,15 @@ void validate(const settings& s) {
   check_range("metrics.top_tenants", s.metrics.top_tenants, 0, 1000);
   if (!s.metrics.listen.empty())
     split_host_port(s.metrics.listen, "metrics.listen");
+  if (s.cluster.enabled && s.store.backend != "postgres")
+    fail("cluster.enabled", "a cluster needs store.backend = postgres (SQLite deployments are "
+                            "single-node)");
+  split_host_port(s.cluster.listen, "cluster.listen");
+  if (!s.cluster.advertise.empty())
+    split_host_port(s.cluster.advertise, "cluster.advertise");
+  check_range("cluster.lease_ttl_ms", s.cluster.lease_ttl_ms, 1000, 600000);
+  check_range("cluster.call_timeout_ms", s.cluster.call_timeout_ms, 100, 600000);
+  check_range("cluster.heartbeat_ms", s.cluster.heartbeat_ms, 50, 60000);
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)
     fail("upstream.url", "must start with http:// or https://");

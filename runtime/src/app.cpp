@@ -14,6 +14,7 @@
 #include "parley/persistence/open.hpp"
 #include "parley/runtime/secrets.hpp"
 #include "batch_sink.hpp"
+#include "cluster_membership.hpp"
 #include "io_scheduler.hpp"
 #include "wiring.hpp"
 #include "node_metrics.hpp"
@@ -26,6 +27,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/async.h>
 #include <spdlog/pattern_formatter.h>
@@ -103,11 +105,17 @@ void give_back_free_heap() {
 class node_readiness final : public net::readiness_source {
 public:
   node_readiness(persistence::store& store, persistence::store_executor& exec,
-                 std::atomic<bool>& draining)
-    : store_(store), exec_(exec), draining_(draining) {}
+                 std::atomic<bool>& draining, const cluster_membership* cluster)
+    : store_(store), exec_(exec), draining_(draining), cluster_(cluster) {}
 
   std::vector<net::dependency_status> instant() override {
-    return {{"node", !draining_.load(), draining_.load() ? "draining" : "serving"}};
+    std::vector<net::dependency_status> deps{
+      {"node", !draining_.load(), draining_.load() ? "draining" : "serving"}};
+    // A cluster node without a live lease serves no tenants: not ready.
+    if (cluster_)
+      deps.push_back({"cluster", cluster_->has_lease(),
+                      cluster_->has_lease() ? "lease held" : "no lease"});
+    return deps;
   }
 
   void check(std::function<void(std::vector<net::dependency_status>)> done) override {
@@ -138,6 +146,7 @@ private:
   persistence::store& store_;
   persistence::store_executor& exec_;
   std::atomic<bool>& draining_;
+  const cluster_membership* cluster_; ///< null: not a cluster
 };
 
 } // namespace
@@ -186,6 +195,11 @@ struct app::impl {
   uint64_t trimmed_at = 0; ///< passivations counted at the last malloc_trim (io thread only)
   std::unique_ptr<net::asio::steady_timer> health_timer;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
+  // Cluster (cluster.enabled): this node's identity, its membership loop, the lease watchdog.
+  std::shared_ptr<actors::cluster_identity> identity;
+  std::unique_ptr<cluster_membership> membership;
+  std::unique_ptr<net::asio::steady_timer> lease_timer;
+  uint16_t cluster_port = 0;
 
   void load_secrets() {
     std::string generated;
@@ -430,6 +444,19 @@ struct app::impl {
       caf_cfg->set("scheduler.max-threads", settings.actors.scheduler_threads);
     caf_cfg->set("scheduler.max-throughput", settings.actors.max_throughput);
     actors::register_types(*caf_cfg);
+    if (settings.cluster.enabled) {
+      if (!store->cluster())
+        throw std::runtime_error("cluster.enabled needs a store with cluster tables (postgres)");
+      // Other nodes' managers are reached over CAF's middleman. Heartbeats detect a silent
+      // peer (no FIN, no RST): its connection is dropped after six intervals and the calls
+      // on it fail (CAF's default is no heartbeat at all).
+      caf_cfg->load<caf::io::middleman>();
+      caf_cfg->set("middleman.heartbeat-interval",
+                   caf::timespan{std::chrono::milliseconds(settings.cluster.heartbeat_ms)});
+      caf_cfg->set("middleman.connection-timeout",
+                   caf::timespan{std::chrono::milliseconds(settings.cluster.heartbeat_ms * 6)});
+      identity = std::make_shared<actors::cluster_identity>();
+    }
     sys = std::make_unique<caf::actor_system>(*caf_cfg);
     auto echo = actors::make_echo_provider(*sys, settings.chat.echo_tokens_per_second);
     routes = build_routes(echo);
@@ -444,9 +471,17 @@ struct app::impl {
     svc->actors = &actor_counts;
     svc->load = &tenant_load;
     svc->logger = logger;
+    svc->cluster = identity;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
-    tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
-    tenants = std::make_shared<net::tenant_locator>(tenant_directory);
+    if (identity) {
+      tenant_directory = actors::spawn_cluster_directory(
+        *sys, tenant_manager, identity, std::chrono::milliseconds(settings.cluster.call_timeout_ms));
+      tenants = std::make_shared<net::tenant_locator>(tenant_directory);
+      tenants->set_timeout(std::chrono::milliseconds(settings.cluster.call_timeout_ms));
+    } else {
+      tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
+      tenants = std::make_shared<net::tenant_locator>(tenant_directory);
+    }
   }
 
   std::shared_ptr<const net::pipeline> build_pipeline() {
@@ -468,8 +503,12 @@ struct app::impl {
     // 6. Rate-limit headers on /v1 responses (chat completions get them from admission).
     chain.push_back(net::make_rate_headers(*sys, tenants));
     net::router routes;
-    net::add_admin_routes(routes, net::admin_deps{*ops, *executor, *keys, sys.get(), tenants,
-                                                  &counters});
+    net::admin_deps admin{*ops, *executor, *keys, sys.get(), tenants, &counters};
+    if (identity) {
+      admin.cluster = store->cluster();
+      admin.node_id = identity->node_id();
+    }
+    net::add_admin_routes(routes, std::move(admin));
     auto started_at = persistence::now_millis() / 1000;
     std::vector<net::model_info> models;
     for (auto& r : this->routes->named())
@@ -480,7 +519,8 @@ struct app::impl {
     net::add_chat_routes(routes, chat);
     net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,
-                        std::make_shared<node_readiness>(*store, *executor, draining),
+                        std::make_shared<node_readiness>(*store, *executor, draining,
+                                                         membership.get()),
                         net::build_info{version_string(), git_commit(), build_type()},
                         [rr = resilient_routes] { return net::upstream_status(rr); });
     if (settings.metrics.enabled && settings.metrics.listen.empty())
@@ -507,6 +547,55 @@ struct app::impl {
       }
       io_escapes.fetch_add(1, std::memory_order_relaxed);
     }
+  }
+
+  /// Cluster: publishes the tenant manager on the cluster port, names this node, joins (a
+  /// lease in the nodes table) and starts the renewal loop and the lease watchdog. Before
+  /// the HTTP listener: the node is a member before it takes its first request.
+  void start_cluster() {
+    auto& c = settings.cluster;
+    auto colon = c.listen.rfind(':');
+    auto host = c.listen.substr(0, colon);
+    auto port = static_cast<uint16_t>(std::stoi(c.listen.substr(colon + 1)));
+    auto published = sys->middleman().publish(tenant_manager, port, host.c_str(), true);
+    if (!published)
+      throw std::runtime_error("cannot listen on cluster.listen " + c.listen + ": " +
+                               sys->render(published.error()));
+    cluster_port = *published;
+    std::string advertise = c.advertise;
+    if (advertise.empty()) {
+      if (host == "0.0.0.0" || host == "::" || host == "[::]" || host.empty())
+        throw std::runtime_error("cluster.listen " + c.listen +
+                                 " is a wildcard address: set cluster.advertise");
+      advertise = host + ":" + std::to_string(cluster_port);
+    }
+    identity->set_node_id(c.node_id.empty() ? advertise : c.node_id);
+    auto dir = tenant_directory;
+    auto manager = tenant_manager;
+    membership = std::make_unique<cluster_membership>(
+      *store->cluster(), identity, c, advertise, settings.http.listen, logger,
+      [dir](std::vector<actors::cluster_member> members) {
+        caf::anon_send(dir, actors::members_atom::value, std::move(members));
+      },
+      [manager] { caf::anon_send(manager, actors::fence_atom::value); });
+    membership->join();
+    membership->start();
+    log::event(logger, spdlog::level::info, "cluster listening")
+      .str("node_id", identity->node_id())
+      .str("advertise", advertise)
+      .num("port", cluster_port);
+  }
+
+  /// Fences the node as soon as its lease's local deadline passes (a renewal that hangs on
+  /// the database must not keep it serving tenants another node may already own).
+  void schedule_lease_watch() {
+    lease_timer->expires_after(std::chrono::milliseconds(100));
+    lease_timer->async_wait([this](boost::system::error_code ec) {
+      if (ec)
+        return;
+      membership->fence_if_expired();
+      schedule_lease_watch();
+    });
   }
 
   void start_http() {
@@ -536,6 +625,10 @@ struct app::impl {
     schedule_health();
     flush_timer = std::make_unique<net::asio::steady_timer>(io->at(0));
     schedule_flush();
+    if (membership) {
+      lease_timer = std::make_unique<net::asio::steady_timer>(io->at(0));
+      schedule_lease_watch();
+    }
     for (std::size_t i = 0; i < io->size(); ++i)
       io_threads.emplace_back([this, i] { run_io(i); });
   }
@@ -566,6 +659,8 @@ uint16_t app::start() {
   // start with the listener.
   d.io = std::make_unique<net::io_pool>(static_cast<std::size_t>(d.settings.http.io_threads));
   d.start_actors();
+  if (d.identity)
+    d.start_cluster();
   d.start_http();
   log::event(d.logger, spdlog::level::info, "listening")
     .str("address", d.settings.http.listen)
@@ -580,6 +675,8 @@ void app::begin_shutdown() {
     return;
   log::event(d.logger, spdlog::level::info, "draining")
     .num("in_flight", d.server ? d.server->in_flight() : 0);
+  if (d.membership)
+    d.membership->drain(); // no new tenants are placed here
   if (d.server)
     d.server->drain();
 }
@@ -615,6 +712,10 @@ void app::stop() {
     d.server->drain();
   if (d.metrics_server)
     d.metrics_server->drain();
+  // Leave the cluster: our lease ends now, so other nodes may claim our tenants at once
+  // (the requests for them through other nodes stop failing).
+  if (d.membership)
+    d.membership->leave();
   // The actors stop while the io threads still run (they may be where the actors run, and
   // the upstream calls that the tenants cancel end there); then the io threads stop.
   auto stop_actors = [&d] {
@@ -671,6 +772,8 @@ void app::stop() {
   }
   d.flush_timer.reset();
   d.health_timer.reset();
+  d.lease_timer.reset();
+  d.membership.reset();
   d.metrics_server.reset();
   d.server.reset();
   d.api_pipeline.reset();

@@ -23,8 +23,10 @@ constexpr int exit_usage = 2;
 
 /// Loads settings from file and environment, then applies command-line overrides.
 config::settings load_settings(const std::string& file, const std::string& listen,
-                               const std::string& upstream = {}) {
+                               const std::string& upstream = {}, bool cluster = false) {
   auto s = config::load(file, config::process_environment());
+  if (cluster)
+    s.cluster.enabled = true;
   if (!listen.empty())
     s.http.listen = listen;
   if (!upstream.empty())
@@ -119,6 +121,9 @@ int run_cli(int argc, char** argv) {
   serve_cmd->add_option("-u,--upstream", upstream,
                         "OpenAI-compatible base URL serving every model not served otherwise "
                         "(overrides upstream.url; key from PARLEY_UPSTREAM_KEY)");
+  bool cluster_flag = false;
+  serve_cmd->add_flag("--cluster", cluster_flag,
+                      "Join the cluster of nodes sharing store.postgres_dsn (sets cluster.enabled)");
 
   auto* version_cmd = cli.add_subcommand("version", "Print version, commit and build type");
 
@@ -154,7 +159,7 @@ int run_cli(int argc, char** argv) {
 
   try {
     if (*serve_cmd)
-      return serve(load_settings(config_file, listen, upstream));
+      return serve(load_settings(config_file, listen, upstream, cluster_flag));
     if (*migrate_cmd)
       return detail::run_migrate(load_settings(config_file, {}));
     if (*admin_cmd)

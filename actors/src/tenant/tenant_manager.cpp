@@ -3,6 +3,8 @@
 // while; other tenants never notice.
 #include "internal.hpp"
 #include "parley/actors/spawn.hpp"
+#include "parley/persistence/executor.hpp"
+#include "parley/persistence/store.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -40,6 +42,8 @@ struct manager_state {
   std::unordered_set<caf::actor_addr> children; ///< linked children whose exit is pending
   manager_stats stats;
   log::logger_ptr logger;
+  /// Cluster: lookups waiting for the claim of their tenant (one claim per tenant at a time).
+  std::unordered_map<std::string, std::vector<caf::typed_response_promise<tenant_actor>>> claiming;
   static inline const char* name = "parley.tenant_manager";
 };
 
@@ -81,6 +85,40 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
         .num("isolated_seconds", std::chrono::duration_cast<std::chrono::seconds>(restart_window).count());
     }
   });
+  // Linked: the tenants die with their manager; monitored: the manager learns of every
+  // tenant that stops, to forget it (and, after a crash, restart it).
+  auto spawn = [=](const std::string& tenant_id) -> tenant_actor {
+    auto& st = self->state;
+    auto t = detail::spawn_tenant(self, tenant_id, svc);
+    self->monitor(t);
+    st.tenants.emplace(tenant_id, t);
+    st.by_addr.emplace(t.address(), tenant_id);
+    st.children.insert(t.address());
+    ++st.stats.spawned;
+    st.stats.active_tenants = st.tenants.size();
+    return t;
+  };
+  auto start_claim = [=](const std::string& tenant_id) {
+    auto me = caf::actor_cast<tenant_manager_actor>(self);
+    auto* cs = svc->store ? svc->store->cluster() : nullptr;
+    auto cluster = svc->cluster;
+    auto job = [me, cs, cluster, tenant_id] {
+      auto r = cs ? cs->claim_tenant(tenant_id, cluster->node_id(), cluster->incarnation())
+                  : persistence::result<persistence::claim_result>(persistence::store_error{
+                      persistence::persistence_errc::internal, "the store has no cluster tables"});
+      if (!r.ok())
+        return caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(),
+                              r.error().detail);
+      if (r->claimed)
+        return caf::anon_send(me, claimed_atom::value, tenant_id, r->owner.epoch, std::string(),
+                              std::string());
+      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, r->owner.node_id,
+                     std::string());
+    };
+    if (!svc->executor || !svc->executor->try_post(job))
+      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(),
+                     std::string("persistence workers saturated"));
+  };
   return {
     [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
       auto& st = self->state;
@@ -102,16 +140,57 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
             svc->actors->tenant_restarts.fetch_add(1, std::memory_order_relaxed);
         }
       }
-      // Linked: the tenants die with their manager; monitored: the manager learns of
-      // every tenant that stops, to forget it (and, with the chat work, restart it).
-      auto t = detail::spawn_tenant(self, tenant_id, svc);
-      self->monitor(t);
-      st.tenants.emplace(tenant_id, t);
-      st.by_addr.emplace(t.address(), tenant_id);
-      st.children.insert(t.address());
-      ++st.stats.spawned;
-      st.stats.active_tenants = st.tenants.size();
-      return t;
+      if (!svc || !svc->cluster)
+        return spawn(tenant_id);
+      // A cluster: the tenant is ours only once the store says so (a conditional claim that
+      // fails while another live node holds it). The claim runs on a persistence worker.
+      if (svc->cluster->incarnation() == 0)
+        return caf::make_error(actor_errc::no_lease);
+      auto promise = self->make_response_promise<tenant_actor>();
+      auto& waiting = st.claiming[tenant_id];
+      waiting.push_back(promise);
+      if (waiting.size() == 1)
+        start_claim(tenant_id);
+      return promise;
+    },
+    [=](claimed_atom, const std::string& tenant_id, int64_t epoch, const std::string& owner,
+        const std::string& why) {
+      auto& st = self->state;
+      auto waiting = std::move(st.claiming[tenant_id]);
+      st.claiming.erase(tenant_id);
+      if (epoch > 0) {
+        // Claimed. (A fence that came meanwhile clears the incarnation: then we must not.)
+        if (svc->cluster->incarnation() == 0) {
+          for (auto& p : waiting)
+            p.deliver(caf::make_error(actor_errc::no_lease));
+          return;
+        }
+        auto it = st.tenants.find(tenant_id);
+        tenant_actor t = it != st.tenants.end() ? it->second : spawn(tenant_id);
+        for (auto& p : waiting)
+          p.deliver(t);
+        return;
+      }
+      if (!owner.empty()) {
+        for (auto& p : waiting)
+          p.deliver(caf::make_error(actor_errc::not_owner, owner));
+        return;
+      }
+      log::event(st.logger, spdlog::level::warn, "tenant claim failed")
+        .str("tenant_id", tenant_id)
+        .str("error", why);
+      for (auto& p : waiting)
+        p.deliver(caf::make_error(actor_errc::no_lease));
+    },
+    [=](fence_atom) {
+      // Our lease is gone: another node may own our tenants any moment now. Stop them all;
+      // their in-flight turns end (the relays hear their producers stop).
+      auto& st = self->state;
+      if (!st.tenants.empty())
+        log::event(st.logger, spdlog::level::err, "lease lost: stopping every tenant actor")
+          .num("tenants", static_cast<int64_t>(st.tenants.size()));
+      for (auto& [id, t] : st.tenants)
+        self->send_exit(t, caf::exit_reason::user_shutdown);
     },
     [=](stats_atom) { return self->state.stats; },
   };

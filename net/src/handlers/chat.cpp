@@ -296,6 +296,9 @@ void refused(relay_ptr self, tenant_locator& tenants, const caf::error& e) {
   }
   // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
   tenants.forget(s.req.tenant_id);
+  // In a cluster: the owner node cannot be reached, this node holds no lease, or the
+  // ownership is changing hands. Retrying shortly is the right move for all of them.
+  s.ex->add_header("Retry-After", "1");
   s.ex->respond_error({api_errc::unavailable,
                        e == actors::actor_errc::tenant_isolated
                          ? "This tenant is temporarily isolated after repeated failures; retry later."
@@ -324,7 +327,11 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
     // No timeout: a CAF request timeout is a timer on CAF's clock thread for every request
     // (a wake-up of another thread each). The tenant answers every chat request first thing,
     // and should it stop, the request fails at once with request_receiver_down.
-    self->request(t, caf::infinite, actors::chat_atom::value, std::move(req),
+    // A tenant on another node (a cluster): a lost connection fails a request only at its
+    // deadline in CAF 0.17, so that one has the cluster's call timeout.
+    caf::duration deadline = t.node() == self->node() ? caf::duration(caf::infinite)
+                                                       : caf::duration(tenants->timeout());
+    self->request(t, deadline, actors::chat_atom::value, std::move(req),
                   caf::actor_cast<actors::turn_sink_actor>(self))
       .then(
         [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {

@@ -103,7 +103,12 @@ page<T> paginate(const pqxx::result& rows, int limit, Read read) {
   return p;
 }
 
-class pg_store final : public store {
+/// The database clock in epoch milliseconds (cluster leases are judged by it alone).
+#define PARLEY_PG_NOW "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+/// A node incarnation `n` that still holds a live lease.
+#define PARLEY_PG_LIVE(n) "(" n ".status <> 'left' AND " n ".lease_expires_at > " PARLEY_PG_NOW ")"
+
+class pg_store final : public store, public cluster_store {
 public:
   explicit pg_store(const config::store_settings& s)
     : pool_(s.pool_size, std::chrono::milliseconds(s.acquire_timeout_ms),
@@ -126,6 +131,8 @@ public:
   const char* backend() const noexcept override { return "postgres"; }
   int pool_in_use() const noexcept override { return pool_.in_use(); }
   int pool_size() const noexcept override { return pool_.size(); }
+
+  cluster_store* cluster() noexcept override { return this; }
 
   status ping() override {
     return with<unit>([](pqxx::connection& c) {
@@ -544,6 +551,161 @@ public:
                             row[4].as<std::string>(), row[5].as<std::string>(),
                             row[6].as<std::string>(), row[7].as<std::string>()};
       });
+    });
+  }
+
+  // -- cluster_store --------------------------------------------------------------
+  static node_lease read_lease(const pqxx::row& r) {
+    return {r[0].as<int64_t>(), r[1].as<int64_t>(), r[2].as<int64_t>()};
+  }
+
+  result<node_lease> join_node(const std::string& node_id, const std::string& address,
+                               const std::string& http_address, int64_t ttl_ms) override {
+    return with<node_lease>([&](pqxx::connection& c) {
+      pqxx::work w(c);
+      auto r = w.exec_params(
+        "INSERT INTO nodes (id, incarnation, address, http_address, status, lease_expires_at, "
+        "joined_at, updated_at) VALUES ($1, 1, $2, $3, 'active', " PARLEY_PG_NOW " + $4, "
+        PARLEY_PG_NOW ", " PARLEY_PG_NOW ") "
+        "ON CONFLICT (id) DO UPDATE SET incarnation = nodes.incarnation + 1, "
+        "address = excluded.address, http_address = excluded.http_address, status = 'active', "
+        "lease_expires_at = excluded.lease_expires_at, joined_at = excluded.joined_at, "
+        "updated_at = excluded.updated_at "
+        "RETURNING incarnation, lease_expires_at, updated_at",
+        node_id, address, http_address, ttl_ms);
+      w.commit();
+      return read_lease(r[0]);
+    });
+  }
+
+  result<node_lease> renew_lease(const std::string& node_id, int64_t incarnation,
+                                 int64_t ttl_ms) override {
+    return with<node_lease>([&](pqxx::connection& c) -> result<node_lease> {
+      pqxx::work w(c);
+      auto r = w.exec_params(
+        "UPDATE nodes SET lease_expires_at = " PARLEY_PG_NOW " + $3, updated_at = " PARLEY_PG_NOW
+        " WHERE id = $1 AND incarnation = $2 AND " PARLEY_PG_LIVE("nodes")
+        " RETURNING incarnation, lease_expires_at, updated_at",
+        node_id, incarnation, ttl_ms);
+      w.commit();
+      if (r.empty())
+        return store_error{persistence_errc::conflict,
+                           "node " + node_id + " incarnation " + std::to_string(incarnation) +
+                             " holds no live lease"};
+      return read_lease(r[0]);
+    });
+  }
+
+  status set_node_status(const std::string& node_id, int64_t incarnation,
+                         const std::string& to) override {
+    if (to != "active" && to != "draining" && to != "left")
+      return store_error{persistence_errc::invalid, "node status " + to};
+    return with<unit>([&](pqxx::connection& c) -> status {
+      pqxx::work w(c);
+      auto r = w.exec_params(
+        "UPDATE nodes SET status = $3, updated_at = " PARLEY_PG_NOW ", lease_expires_at = "
+        "CASE WHEN $3 = 'left' THEN LEAST(lease_expires_at, " PARLEY_PG_NOW ") "
+        "ELSE lease_expires_at END WHERE id = $1 AND incarnation = $2 AND status <> 'left'",
+        node_id, incarnation, to);
+      w.commit();
+      if (r.affected_rows() == 0)
+        return store_error{persistence_errc::conflict,
+                           "node " + node_id + " incarnation " + std::to_string(incarnation) +
+                             " is not current"};
+      return unit{};
+    });
+  }
+
+  result<std::vector<node_record>> list_nodes() override {
+    return with<std::vector<node_record>>([](pqxx::connection& c) {
+      pqxx::nontransaction n(c);
+      auto rows = n.exec("SELECT id, incarnation, address, http_address, status, "
+                         "lease_expires_at, joined_at, updated_at, " PARLEY_PG_LIVE("nodes")
+                         ", " PARLEY_PG_NOW " FROM nodes ORDER BY id");
+      std::vector<node_record> out;
+      for (const auto& r : rows)
+        out.push_back({r[0].as<std::string>(), r[1].as<int64_t>(), r[2].as<std::string>(),
+                       r[3].as<std::string>(), r[4].as<std::string>(), r[5].as<int64_t>(),
+                       r[6].as<int64_t>(), r[7].as<int64_t>(), r[8].as<bool>(),
+                       r[9].as<int64_t>()});
+      return out;
+    });
+  }
+
+  static tenant_owner read_owner(const pqxx::row& r) {
+    return {r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<int64_t>(),
+            r[3].as<int64_t>(), r[4].as<int64_t>(), r[5].as<bool>()};
+  }
+
+  static constexpr const char* owner_select =
+    "SELECT o.tenant_id, o.node_id, o.incarnation, o.epoch, o.claimed_at, EXISTS (SELECT 1 "
+    "FROM nodes n WHERE n.id = o.node_id AND n.incarnation = o.incarnation AND "
+    PARLEY_PG_LIVE("n") ") FROM tenant_owners o WHERE o.tenant_id = $1";
+
+  result<claim_result> claim_tenant(const std::string& tenant_id, const std::string& node_id,
+                                    int64_t incarnation) override {
+    return with<claim_result>([&](pqxx::connection& c) -> result<claim_result> {
+      pqxx::work w(c);
+      // One statement: concurrent claims of one tenant serialize on its row, and each
+      // re-checks the owner it finds there (READ COMMITTED re-evaluates ON CONFLICT's WHERE).
+      auto r = w.exec_params(
+        "INSERT INTO tenant_owners (tenant_id, node_id, incarnation, epoch, claimed_at) "
+        "SELECT $1, $2, $3, 1, " PARLEY_PG_NOW " WHERE EXISTS (SELECT 1 FROM nodes n WHERE "
+        "n.id = $2 AND n.incarnation = $3 AND n.status = 'active' AND n.lease_expires_at > "
+        PARLEY_PG_NOW ") "
+        "ON CONFLICT (tenant_id) DO UPDATE SET node_id = excluded.node_id, "
+        "incarnation = excluded.incarnation, "
+        "epoch = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
+        "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.epoch "
+        "ELSE tenant_owners.epoch + 1 END, "
+        "claimed_at = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
+        "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.claimed_at "
+        "ELSE excluded.claimed_at END "
+        "WHERE (tenant_owners.node_id = excluded.node_id AND "
+        "tenant_owners.incarnation = excluded.incarnation) OR NOT EXISTS (SELECT 1 FROM nodes n "
+        "WHERE n.id = tenant_owners.node_id AND n.incarnation = tenant_owners.incarnation AND "
+        PARLEY_PG_LIVE("n") ") "
+        "RETURNING tenant_id, node_id, incarnation, epoch, claimed_at, true",
+        tenant_id, node_id, incarnation);
+      if (!r.empty()) {
+        w.commit();
+        return claim_result{true, read_owner(r[0])};
+      }
+      auto cur = w.exec_params(owner_select, tenant_id);
+      w.commit();
+      if (cur.empty())
+        return store_error{persistence_errc::conflict,
+                           "node " + node_id + " incarnation " + std::to_string(incarnation) +
+                             " holds no live, active lease"};
+      auto owner = read_owner(cur[0]);
+      if (owner.node_id == node_id && owner.incarnation == incarnation)
+        // Ours, but our own lease is no longer live or active.
+        return store_error{persistence_errc::conflict,
+                           "node " + node_id + " holds no live, active lease"};
+      return claim_result{false, std::move(owner)};
+    });
+  }
+
+  result<tenant_owner> get_owner(const std::string& tenant_id) override {
+    return with<tenant_owner>([&](pqxx::connection& c) -> result<tenant_owner> {
+      pqxx::nontransaction n(c);
+      auto r = n.exec_params(owner_select, tenant_id);
+      if (r.empty())
+        return store_error{persistence_errc::not_found, "owner of tenant " + tenant_id};
+      return read_owner(r[0]);
+    });
+  }
+
+  result<std::vector<std::pair<std::string, int64_t>>> owned_counts() override {
+    return with<std::vector<std::pair<std::string, int64_t>>>([](pqxx::connection& c) {
+      pqxx::nontransaction n(c);
+      auto rows = n.exec("SELECT o.node_id, count(*) FROM tenant_owners o JOIN nodes n ON "
+                         "n.id = o.node_id AND n.incarnation = o.incarnation AND "
+                         PARLEY_PG_LIVE("n") " GROUP BY o.node_id ORDER BY o.node_id");
+      std::vector<std::pair<std::string, int64_t>> out;
+      for (const auto& r : rows)
+        out.emplace_back(r[0].as<std::string>(), r[1].as<int64_t>());
+      return out;
     });
   }
 

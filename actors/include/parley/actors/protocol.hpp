@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/actors/chat.hpp"
+#include "parley/actors/cluster.hpp"
 
 #include <caf/actor.hpp>
 #include <caf/atom.hpp>
@@ -23,6 +24,11 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using config_atom = caf::atom_constant<caf::atom("config")>;
 /// An idle conversation asks its tenant to let it passivate (see tenant_actor).
 using passivate_atom = caf::atom_constant<caf::atom("passivate")>;
+/// Cluster: a node (by id), the live members, a lost lease, a claim's outcome.
+using node_atom = caf::atom_constant<caf::atom("node")>;
+using members_atom = caf::atom_constant<caf::atom("members")>;
+using fence_atom = caf::atom_constant<caf::atom("fence")>;
+using claimed_atom = caf::atom_constant<caf::atom("claimed")>;
 
 /// Errors that actors answer with (registered with CAF as category "parley").
 enum class actor_errc : uint8_t {
@@ -30,6 +36,9 @@ enum class actor_errc : uint8_t {
   overloaded = 2,      ///< the node or tenant has no room for more in-flight work
   draining = 3,        ///< the node is shutting down
   unknown_tenant = 4,  ///< no such tenant (or not owned by this node)
+  not_owner = 5,       ///< another live node owns the tenant (context: its node id)
+  no_lease = 6,        ///< this node holds no live lease: it serves no tenants now
+  node_unreachable = 7,///< the owner node cannot be reached (context: its node id)
 };
 
 /// Human-readable name of an actor error code.
@@ -154,14 +163,26 @@ using tenant_actor = caf::typed_actor<
 
 /// Supervises the tenant actors of this node: spawns one on first use, monitors it.
 using tenant_manager_actor = caf::typed_actor<
-  /// The tenant actor for a tenant id (spawned on first use).
+  /// The tenant actor for a tenant id (spawned on first use). In a cluster the node first
+  /// claims the tenant in the store; when another live node owns it the answer is the error
+  /// not_owner with that node's id as context, and no_lease while this node holds no lease.
   caf::replies_to<tenant_atom, std::string>::with<tenant_actor>,
-  caf::replies_to<stats_atom>::with<manager_stats>>;
+  caf::replies_to<stats_atom>::with<manager_stats>,
+  /// The outcome of a claim this manager started (from the persistence worker): epoch > 0
+  /// claimed; else the live owner's node id, or "" with why in the last string.
+  caf::reacts_to<claimed_atom, std::string, int64_t, std::string, std::string>,
+  /// This node lost its lease: stop every tenant actor now (another node may take them).
+  caf::reacts_to<fence_atom>>;
 
 /// Knows which node's tenant manager owns a tenant. On a single node: always the local one.
 /// In a cluster it answers with the owner node's manager (reached over CAF's middleman).
 using tenant_directory_actor = caf::typed_actor<
-  caf::replies_to<locate_atom, std::string>::with<tenant_manager_actor>>;
+  /// The manager of the node where the tenant is placed.
+  caf::replies_to<locate_atom, std::string>::with<tenant_manager_actor>,
+  /// The manager of a given node (the owner named by a not_owner answer).
+  caf::replies_to<locate_atom, node_atom, std::string>::with<tenant_manager_actor>,
+  /// The live members, from the membership loop (cluster only).
+  caf::reacts_to<members_atom, std::vector<cluster_member>>>;
 
 } // namespace parley::actors
 

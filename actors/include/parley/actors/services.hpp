@@ -1,5 +1,7 @@
 #pragma once
 
+#include "parley/actors/cluster.hpp"
+
 #include "parley/actors/provider.hpp"
 #include "parley/config/logging.hpp"
 #include "parley/persistence/executor.hpp"
@@ -109,6 +111,9 @@ struct chat_services {
   actor_counters* actors = nullptr;
   tenant_load_board* load = nullptr;
   log::logger_ptr logger;
+  /// This node in a cluster (null: a single node, which owns every tenant). The tenant
+  /// manager claims each tenant in the store (store->cluster()) before it spawns its actor.
+  std::shared_ptr<const cluster_identity> cluster;
 };
 
 } // namespace parley::actors

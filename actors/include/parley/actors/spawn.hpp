@@ -25,4 +25,11 @@ std::shared_ptr<provider_port> make_echo_provider(caf::actor_system& sys, int to
 /// Spawns the tenant directory for a single node: every tenant is owned by `local`.
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local);
 
+/// Spawns the tenant directory of a cluster node: tenants are placed over the members it is
+/// sent (members_atom), and other nodes' managers are reached over the middleman (which must
+/// be loaded), each call within `call_timeout`.
+tenant_directory_actor spawn_cluster_directory(caf::actor_system& sys, tenant_manager_actor local,
+                                               std::shared_ptr<const cluster_identity> cluster,
+                                               std::chrono::milliseconds call_timeout);
+
 } // namespace parley::actors

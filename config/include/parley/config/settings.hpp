@@ -116,6 +116,18 @@ struct metrics_settings {
   int top_tenants = 20;                    ///< tenants in parley_tenant_in_flight
 };
 
+/// [cluster]: several nodes on one PostgreSQL, each tenant owned by exactly one of them
+/// (docs/cluster.md). Off: a single node that owns every tenant.
+struct cluster_settings {
+  bool enabled = false;                    ///< join the cluster (needs store.backend = postgres)
+  std::string node_id;                     ///< stable name of this node; "" = the advertised address
+  std::string listen = "127.0.0.1:7947";   ///< HOST:PORT of the node-to-node listener (CAF middleman; port 0 = any)
+  std::string advertise;                   ///< HOST:PORT other nodes dial; "" = listen's host and bound port
+  int lease_ttl_ms = 10000;                ///< a node's lease; renewed every TTL/4
+  int call_timeout_ms = 3000;              ///< a remote call (a tenant lookup, an admission) fails after this
+  int heartbeat_ms = 500;                  ///< node-to-node heartbeat; a silent peer is dropped after 6 of them
+};
+
 /// [resilience]: how upstream calls are timed out, retried, balanced and failed over. Every
 /// key is a default that a [[routes]] entry may override for its route.
 struct resilience_settings {
@@ -184,6 +196,7 @@ struct settings {
   upstream_settings upstream;
   resilience_settings resilience;
   metrics_settings metrics;
+  cluster_settings cluster;
   std::vector<route_settings> routes;
 };
 

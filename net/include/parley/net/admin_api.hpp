@@ -5,6 +5,7 @@
 #include "parley/actors/protocol.hpp"
 #include "parley/actors/services.hpp"
 #include "parley/net/router.hpp"
+#include "parley/persistence/cluster_store.hpp"
 #include "parley/persistence/executor.hpp"
 #include "parley/tenants/admin_ops.hpp"
 #include "parley/tenants/key_cache.hpp"
@@ -24,6 +25,10 @@ struct admin_deps {
   caf::actor_system* sys = nullptr;          ///< for routes that talk to tenant actors
   std::shared_ptr<tenant_locator> tenants;   ///< finds tenant actors (runtime owns it)
   const actors::admission_counters* counters = nullptr; ///< for GET /admin/v1/stats
+  /// GET /admin/v1/cluster: the store's membership tables (null: not a cluster) and this
+  /// node's id in them.
+  persistence::cluster_store* cluster = nullptr;
+  std::string node_id;
 };
 
 /// Adds the admin API under /admin/v1 (tenants, keys, usage, audit). Authentication is the

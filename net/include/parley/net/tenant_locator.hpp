@@ -37,26 +37,53 @@ public:
   /// (runtime owns it for the node's life).
   template <class Self, class Found, class Failed>
   void find(Self* self, const std::string& tenant_id, Found found, Failed failed) {
-    using namespace std::chrono_literals;
     if (auto t = cached(tenant_id))
       return found(std::move(t));
     auto* me = this;
-    self->request(directory_, 5s, actors::locate_atom::value, tenant_id)
+    self->request(directory_, timeout_, actors::locate_atom::value, tenant_id)
       .then(
         [=](actors::tenant_manager_actor manager) mutable {
-          self->request(manager, 5s, actors::tenant_atom::value, tenant_id)
-            .then(
-              [=](actors::tenant_actor tenant) mutable {
-                me->remember(tenant_id, tenant.address());
-                found(std::move(tenant));
-              },
-              failed);
+          me->ask_manager(self, std::move(manager), tenant_id, true, std::move(found),
+                          std::move(failed));
         },
         failed);
   }
 
+  /// Deadline of each lookup step (a remote manager's included): the cluster's call timeout.
+  void set_timeout(std::chrono::milliseconds t) noexcept { timeout_ = t; }
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+
 private:
+  /// Asks `manager` for the tenant's actor. In a cluster, a manager whose node does not own
+  /// the tenant names the node that does (not_owner): asked once more, there.
+  template <class Self, class Found, class Failed>
+  void ask_manager(Self* self, actors::tenant_manager_actor manager, const std::string& tenant_id,
+                   bool may_redirect, Found found, Failed failed) {
+    auto* me = this;
+    self->request(manager, timeout_, actors::tenant_atom::value, tenant_id)
+      .then(
+        [=](actors::tenant_actor tenant) mutable {
+          me->remember(tenant_id, tenant.address());
+          found(std::move(tenant));
+        },
+        [=](caf::error& err) mutable {
+          if (!may_redirect || err != actors::actor_errc::not_owner ||
+              !err.context().template match_elements<std::string>())
+            return failed(err);
+          auto owner = err.context().template get_as<std::string>(0);
+          self->request(me->directory_, me->timeout_, actors::locate_atom::value,
+                        actors::node_atom::value, owner)
+            .then(
+              [=](actors::tenant_manager_actor at_owner) mutable {
+                me->ask_manager(self, std::move(at_owner), tenant_id, false, std::move(found),
+                                std::move(failed));
+              },
+              failed);
+        });
+  }
+
   actors::tenant_directory_actor directory_;
+  std::chrono::milliseconds timeout_{5000};
   mutable std::shared_mutex mu_;
   std::unordered_map<std::string, caf::actor_addr> cache_;
 };

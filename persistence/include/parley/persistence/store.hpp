@@ -1,5 +1,6 @@
 #pragma once
 
+#include "parley/persistence/cluster_store.hpp"
 #include "parley/persistence/records.hpp"
 #include "parley/persistence/result.hpp"
 
@@ -132,6 +133,9 @@ public:
   /// Connections currently borrowed from the pool, and the pool's size.
   virtual int pool_in_use() const noexcept = 0;
   virtual int pool_size() const noexcept = 0;
+  /// Membership and ownership for a cluster, or null: a backend that cannot be shared by
+  /// several nodes (SQLite) has none.
+  virtual cluster_store* cluster() noexcept { return nullptr; }
 };
 
 } // namespace parley::persistence
