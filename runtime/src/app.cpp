@@ -472,6 +472,7 @@ struct app::impl {
     svc->load = &tenant_load;
     svc->logger = logger;
     svc->cluster = identity;
+    svc->draining = &draining;
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     if (identity) {
       tenant_directory = actors::spawn_cluster_directory(
@@ -692,7 +693,12 @@ void app::end_in_flight() {
 
 bool app::drained() const {
   auto& d = *impl_;
-  return !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);
+  bool http = !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);
+  // A cluster node also runs turns for other nodes' clients (its tenants' owner): those end
+  // before it leaves, or their clients would see their stream cut.
+  if (d.membership)
+    return http && d.actor_counts.turns.load(std::memory_order_relaxed) == 0;
+  return http;
 }
 
 uint16_t app::metrics_port() const { return impl_->metrics_port; }

@@ -215,6 +215,12 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   auto& st = self->state;
   if (!st.svc || !st.svc->routes)
     return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
+  // A draining cluster node takes no more work from other nodes: it is about to leave, and
+  // their clients retry (by then another node owns the tenant).
+  if (st.svc->draining && st.svc->draining->load(std::memory_order_relaxed) && relay &&
+      relay.node() != self->node())
+    return refuse(chat_error_kind::unavailable, "The tenant's node is shutting down; retry.", {},
+                  1000);
   if (req.model.empty())
     req.model = st.cfg->default_model;
   if (req.model.empty())

@@ -39,14 +39,40 @@ struct directory_state {
 
 using directory_ptr = tenant_directory_actor::stateful_pointer<directory_state>;
 
-/// The manager of `node_id`: ours, a connected remote one, or a connection started now.
-caf::result<tenant_manager_actor> manager_of(directory_ptr self, const std::string& node_id) {
+/// "host:port" -> (host, port); port 0 when malformed.
+std::pair<std::string, uint16_t> split_address(const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size())
+    return {address, 0};
+  auto host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  unsigned long port = 0;
+  for (auto c : address.substr(colon + 1)) {
+    if (c < '0' || c > '9' || port > 65535)
+      return {host, 0};
+    port = port * 10 + static_cast<unsigned long>(c - '0');
+  }
+  return {host, port <= 65535 ? static_cast<uint16_t>(port) : uint16_t{0}};
+}
+
+/// The manager of `node_id`: ours, a connected remote one, or a connection started now --
+/// to the address our member list has, or else to `fallback_address` (an owner named by
+/// another node's claim, which joined after our list was last read).
+caf::result<tenant_manager_actor> manager_of(directory_ptr self, const std::string& node_id,
+                                             const std::string& fallback_address = {}) {
   auto& st = self->state;
   if (node_id == st.cluster->node_id())
     return st.local;
+  cluster_member fallback;
   auto* m = st.member(node_id);
-  if (!m)
-    return caf::make_error(actor_errc::node_unreachable, node_id);
+  if (!m) {
+    auto [host, port] = split_address(fallback_address);
+    if (port == 0)
+      return caf::make_error(actor_errc::node_unreachable, node_id);
+    fallback = cluster_member{node_id, 0, host, port, false};
+    m = &fallback;
+  }
   auto& r = st.remotes[node_id];
   if (r.incarnation != m->incarnation) { // a new incarnation: its old connection is stale
     r.handle = nullptr;
@@ -112,10 +138,11 @@ directory_impl(directory_ptr self, tenant_manager_actor local,
         return caf::make_error(actor_errc::no_lease);
       return manager_of(self, owner);
     },
-    [=](locate_atom, node_atom, const std::string& node_id) -> caf::result<tenant_manager_actor> {
+    [=](locate_atom, node_atom, const std::string& node_id,
+        const std::string& address) -> caf::result<tenant_manager_actor> {
       if (!self->state.cluster)
         return self->state.local;
-      return manager_of(self, node_id);
+      return manager_of(self, node_id, address);
     },
     [=](members_atom, std::vector<cluster_member>& members) {
       auto& st = self->state;

@@ -108,15 +108,15 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
                       persistence::persistence_errc::internal, "the store has no cluster tables"});
       if (!r.ok())
         return caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(),
-                              r.error().detail);
+                              std::string(), r.error().detail);
       if (r->claimed)
         return caf::anon_send(me, claimed_atom::value, tenant_id, r->owner.epoch, std::string(),
-                              std::string());
+                              std::string(), std::string());
       caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, r->owner.node_id,
-                     std::string());
+                     r->owner.address, std::string());
     };
     if (!svc->executor || !svc->executor->try_post(job))
-      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(),
+      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(), std::string(),
                      std::string("persistence workers saturated"));
   };
   return {
@@ -154,7 +154,7 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
       return promise;
     },
     [=](claimed_atom, const std::string& tenant_id, int64_t epoch, const std::string& owner,
-        const std::string& why) {
+        const std::string& owner_address, const std::string& why) {
       auto& st = self->state;
       auto waiting = std::move(st.claiming[tenant_id]);
       st.claiming.erase(tenant_id);
@@ -173,7 +173,7 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
       }
       if (!owner.empty()) {
         for (auto& p : waiting)
-          p.deliver(caf::make_error(actor_errc::not_owner, owner));
+          p.deliver(caf::make_error(actor_errc::not_owner, owner, owner_address));
         return;
       }
       log::event(st.logger, spdlog::level::warn, "tenant claim failed")

@@ -369,16 +369,25 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
   // The client going away reaches us as a message; from then on nobody reads our output.
   st.ex->watch([me] { caf::anon_send(me, actors::cancel_atom::value, std::string("client")); }, {},
                [me] { caf::anon_send(me, shutdown_atom::value); });
-  // The turn's owner died before we heard the end: nobody will tell us any more.
+  // The turn's owner died before we heard the end: nobody will tell us any more. A tenant
+  // on another node (a cluster) whose node went away or shut down is not a bug here: the
+  // client is told to retry (the next owner serves it).
   auto ended_unexpectedly = [=] {
     auto& s = self->state;
+    bool remote = s.tenant && s.tenant.node() != self->node();
+    const char* msg = remote ? "The tenant's node went away before the completion ended; retry."
+                             : "The completion ended unexpectedly.";
     if (s.streaming) {
-      s.send_event({{"error", {{"message", "The completion ended unexpectedly."},
-                               {"type", "server_error"}, {"param", nullptr}, {"code", "internal_error"}}}});
+      s.send_event({{"error", {{"message", msg},
+                               {"type", "server_error"}, {"param", nullptr},
+                               {"code", remote ? "service_unavailable" : "internal_error"}}}});
       s.ex->stream_write("data: [DONE]\n\n");
       s.ex->end_stream();
+    } else if (remote) {
+      s.ex->add_header("Retry-After", "1");
+      s.ex->respond_error({api_errc::unavailable, msg, ""});
     } else {
-      s.ex->respond_error({api_errc::internal, "The completion ended unexpectedly.", ""});
+      s.ex->respond_error({api_errc::internal, msg, ""});
     }
     self->quit();
   };

@@ -634,13 +634,14 @@ public:
 
   static tenant_owner read_owner(const pqxx::row& r) {
     return {r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<int64_t>(),
-            r[3].as<int64_t>(), r[4].as<int64_t>(), r[5].as<bool>()};
+            r[3].as<int64_t>(), r[4].as<int64_t>(), r[5].as<bool>(), r[6].as<std::string>()};
   }
 
   static constexpr const char* owner_select =
     "SELECT o.tenant_id, o.node_id, o.incarnation, o.epoch, o.claimed_at, EXISTS (SELECT 1 "
     "FROM nodes n WHERE n.id = o.node_id AND n.incarnation = o.incarnation AND "
-    PARLEY_PG_LIVE("n") ") FROM tenant_owners o WHERE o.tenant_id = $1";
+    PARLEY_PG_LIVE("n") "), COALESCE((SELECT n.address FROM nodes n WHERE n.id = o.node_id), '') "
+    "FROM tenant_owners o WHERE o.tenant_id = $1";
 
   result<claim_result> claim_tenant(const std::string& tenant_id, const std::string& node_id,
                                     int64_t incarnation) override {
@@ -665,7 +666,7 @@ public:
         "tenant_owners.incarnation = excluded.incarnation) OR NOT EXISTS (SELECT 1 FROM nodes n "
         "WHERE n.id = tenant_owners.node_id AND n.incarnation = tenant_owners.incarnation AND "
         PARLEY_PG_LIVE("n") ") "
-        "RETURNING tenant_id, node_id, incarnation, epoch, claimed_at, true",
+        "RETURNING tenant_id, node_id, incarnation, epoch, claimed_at, true, ''",
         tenant_id, node_id, incarnation);
       if (!r.empty()) {
         w.commit();

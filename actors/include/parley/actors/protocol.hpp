@@ -36,7 +36,7 @@ enum class actor_errc : uint8_t {
   overloaded = 2,      ///< the node or tenant has no room for more in-flight work
   draining = 3,        ///< the node is shutting down
   unknown_tenant = 4,  ///< no such tenant (or not owned by this node)
-  not_owner = 5,       ///< another live node owns the tenant (context: its node id)
+  not_owner = 5,       ///< another live node owns the tenant (context: its node id, address)
   no_lease = 6,        ///< this node holds no live lease: it serves no tenants now
   node_unreachable = 7,///< the owner node cannot be reached (context: its node id)
 };
@@ -168,9 +168,9 @@ using tenant_manager_actor = caf::typed_actor<
   /// not_owner with that node's id as context, and no_lease while this node holds no lease.
   caf::replies_to<tenant_atom, std::string>::with<tenant_actor>,
   caf::replies_to<stats_atom>::with<manager_stats>,
-  /// The outcome of a claim this manager started (from the persistence worker): epoch > 0
-  /// claimed; else the live owner's node id, or "" with why in the last string.
-  caf::reacts_to<claimed_atom, std::string, int64_t, std::string, std::string>,
+  /// The outcome of a claim this manager started (from the persistence worker): tenant id,
+  /// epoch (> 0: claimed), else the live owner's node id and cluster address, or "" and why.
+  caf::reacts_to<claimed_atom, std::string, int64_t, std::string, std::string, std::string>,
   /// This node lost its lease: stop every tenant actor now (another node may take them).
   caf::reacts_to<fence_atom>>;
 
@@ -179,8 +179,9 @@ using tenant_manager_actor = caf::typed_actor<
 using tenant_directory_actor = caf::typed_actor<
   /// The manager of the node where the tenant is placed.
   caf::replies_to<locate_atom, std::string>::with<tenant_manager_actor>,
-  /// The manager of a given node (the owner named by a not_owner answer).
-  caf::replies_to<locate_atom, node_atom, std::string>::with<tenant_manager_actor>,
+  /// The manager of a given node (the owner named by a not_owner answer), dialled at the
+  /// given address when this node's member list does not know it yet.
+  caf::replies_to<locate_atom, node_atom, std::string, std::string>::with<tenant_manager_actor>,
   /// The live members, from the membership loop (cluster only).
   caf::reacts_to<members_atom, std::vector<cluster_member>>>;
 

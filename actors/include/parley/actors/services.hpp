@@ -114,6 +114,9 @@ struct chat_services {
   /// This node in a cluster (null: a single node, which owns every tenant). The tenant
   /// manager claims each tenant in the store (store->cluster()) before it spawns its actor.
   std::shared_ptr<const cluster_identity> cluster;
+  /// The node is shutting down (null: never). In a cluster the tenant actors then refuse
+  /// admissions from other nodes (503, retry): those requests' clients are not ours to drain.
+  const std::atomic<bool>* draining = nullptr;
 };
 
 } // namespace parley::actors

@@ -68,11 +68,12 @@ private:
         },
         [=](caf::error& err) mutable {
           if (!may_redirect || err != actors::actor_errc::not_owner ||
-              !err.context().template match_elements<std::string>())
+              !err.context().template match_elements<std::string, std::string>())
             return failed(err);
           auto owner = err.context().template get_as<std::string>(0);
+          auto address = err.context().template get_as<std::string>(1);
           self->request(me->directory_, me->timeout_, actors::locate_atom::value,
-                        actors::node_atom::value, owner)
+                        actors::node_atom::value, owner, address)
             .then(
               [=](actors::tenant_manager_actor at_owner) mutable {
                 me->ask_manager(self, std::move(at_owner), tenant_id, false, std::move(found),

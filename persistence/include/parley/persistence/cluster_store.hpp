@@ -45,6 +45,7 @@ struct tenant_owner {
   int64_t epoch = 0;     ///< grows by one at every change of owner
   millis claimed_at = 0;
   bool live = false;     ///< the owning incarnation still holds a live lease
+  std::string address;   ///< the owner's cluster address, as its node row has it ("" if none)
 };
 
 /// The answer to a claim: claimed (we own it now, at `owner.epoch`), or the live owner.
