@@ -283,6 +283,20 @@ struct app::impl {
     src.store_up = &store_up;
     src.store_errors = &store_errors;
     src.writer = [this]() -> const persistence::turn_writer* { return writer.get(); };
+    if (membership) {
+      tenants->remote().latency =
+        &registry
+           ->histogram_family("parley_cluster_remote_admission_seconds",
+                              "Round trip of a chat admission sent to the tenant's owner on "
+                              "another node (request to its answer)",
+                              {}, {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                   0.05, 0.1, 0.25, 0.5, 1, 2.5})
+           .with();
+      src.locator = tenants;
+      auto* m = membership.get();
+      src.lease_held = [m] { return m->has_lease(); };
+      src.live_members = [m] { return m->live_members(); };
+    }
     detail::add_node_collectors(*registry, std::move(src));
   }
 

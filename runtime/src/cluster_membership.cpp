@@ -127,6 +127,7 @@ void cluster_membership::publish_members() {
     auto [host, port] = split(n.address);
     members.push_back({n.id, n.incarnation, host, port, n.status == "active"});
   }
+  live_members_.store(static_cast<int>(members.size()), std::memory_order_relaxed);
   on_members_(std::move(members));
 }
 

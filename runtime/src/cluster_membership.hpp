@@ -50,6 +50,8 @@ public:
   /// Fences once the lease's local deadline has passed (from a timer, any thread). True when
   /// this call fenced.
   bool fence_if_expired();
+  /// Live members at the last reading of the nodes table (this one included).
+  int live_members() const noexcept { return live_members_.load(std::memory_order_relaxed); }
 
 private:
   void run();
@@ -68,6 +70,7 @@ private:
   std::atomic<int64_t> deadline_ns_{0};
   std::atomic<int64_t> held_incarnation_{0}; ///< the incarnation whose lease we hold (0 = none)
   std::atomic<bool> draining_{false};
+  std::atomic<int> live_members_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;

@@ -94,6 +94,25 @@ void add_node_collectors(metrics::registry& reg, metric_sources src) {
       w.sample({{"kind", "tenant"}}, v(a.tenant_restarts));
     });
 
+  if (s->locator && s->lease_held)
+    reg.add_collector([s](metrics::exposition_writer& w) {
+      auto& r = s->locator->remote();
+      w.family("parley_cluster_lease_held", "1 while this node holds a live cluster lease",
+               metric_type::gauge);
+      w.sample(s->lease_held() ? 1.0 : 0.0);
+      w.family("parley_cluster_members", "Live nodes at the last reading of the nodes table",
+               metric_type::gauge);
+      w.sample(static_cast<double>(s->live_members()));
+      w.family("parley_cluster_forwarded_admissions_total",
+               "Chat admissions this node sent to a tenant owned by another node", metric_type::counter);
+      w.sample(static_cast<double>(r.forwarded.load(std::memory_order_relaxed)));
+      w.family("parley_cluster_unavailable_total",
+               "Chat requests answered 503 because their tenant could not be reached (owner "
+               "unreachable, no lease, ownership changing hands, tenant isolated)",
+               metric_type::counter);
+      w.sample(static_cast<double>(r.failed.load(std::memory_order_relaxed)));
+    });
+
   if (s->load)
     reg.add_collector([s](metrics::exposition_writer& w) {
       w.family("parley_tenant_in_flight", "Chat requests in flight of the busiest tenants",

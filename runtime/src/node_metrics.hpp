@@ -4,6 +4,7 @@
 #include "parley/config/metrics.hpp"
 #include "parley/net/resilience.hpp"
 #include "parley/net/server.hpp"
+#include "parley/net/tenant_locator.hpp"
 #include "parley/persistence/store.hpp"
 #include "parley/persistence/turn_writer.hpp"
 
@@ -28,6 +29,11 @@ struct metric_sources {
   const std::atomic<bool>* store_up = nullptr;
   const std::atomic<uint64_t>* store_errors = nullptr;
   std::function<const persistence::turn_writer*()> writer;
+  /// Cluster (null when not one): the tenant locator's remote admissions, whether the lease
+  /// is held, and the live members.
+  std::shared_ptr<net::tenant_locator> locator;
+  std::function<bool()> lease_held;
+  std::function<int()> live_members;
 };
 
 /// Registers the collectors of everything counted elsewhere as plain atomics: build info,

@@ -66,9 +66,10 @@ TEST_CASE("Three nodes give every tenant exactly one owner and serve its request
       REQUIRE(v["owner"].is_string());
       CHECK(v["owner_live"] == true);
       CHECK(v["epoch"] == 1);
-      // (placed_on may differ from owner: a tenant claimed while its node knew fewer members
-      // stays with its owner; moving it is a planned hand-off, not a lookup's business.)
-      CHECK(c.index_of(v["placed_on"].get<std::string>()) >= 0);
+      // Every node knew all three members before the first request: placement and owner agree.
+      // (A tenant claimed while its node knew fewer members would stay with that owner;
+      // moving it is a planned hand-off, not a lookup's business.)
+      CHECK(v["placed_on"] == v["owner"]);
       seen.insert(v["owner"].get<std::string>());
     }
     CHECK(seen.size() == 1);
@@ -86,6 +87,17 @@ TEST_CASE("Three nodes give every tenant exactly one owner and serve its request
   for (auto& n : nodes)
     counted += n["tenants"].get<int64_t>();
   CHECK(counted == 6);
+  // Every node holds its lease and sees three members; requests sent to non-owners were
+  // forwarded, and each forwarded admission's round trip was measured.
+  double forwarded = 0, timed = 0;
+  for (int n = 0; n < 3; ++n) {
+    CHECK(metric(c.port(n), "parley_cluster_lease_held") == 1);
+    CHECK(metric(c.port(n), "parley_cluster_members") == 3);
+    forwarded += metric(c.port(n), "parley_cluster_forwarded_admissions_total");
+    timed += metric(c.port(n), "parley_cluster_remote_admission_seconds_count");
+  }
+  CHECK(forwarded >= 1);
+  CHECK(timed == forwarded);
 }
 
 TEST_CASE("A tenant limited to 10 requests per minute gets exactly 10 of 30 requests spread over three nodes",

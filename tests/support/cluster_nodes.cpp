@@ -44,6 +44,10 @@ cluster_nodes::cluster_nodes(int n, const std::string& extra_toml, int lease_ttl
         live += x["live"].get<bool>() ? 1 : 0;
       return live == n;
     }));
+    // ...and its tenant directory has been told so (members are re-read every TTL/4).
+    REQUIRE(wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+      return metric(nd.http_port, "parley_cluster_members") == n;
+    }));
   }
 }
 

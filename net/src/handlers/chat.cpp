@@ -296,6 +296,8 @@ void refused(relay_ptr self, tenant_locator& tenants, const caf::error& e) {
   }
   // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
   tenants.forget(s.req.tenant_id);
+  if (e.category() == caf::atom("parley") || e.category() == caf::atom("system"))
+    tenants.remote().failed.fetch_add(1, std::memory_order_relaxed);
   // In a cluster: the owner node cannot be reached, this node holds no lease, or the
   // ownership is changing hands. Retrying shortly is the right move for all of them.
   s.ex->add_header("Retry-After", "1");
@@ -329,13 +331,19 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
     // and should it stop, the request fails at once with request_receiver_down.
     // A tenant on another node (a cluster): a lost connection fails a request only at its
     // deadline in CAF 0.17, so that one has the cluster's call timeout.
-    caf::duration deadline = t.node() == self->node() ? caf::duration(caf::infinite)
-                                                       : caf::duration(tenants->timeout());
+    bool remote = t.node() != self->node();
+    caf::duration deadline = remote ? caf::duration(tenants->timeout()) : caf::duration(caf::infinite);
+    auto sent = remote ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    if (remote)
+      tenants->remote().forwarded.fetch_add(1, std::memory_order_relaxed);
     self->request(t, deadline, actors::chat_atom::value, std::move(req),
                   caf::actor_cast<actors::turn_sink_actor>(self))
       .then(
         [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {
           auto& s = self->state;
+          if (remote)
+            if (auto* h = tenants->remote().latency)
+              h->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
           add_rate_headers(*s.ex, limits);
           static const char* cache_names[] = {"", "hit", "miss", "bypass"};
           if (limits.cache > 0 && limits.cache < 4) {

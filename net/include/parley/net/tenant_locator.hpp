@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/actors/protocol.hpp"
+#include "parley/config/metrics.hpp"
 
 #include <caf/actor_cast.hpp>
 
@@ -49,6 +50,15 @@ public:
         failed);
   }
 
+  /// Cluster: admissions this node sent to a tenant on another node, those that failed
+  /// (the client got a 503), and the round trip of the successful ones.
+  struct remote_stats {
+    std::atomic<uint64_t> forwarded{0};
+    std::atomic<uint64_t> failed{0};
+    metrics::histogram* latency = nullptr; ///< seconds; null: not measured
+  };
+  remote_stats& remote() noexcept { return remote_; }
+
   /// Deadline of each lookup step (a remote manager's included): the cluster's call timeout.
   void set_timeout(std::chrono::milliseconds t) noexcept { timeout_ = t; }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
@@ -85,6 +95,7 @@ private:
 
   actors::tenant_directory_actor directory_;
   std::chrono::milliseconds timeout_{5000};
+  remote_stats remote_;
   mutable std::shared_mutex mu_;
   std::unordered_map<std::string, caf::actor_addr> cache_;
 };
