@@ -1,5 +1,6 @@
 #include "admin_cli.hpp"
 
+#include "parley/net/cluster_view.hpp"
 #include "parley/tenants/admin_ops.hpp"
 #include "wiring.hpp"
 
@@ -68,6 +69,86 @@ void print_keys(const std::vector<json>& items, bool as_json, const json& whole)
   print_table({"ID", "NAME", "SCOPES", "EXPIRES_AT", "REVOKED_AT", "LAST_USED_AT"}, rows);
 }
 
+/// A duration in milliseconds, short: 812ms, 4.2s, 17m, 5h, 3d.
+std::string short_age(int64_t ms) {
+  if (ms < 0)
+    ms = 0;
+  std::ostringstream out;
+  if (ms < 1000)
+    out << ms << "ms";
+  else if (ms < 120000)
+    out << ms / 1000 << "." << ms % 1000 / 100 << "s";
+  else if (ms < 2 * 3600000)
+    out << ms / 60000 << "m";
+  else if (ms < 2 * 86400000)
+    out << ms / 3600000 << "h";
+  else
+    out << ms / 86400000 << "d";
+  return out.str();
+}
+
+void print_cluster(const json& view) {
+  std::vector<std::vector<std::string>> rows;
+  for (auto& n : view["nodes"])
+    rows.push_back({show(n["id"]), show(n["incarnation"]), show(n["status"]),
+                    n["live"].get<bool>() ? "yes" : "no", show(n["address"]),
+                    n["http_address"] == "" ? "-" : show(n["http_address"]),
+                    short_age(n["lease_age_ms"].get<int64_t>()), show(n["tenants"])});
+  if (rows.empty())
+    std::cout << "no node has joined the cluster yet\n";
+  else
+    print_table({"ID", "INCARNATION", "STATUS", "LIVE", "ADDRESS", "HTTP_ADDRESS", "LEASE_AGE",
+                 "TENANTS"},
+                rows);
+  if (!view.contains("tenant"))
+    return;
+  auto& t = view["tenant"];
+  std::cout << "\ntenant " << show(t["id"]) << "\n  owner:     ";
+  if (t["owner"].is_null())
+    std::cout << "none (never claimed)";
+  else
+    std::cout << show(t["owner"]) << " (incarnation " << show(t["owner_incarnation"])
+              << ", epoch " << show(t["epoch"])
+              << (t["owner_live"].get<bool>() ? ", live)" : ", not live: the next claim takes it)");
+  std::cout << "\n  placed on: "
+            << (t["placed_on"].get<std::string>().empty() ? "none (no live active node)"
+                                                          : show(t["placed_on"]))
+            << "\n";
+}
+
+/// `parley admin cluster`: the membership and ownership tables of a PostgreSQL store.
+int run_cluster(const admin_options& o, const config::settings& s) {
+  static const char* single_node =
+    "parley: SQLite deployments are single-node: there is no cluster to show (a cluster needs "
+    "store.backend = \"postgres\", shared by every node)\n";
+  if (s.store.backend != "postgres") {
+    std::cerr << single_node;
+    return 1;
+  }
+  auto store = open_configured_store(s);
+  auto* cluster = store->cluster();
+  if (!cluster) {
+    std::cerr << single_node;
+    return 1;
+  }
+  // The CLI works on a possibly fresh database: bring the schema up first.
+  if (auto m = store->migrate(); !m.ok()) {
+    std::cerr << "parley: store unavailable: " << persistence::to_string(m.code()) << "\n";
+    return 1;
+  }
+  auto view = net::cluster_view(*cluster, o.tenant_id);
+  if (!view.ok()) {
+    std::cerr << "parley: the cluster tables cannot be read: "
+              << persistence::to_string(view.code()) << ": " << view.error().detail << "\n";
+    return 1;
+  }
+  if (o.json)
+    std::cout << view->dump(2) << "\n";
+  else
+    print_cluster(*view);
+  return 0;
+}
+
 template <class T>
 bool failed(const op_result<T>& r) {
   if (auto* e = std::get_if<op_error>(&r)) {
@@ -125,6 +206,13 @@ void add_admin_commands(CLI::App& admin, admin_options& o) {
   o.key_rotate->add_option("tenant_id", o.tenant_id, "Tenant id")->required();
   o.key_rotate->add_option("key_id", o.key_id, "Key id")->required();
   o.key_rotate->add_option("--grace", o.grace, "Seconds the old secret keeps working");
+
+  o.cluster = admin.add_subcommand(
+    "cluster", "Show the cluster's nodes, leases and tenant counts (PostgreSQL only)");
+  o.cluster->add_option("--tenant", o.tenant_id,
+                        "Also show this tenant's owner and where placement puts it");
+  // `admin cluster --json` as well as `admin --json cluster`.
+  o.cluster->fallthrough();
 }
 
 int run_migrate(const config::settings& s) {
@@ -143,6 +231,8 @@ int run_migrate(const config::settings& s) {
 }
 
 int run_admin(const admin_options& o, const config::settings& s) {
+  if (*o.cluster)
+    return run_cluster(o, s);
   auto store = open_configured_store(s);
   // The CLI works on a possibly fresh database: bring the schema up first.
   if (auto m = store->migrate(); !m.ok()) {

@@ -28,9 +28,10 @@ struct admin_options {
   CLI::App* key_list = nullptr;
   CLI::App* key_revoke = nullptr;
   CLI::App* key_rotate = nullptr;
+  CLI::App* cluster = nullptr;
 };
 
-/// Declares `admin tenant ...` and `admin key ...` under `admin`.
+/// Declares `admin tenant ...`, `admin key ...` and `admin cluster` under `admin`.
 void add_admin_commands(CLI::App& admin, admin_options& o);
 /// Runs the parsed admin command; returns the exit status (0, 1 on an operation error).
 int run_admin(const admin_options& o, const config::settings& s);

@@ -518,7 +518,7 @@ struct app::impl {
     // 6. Rate-limit headers on /v1 responses (chat completions get them from admission).
     chain.push_back(net::make_rate_headers(*sys, tenants));
     net::router routes;
-    net::admin_deps admin{*ops, *executor, *keys, sys.get(), tenants, &counters};
+    net::admin_deps admin{*ops, *executor, *keys, sys.get(), tenants, &counters, nullptr, {}};
     if (identity) {
       admin.cluster = store->cluster();
       admin.node_id = identity->node_id();

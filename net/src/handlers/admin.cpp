@@ -1,5 +1,6 @@
 #include "parley/net/admin_api.hpp"
 
+#include "parley/net/cluster_view.hpp"
 #include "parley/net/json_body.hpp"
 #include "parley/net/store_call.hpp"
 #include "parley/net/tenant_locator.hpp"
@@ -274,46 +275,14 @@ void add_admin_routes(router& r, admin_deps d) {
     }
     auto tenant_id = query_param(ex->req().target(), "tenant_id");
     store_call(ex, *exec, [=]() -> op_result<json> {
-      auto nodes = cluster->list_nodes();
-      if (!nodes.ok())
+      auto view = cluster_view(*cluster, tenant_id);
+      if (!view.ok())
         return op_error{op_errc::unavailable, "The cluster tables cannot be read; retry later.", "",
-                        nodes.error().detail};
-      auto counts = cluster->owned_counts();
-      std::vector<actors::cluster_member> active;
-      auto list = json::array();
-      for (auto& n : *nodes) {
-        int64_t owned = 0;
-        if (counts.ok())
-          for (auto& [id, c] : *counts)
-            if (id == n.id && n.live)
-              owned = c;
-        if (n.live)
-          active.push_back({n.id, n.incarnation, "", 0, n.status == "active"});
-        list.push_back({{"id", n.id},
-                        {"self", n.id == self_id},
-                        {"incarnation", n.incarnation},
-                        {"address", n.address},
-                        {"http_address", n.http_address},
-                        {"status", n.live ? n.status : (n.status == "left" ? "left" : "expired")},
-                        {"live", n.live},
-                        {"lease_age_ms", n.db_now - n.updated_at},
-                        {"lease_remaining_ms", n.live ? n.lease_expires_at - n.db_now : 0},
-                        {"joined_at", n.joined_at / 1000},
-                        {"tenants", owned}});
-      }
-      json out{{"object", "cluster"}, {"enabled", true}, {"node_id", self_id}, {"nodes", list}};
-      if (!tenant_id.empty()) {
-        json t{{"id", tenant_id}, {"placed_on", actors::place(tenant_id, active)}};
-        auto owner = cluster->get_owner(tenant_id);
-        if (owner.ok())
-          t.update({{"owner", owner->node_id},
-                    {"owner_incarnation", owner->incarnation},
-                    {"epoch", owner->epoch},
-                    {"owner_live", owner->live}});
-        else
-          t.update({{"owner", nullptr}});
-        out["tenant"] = std::move(t);
-      }
+                        view.error().detail};
+      auto out = std::move(*view);
+      out["node_id"] = self_id;
+      for (auto& n : out["nodes"])
+        n["self"] = n["id"] == self_id;
       return out;
     }, [ex](op_result<json> res) { answer(ex, res, http::status::ok, [](json& j) { return j; }); });
   });

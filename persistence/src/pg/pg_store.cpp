@@ -647,43 +647,61 @@ public:
                                     int64_t incarnation) override {
     return with<claim_result>([&](pqxx::connection& c) -> result<claim_result> {
       pqxx::work w(c);
-      // One statement: concurrent claims of one tenant serialize on its row, and each
-      // re-checks the owner it finds there (READ COMMITTED re-evaluates ON CONFLICT's WHERE).
-      auto r = w.exec_params(
-        "INSERT INTO tenant_owners (tenant_id, node_id, incarnation, epoch, claimed_at) "
-        "SELECT $1, $2, $3, 1, " PARLEY_PG_NOW " WHERE EXISTS (SELECT 1 FROM nodes n WHERE "
-        "n.id = $2 AND n.incarnation = $3 AND n.status = 'active' AND n.lease_expires_at > "
-        PARLEY_PG_NOW ") "
-        "ON CONFLICT (tenant_id) DO UPDATE SET node_id = excluded.node_id, "
-        "incarnation = excluded.incarnation, "
-        "epoch = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
-        "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.epoch "
-        "ELSE tenant_owners.epoch + 1 END, "
-        "claimed_at = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
-        "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.claimed_at "
-        "ELSE excluded.claimed_at END "
-        "WHERE (tenant_owners.node_id = excluded.node_id AND "
-        "tenant_owners.incarnation = excluded.incarnation) OR NOT EXISTS (SELECT 1 FROM nodes n "
-        "WHERE n.id = tenant_owners.node_id AND n.incarnation = tenant_owners.incarnation AND "
-        PARLEY_PG_LIVE("n") ") "
-        "RETURNING tenant_id, node_id, incarnation, epoch, claimed_at, true, ''",
-        tenant_id, node_id, incarnation);
-      if (!r.empty()) {
-        w.commit();
-        return claim_result{true, read_owner(r[0])};
+      // The claim, and what a refused one answers, may each see an owner's lease end between
+      // the two statements: then we try again (twice more at most; it settles at once).
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        // One statement: concurrent claims of one tenant serialize on its row, and each
+        // re-checks the owner it finds there (READ COMMITTED re-evaluates ON CONFLICT's WHERE).
+        auto r = w.exec_params(
+          "INSERT INTO tenant_owners (tenant_id, node_id, incarnation, epoch, claimed_at) "
+          "SELECT $1, $2, $3, 1, " PARLEY_PG_NOW " WHERE EXISTS (SELECT 1 FROM nodes n WHERE "
+          "n.id = $2 AND n.incarnation = $3 AND n.status = 'active' AND n.lease_expires_at > "
+          PARLEY_PG_NOW ") "
+          "ON CONFLICT (tenant_id) DO UPDATE SET node_id = excluded.node_id, "
+          "incarnation = excluded.incarnation, "
+          "epoch = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
+          "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.epoch "
+          "ELSE tenant_owners.epoch + 1 END, "
+          "claimed_at = CASE WHEN tenant_owners.node_id = excluded.node_id AND "
+          "tenant_owners.incarnation = excluded.incarnation THEN tenant_owners.claimed_at "
+          "ELSE excluded.claimed_at END "
+          "WHERE (tenant_owners.node_id = excluded.node_id AND "
+          "tenant_owners.incarnation = excluded.incarnation) OR NOT EXISTS (SELECT 1 FROM nodes n "
+          "WHERE n.id = tenant_owners.node_id AND n.incarnation = tenant_owners.incarnation AND "
+          PARLEY_PG_LIVE("n") ") "
+          "RETURNING tenant_id, node_id, incarnation, epoch, claimed_at, true, ''",
+          tenant_id, node_id, incarnation);
+        if (!r.empty()) {
+          w.commit();
+          return claim_result{true, read_owner(r[0])};
+        }
+        // Refused. Another incarnation that holds a live lease owns it: that is the answer
+        // (also to a claimer without a live, active lease of its own: it learns where the
+        // tenant is served).
+        auto cur = w.exec_params(owner_select, tenant_id);
+        if (!cur.empty()) {
+          auto owner = read_owner(cur[0]);
+          if (owner.live && !(owner.node_id == node_id && owner.incarnation == incarnation)) {
+            w.commit();
+            return claim_result{false, std::move(owner)};
+          }
+        }
+        // Nobody else holds it live (never claimed, its owner left or expired, or it is ours):
+        // the claim was refused because our own lease is not live and active. Never answer a
+        // dead owner as if it served the tenant.
+        auto held = w.exec_params(
+          "SELECT EXISTS (SELECT 1 FROM nodes n WHERE n.id = $1 AND n.incarnation = $2 AND "
+          "n.status = 'active' AND n.lease_expires_at > " PARLEY_PG_NOW ")",
+          node_id, incarnation);
+        if (!held[0][0].as<bool>()) {
+          w.commit();
+          return store_error{persistence_errc::conflict,
+                             "node " + node_id + " incarnation " + std::to_string(incarnation) +
+                               " holds no live, active lease"};
+        }
       }
-      auto cur = w.exec_params(owner_select, tenant_id);
-      w.commit();
-      if (cur.empty())
-        return store_error{persistence_errc::conflict,
-                           "node " + node_id + " incarnation " + std::to_string(incarnation) +
-                             " holds no live, active lease"};
-      auto owner = read_owner(cur[0]);
-      if (owner.node_id == node_id && owner.incarnation == incarnation)
-        // Ours, but our own lease is no longer live or active.
-        return store_error{persistence_errc::conflict,
-                           "node " + node_id + " holds no live, active lease"};
-      return claim_result{false, std::move(owner)};
+      return store_error{persistence_errc::internal,
+                         "the claim of tenant " + tenant_id + " did not settle"};
     });
   }
 

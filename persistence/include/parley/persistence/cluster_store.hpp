@@ -74,7 +74,10 @@ public:
   virtual result<std::vector<node_record>> list_nodes() = 0;
   /// Claims `tenant_id` for this incarnation, which must hold a live, active lease. Succeeds
   /// when nobody owns the tenant, when we own it already (same epoch), or when its owner's
-  /// incarnation no longer holds a live lease (a new epoch). Otherwise answers the live owner.
+  /// incarnation no longer holds a live lease (a new epoch). Otherwise answers the live owner
+  /// (claimed = false) -- also to a claimer without a lease, since that owner serves the
+  /// tenant. conflict when the claimer holds no live, active lease and no other live
+  /// incarnation owns the tenant: a dead owner is never answered.
   virtual result<claim_result> claim_tenant(const std::string& tenant_id,
                                             const std::string& node_id,
                                             int64_t incarnation) = 0;
