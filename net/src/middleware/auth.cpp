@@ -141,6 +141,7 @@ private:
           p->tenant_slug = tenant->slug;
           p->config = tenants::parse_stored_config(tenant->config_json);
           p->config_json = tenants::to_json_text(p->config); // once per cache fill, not per request
+          p->config_version = tenant->updated_at;
         }
         return std::shared_ptr<const tenants::key_principal>(std::move(p));
       },

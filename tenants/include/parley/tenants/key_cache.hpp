@@ -22,6 +22,9 @@ struct key_principal {
   std::string tenant_slug;
   tenant_config config;
   std::string config_json; ///< `config` as stored JSON text (what chat requests carry)
+  /// The tenant row's updated_at when it was read: its config's version. Nodes read a tenant
+  /// at different times; its actor keeps the newest config any request brought.
+  int64_t config_version = 0;
 };
 
 /// A bounded in-memory LRU of key principals with a TTL: the hot path of authentication
