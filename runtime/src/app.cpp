@@ -15,6 +15,7 @@
 #include "parley/runtime/secrets.hpp"
 #include "batch_sink.hpp"
 #include "cluster_membership.hpp"
+#include "invalidation_listener.hpp"
 #include "io_scheduler.hpp"
 #include "wiring.hpp"
 #include "node_metrics.hpp"
@@ -195,9 +196,11 @@ struct app::impl {
   uint64_t trimmed_at = 0; ///< passivations counted at the last malloc_trim (io thread only)
   std::unique_ptr<net::asio::steady_timer> health_timer;
   std::unique_ptr<net::asio::steady_timer> flush_timer;
-  // Cluster (cluster.enabled): this node's identity, its membership loop, the lease watchdog.
+  // Cluster (cluster.enabled): this node's identity, its membership loop, the lease watchdog,
+  // and the listener that keeps the key cache true to changes made through other nodes.
   std::shared_ptr<actors::cluster_identity> identity;
   std::unique_ptr<cluster_membership> membership;
+  std::unique_ptr<invalidation_listener> invalidation;
   std::unique_ptr<net::asio::steady_timer> lease_timer;
   uint16_t cluster_port = 0;
 
@@ -595,6 +598,12 @@ struct app::impl {
       [manager] { caf::anon_send(manager, actors::fence_atom::value); });
     membership->join();
     membership->start();
+    // Other nodes revoke keys and change tenants too: their changes reach our key cache
+    // through a connection of its own (docs/cluster.md).
+    invalidation = std::make_unique<invalidation_listener>(
+      persistence::open_postgres_change_feed(settings.store), *keys, logger,
+      invalidation_listener::options{});
+    invalidation->start();
     log::event(logger, spdlog::level::info, "cluster listening")
       .str("node_id", identity->node_id())
       .str("advertise", advertise)
@@ -736,6 +745,8 @@ void app::stop() {
   // (the requests for them through other nodes stop failing).
   if (d.membership)
     d.membership->leave();
+  if (d.invalidation)
+    d.invalidation->stop();
   // The actors stop while the io threads still run (they may be where the actors run, and
   // the upstream calls that the tenants cancel end there); then the io threads stop.
   auto stop_actors = [&d] {
@@ -794,6 +805,7 @@ void app::stop() {
   d.health_timer.reset();
   d.lease_timer.reset();
   d.membership.reset();
+  d.invalidation.reset();
   d.metrics_server.reset();
   d.server.reset();
   d.api_pipeline.reset();

@@ -15,8 +15,7 @@ std::shared_ptr<const key_principal> key_cache::find(const std::string& key_id, 
   if (it == index_.end())
     return nullptr;
   if (now_ms - it->second->loaded_at >= ttl_ms_) {
-    lru_.erase(it->second);
-    index_.erase(it);
+    erase(it->second);
     return nullptr;
   }
   lru_.splice(lru_.begin(), lru_, it->second);
@@ -26,40 +25,79 @@ std::shared_ptr<const key_principal> key_cache::find(const std::string& key_id, 
 void key_cache::put(const std::string& key_id, std::shared_ptr<const key_principal> p,
                     int64_t now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(key_id);
-  if (it != index_.end()) {
-    it->second->principal = std::move(p);
-    it->second->loaded_at = now_ms;
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return;
-  }
-  lru_.push_front(entry{key_id, std::move(p), now_ms});
+  insert(key_id, std::move(p), now_ms);
+}
+
+bool key_cache::put_if_unchanged(const std::string& key_id,
+                                 std::shared_ptr<const key_principal> p, int64_t now_ms,
+                                 uint64_t read_at) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation_ != read_at)
+    return false;
+  insert(key_id, std::move(p), now_ms);
+  return true;
+}
+
+uint64_t key_cache::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
+void key_cache::insert(const std::string& key_id, std::shared_ptr<const key_principal> p,
+                       int64_t now_ms) {
+  // Replacing drops the old entry first: the key's tenant is the new principal's.
+  if (auto it = index_.find(key_id); it != index_.end())
+    erase(it->second);
+  std::string tenant_id = p && p->found ? p->key.tenant_id : std::string();
+  lru_.push_front(entry{key_id, tenant_id, std::move(p), now_ms});
   index_.emplace(key_id, lru_.begin());
-  while (lru_.size() > capacity_) {
-    index_.erase(lru_.back().key_id);
-    lru_.pop_back();
+  if (!tenant_id.empty())
+    by_tenant_[tenant_id].insert(key_id);
+  while (lru_.size() > capacity_)
+    erase(std::prev(lru_.end()));
+}
+
+void key_cache::erase(iterator it) {
+  if (!it->tenant_id.empty()) {
+    auto t = by_tenant_.find(it->tenant_id);
+    if (t != by_tenant_.end()) {
+      t->second.erase(it->key_id);
+      if (t->second.empty())
+        by_tenant_.erase(t);
+    }
   }
+  index_.erase(it->key_id);
+  lru_.erase(it);
 }
 
 void key_cache::invalidate_key(const std::string& key_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(key_id);
-  if (it == index_.end())
-    return;
-  lru_.erase(it->second);
-  index_.erase(it);
+  ++generation_;
+  if (auto it = index_.find(key_id); it != index_.end())
+    erase(it->second);
 }
 
 void key_cache::invalidate_tenant(const std::string& tenant_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = lru_.begin(); it != lru_.end();) {
-    if (it->principal && it->principal->found && it->principal->key.tenant_id == tenant_id) {
-      index_.erase(it->key_id);
-      it = lru_.erase(it);
-    } else {
-      ++it;
+  ++generation_;
+  auto t = by_tenant_.find(tenant_id);
+  if (t == by_tenant_.end())
+    return;
+  auto keys = std::move(t->second);
+  by_tenant_.erase(t);
+  for (auto& key_id : keys)
+    if (auto it = index_.find(key_id); it != index_.end()) {
+      it->second->tenant_id.clear(); // its tenant's set is gone already
+      erase(it->second);
     }
-  }
+}
+
+void key_cache::clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++generation_;
+  lru_.clear();
+  index_.clear();
+  by_tenant_.clear();
 }
 
 std::size_t key_cache::size() const {

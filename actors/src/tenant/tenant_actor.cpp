@@ -26,6 +26,7 @@ struct tenant_state {
   tenant_load_board* board = nullptr;
   std::string tenant_id;
   std::string config_json;
+  int64_t config_version = 0; ///< the tenant row's updated_at that config_json came with
   std::shared_ptr<const tenants::tenant_config> cfg = std::make_shared<tenants::tenant_config>();
   std::shared_ptr<const chat_services> svc;
   /// A live conversation actor, and how many turns we sent it (the passivation handshake).
@@ -88,8 +89,14 @@ struct tenant_state {
       load->store(in_flight, std::memory_order_relaxed);
   }
 
-  void update_config(const std::string& json) {
-    if (json.empty() || json == config_json)
+  /// Applies a config that requests bring (from their node's key cache) unless it is older
+  /// than ours: in a cluster, a node may still hold an old one for a moment after a change
+  /// (docs/cluster.md), and going back to it would also restart every changed limit.
+  void update_config(const std::string& json, int64_t version) {
+    if (json.empty() || version < config_version)
+      return;
+    config_version = version;
+    if (json == config_json)
       return;
     config_json = json;
     auto next = std::make_shared<tenants::tenant_config>(tenants::parse_stored_config(json));
@@ -451,11 +458,18 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
   });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
-    [=](config_atom, std::string config_json) { self->state.update_config(config_json); },
+    [=](config_atom, std::string config_json, int64_t version) {
+      self->state.update_config(config_json, version);
+    },
     [=](chat_atom, chat_request& req, turn_sink_actor relay)
       -> caf::result<turn_control_actor, rate_snapshot> {
       auto& st = self->state;
-      st.update_config(req.tenant_config);
+      st.update_config(req.tenant_config, req.tenant_config_version);
+      // The turn runs with the config admission uses (a conversation actor reads it here).
+      if (req.tenant_config_version < st.config_version) {
+        req.tenant_config = st.config_json;
+        req.tenant_config_version = st.config_version;
+      }
       auto rp = self->make_response_promise<turn_control_actor, rate_snapshot>();
       if (st.cfg->limits.tokens_per_day > 0 && st.budget_state != tenant_state::budget_phase::loaded) {
         // Today's spending is not known yet: admit once the usage table has answered.
@@ -485,9 +499,9 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       for (auto& w : waiting)
         answer(w.promise, admit(self, w.req, std::move(w.relay)));
     },
-    [=](limits_atom, const std::string& config_json) {
+    [=](limits_atom, const std::string& config_json, int64_t version) {
       auto& st = self->state;
-      st.update_config(config_json);
+      st.update_config(config_json, version);
       auto now = persistence::now_millis();
       return st.snapshot(st.requests.peek(now), st.tokens.peek(now));
     },

@@ -465,13 +465,14 @@ public:
         ex->ctx().route == "/v1/chat/completions")
       return filter_status::proceed;
     auto tenant_id = ex->ctx().tenant_id;
-    auto config = tenants::to_json_text(ex->ctx().principal->config);
+    auto config = ex->ctx().principal->config_json;
+    auto version = ex->ctx().principal->config_version;
     auto tenants = tenants_;
     // Parked until the tenant actor answers; the exchange resumes either way.
-    sys_.spawn([ex, tenants, tenant_id, config](caf::event_based_actor* self) {
+    sys_.spawn([ex, tenants, tenant_id, config, version](caf::event_based_actor* self) {
       auto resume = [ex](const caf::error&) { ex->resume(); };
       tenants->find(self, tenant_id, [=](actors::tenant_actor t) {
-        self->request(t, 5s, actors::limits_atom::value, config)
+        self->request(t, 5s, actors::limits_atom::value, config, version)
           .then([ex](const actors::rate_snapshot& snap) {
             add_rate_headers(*ex, snap);
             ex->resume();
@@ -517,6 +518,7 @@ void add_chat_routes(router& r, chat_deps d) {
     req.key_id = ctx.key_id;
     req.traceparent = ctx.traceparent();
     req.tenant_config = ctx.principal ? ctx.principal->config_json : "";
+    req.tenant_config_version = ctx.principal ? ctx.principal->config_version : 0;
     if (req.model.empty() && ctx.principal)
       req.model = ctx.principal->config.default_model;
     // The relay is the only bridge: it holds the exchange and answers through it.

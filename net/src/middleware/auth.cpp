@@ -116,9 +116,11 @@ private:
     // A client that keeps naming unknown keys gets no more store lookups this minute.
     if (throttled(ex, {}))
       return filter_status::stop;
-    // Cache miss: look the key and its tenant up on a persistence worker, then resume.
+    // Cache miss: look the key and its tenant up on a persistence worker, then resume. An
+    // invalidation that arrives while we read must win over what we read (key_cache.hpp).
     auto key_id = parsed->key_id;
     auto secret = parsed->secret;
+    auto generation = d_.keys.generation();
     store_call(
       ex, d_.executor,
       [this, key_id]() -> persistence::result<std::shared_ptr<const tenants::key_principal>> {
@@ -139,10 +141,11 @@ private:
           p->tenant_slug = tenant->slug;
           p->config = tenants::parse_stored_config(tenant->config_json);
           p->config_json = tenants::to_json_text(p->config); // once per cache fill, not per request
+          p->config_version = tenant->updated_at;
         }
         return std::shared_ptr<const tenants::key_principal>(std::move(p));
       },
-      [this, ex, key_id, secret, scope](
+      [this, ex, key_id, secret, scope, generation](
         persistence::result<std::shared_ptr<const tenants::key_principal>> r) {
         if (!r.ok()) {
           log::event(d_.logger, spdlog::level::err, "key lookup failed")
@@ -151,7 +154,7 @@ private:
           ex->respond_error(from_store(r.error()));
           return;
         }
-        d_.keys.put(key_id, r.value(), persistence::now_millis());
+        d_.keys.put_if_unchanged(key_id, r.value(), persistence::now_millis(), generation);
         if (decide(ex, r.value(), secret, scope))
           ex->resume();
       });

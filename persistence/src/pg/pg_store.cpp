@@ -3,6 +3,7 @@
 // parameterized statements only, libpq connection strings passed through untouched so that
 // multi-host strings with target_session_attrs=read-write survive a primary failover.
 #include "migrations.hpp"
+#include "parley/persistence/change_feed.hpp"
 #include "parley/persistence/ids.hpp"
 #include "parley/persistence/open.hpp"
 #include "pool.hpp"
@@ -218,11 +219,13 @@ public:
       pqxx::work w(c);
       auto r = w.exec_params(
         "UPDATE tenants SET slug = COALESCE($1, slug), name = COALESCE($2, name), "
-        "status = COALESCE($3, status), config = COALESCE($4::jsonb, config), updated_at = $5 "
+        "status = COALESCE($3, status), config = COALESCE($4::jsonb, config), "
+        "updated_at = GREATEST($5, updated_at + 1) "
         "WHERE id = $6 RETURNING id, slug, name, status, config::text, created_at, updated_at",
         u.slug, u.name, u.status, u.config_json, now_ms, id);
       if (r.empty())
         return store_error{persistence_errc::not_found, "tenant " + id};
+      notify_invalidate(w, "tenant", id);
       w.commit();
       return read_tenant(r[0]);
     });
@@ -271,13 +274,15 @@ public:
     return with<api_key_record>([&](pqxx::connection& c) -> result<api_key_record> {
       pqxx::work w(c);
       auto r = w.exec_params(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), updated_at = $1 "
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), "
+        "updated_at = GREATEST($1, updated_at + 1) "
         "WHERE id = $2 AND tenant_id = $3 RETURNING id, tenant_id, name, secret_hash, "
         "scopes::text, expires_at, revoked_at, previous_secret_hash, previous_valid_until, "
         "last_used_at, created_at, updated_at",
         now_ms, key_id, tenant_id);
       if (r.empty())
         return store_error{persistence_errc::not_found, "key " + key_id};
+      notify_invalidate(w, "key", key_id);
       w.commit();
       return read_key(r[0]);
     });
@@ -293,7 +298,7 @@ public:
       // The old hash moves to previous_secret_hash in the same statement (no read first).
       auto r = w.exec_params(
         "UPDATE api_keys SET previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, "
-        "previous_valid_until = $2, secret_hash = $3, updated_at = $4 "
+        "previous_valid_until = $2, secret_hash = $3, updated_at = GREATEST($4, updated_at + 1) "
         "WHERE id = $5 AND tenant_id = $6 RETURNING id, tenant_id, name, secret_hash, "
         "scopes::text, expires_at, revoked_at, previous_secret_hash, previous_valid_until, "
         "last_used_at, created_at, updated_at",
@@ -301,6 +306,7 @@ public:
         now_ms, key_id, tenant_id);
       if (r.empty())
         return store_error{persistence_errc::not_found, "key " + key_id};
+      notify_invalidate(w, "key", key_id);
       w.commit();
       return read_key(r[0]);
     });
@@ -729,6 +735,14 @@ public:
   }
 
 private:
+  /// Tells every node that cached rows of `kind` ("key" or "tenant") `id` changed: a NOTIFY
+  /// on the invalidation channel inside the writing transaction, so it is delivered if and
+  /// only if the change commits, and after it.
+  static void notify_invalidate(pqxx::work& w, const char* kind, const std::string& id) {
+    w.exec_params("SELECT pg_notify($1, $2)", std::string(invalidation_channel),
+                  std::string(kind) + ":" + id);
+  }
+
   template <class Tx>
   static std::unordered_set<int> applied_versions(Tx& tx) {
     std::unordered_set<int> out;

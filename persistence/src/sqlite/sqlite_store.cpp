@@ -344,8 +344,8 @@ public:
     return with<tenant_record>([&](connection& c) -> result<tenant_record> {
       transaction tx(c);
       stmt(c, "UPDATE tenants SET slug = COALESCE(?, slug), name = COALESCE(?, name), "
-              "status = COALESCE(?, status), config = COALESCE(?, config), updated_at = ? "
-              "WHERE id = ?")
+              "status = COALESCE(?, status), config = COALESCE(?, config), "
+              "updated_at = MAX(?, updated_at + 1) WHERE id = ?")
         .bind(u.slug).bind(u.name).bind(u.status).bind(u.config_json).bind(now_ms).bind(id)
         .run();
       if (c.changes() == 0)
@@ -397,7 +397,8 @@ public:
                                     millis now_ms) override {
     return with<api_key_record>([&](connection& c) -> result<api_key_record> {
       transaction tx(c);
-      stmt(c, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?), updated_at = ? "
+      stmt(c, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?), "
+              "updated_at = MAX(?, updated_at + 1) "
               "WHERE id = ? AND tenant_id = ?")
         .bind(now_ms).bind(now_ms).bind(key_id).bind(tenant_id)
         .run();
@@ -425,7 +426,7 @@ public:
         previous_valid_until.reset();
       }
       stmt(c, "UPDATE api_keys SET previous_secret_hash = ?, previous_valid_until = ?, "
-              "secret_hash = ?, updated_at = ? WHERE id = ? AND tenant_id = ?")
+              "secret_hash = ?, updated_at = MAX(?, updated_at + 1) WHERE id = ? AND tenant_id = ?")
         .bind(prev_hash).bind(previous_valid_until).bind(new_secret_hash).bind(now_ms)
         .bind(key_id).bind(tenant_id)
         .run();

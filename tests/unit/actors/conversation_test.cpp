@@ -1247,3 +1247,36 @@ TEST_CASE("a turn whose request id is already in flight at its tenant is refused
   REQUIRE(f.run_until([&] { return again->finished() && f.in_flight() == 0; }));
   CHECK(again->done);
 }
+
+TEST_CASE("a tenant actor keeps the newest config version when a request brings an older one",
+          "[actors][unit]") {
+  conversation_fixture f;
+  // Nodes read the tenant at different times: limits at version 5, then a request from a node
+  // whose cache still holds version 4, then version 6 with the config of version 4 again.
+  auto limits = [&](const std::string& config, int64_t version) {
+    caf::scoped_actor self{*f.sys};
+    self->send(f.tenant, limits_atom::value, config, version);
+    f.sched->run();
+    int64_t limit = -1;
+    self->receive([&](const rate_snapshot& s) { limit = s.limit_requests; },
+                  [&](caf::error& e) { FAIL(f.sys->render(e)); });
+    return limit;
+  };
+  const std::string v4 = R"({"limits":{"requests_per_minute":40}})";
+  const std::string v5 = R"({"limits":{"requests_per_minute":50}})";
+  CHECK(limits(v4, 4) == 40);
+  CHECK(limits(v5, 5) == 50);
+  CHECK(limits(v4, 4) == 50);  // older: ignored
+  CHECK(limits("", 9) == 50);  // no config: nothing to apply
+  CHECK(limits(v4, 6) == 40);  // newer, whatever it says
+  CHECK(limits(v5, 5) == 40);
+
+  // A turn whose request brings an older config (version 0 here) leaves the actor's alone.
+  f.tenant_config = v5;
+  auto c = f.client("hello");
+  REQUIRE(f.run_until([&] { return f.provider->count() == 1; }));
+  CHECK(limits(v5, 5) == 40);
+  f.provider->at(0)->answer({"hi"});
+  REQUIRE(f.run_until([&] { return c->finished() && f.in_flight() == 0; }));
+  CHECK(c->done);
+}

@@ -83,6 +83,9 @@ void contract(store& s) {
     CHECK(up->slug == "acme");
     CHECK(up->updated_at == 2000);
     CHECK(up->config_json.find("\"b\"") != std::string::npos);
+    // Every change moves updated_at forward, also from a writer whose clock is behind.
+    CHECK(REQUIRE_OK(s.update_tenant(a->id, u, 1500))->updated_at == 2001);
+    CHECK(REQUIRE_OK(s.update_tenant(a->id, u, 2001))->updated_at == 2002);
     CHECK(s.update_tenant("ten_nope", u, 2000).code() == persistence_errc::not_found);
 
     auto b = REQUIRE_OK(s.create_tenant(tenant("beta")));
@@ -158,8 +161,13 @@ void contract(store& s) {
 
     auto rev = REQUIRE_OK(s.revoke_key(t->id, k.id, 7000));
     CHECK(rev->revoked_at == std::optional<int64_t>(7000));
+    CHECK(rev->updated_at == 7000);
     auto rev2 = REQUIRE_OK(s.revoke_key(t->id, k.id, 8000));
     CHECK(rev2->revoked_at == std::optional<int64_t>(7000));
+    CHECK(rev2->updated_at == 8000);
+    // A writer whose clock is behind still moves updated_at forward.
+    CHECK(REQUIRE_OK(s.revoke_key(t->id, k.id, 7500))->updated_at == 8001);
+    CHECK(REQUIRE_OK(s.rotate_key(t->id, k.id, "h3", std::nullopt, 7500))->updated_at == 8002);
 
     REQUIRE(s.touch_keys({{k.id, 100}, {k.id + "x", 5}}).ok());
     REQUIRE(s.touch_keys({{k.id, 50}}).ok());

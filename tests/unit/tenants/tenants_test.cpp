@@ -127,6 +127,51 @@ TEST_CASE("the key cache expires entries, evicts the least recently used and inv
   CHECK_FALSE(cache.find("d", 1));
 }
 
+TEST_CASE("the key cache drops exactly a tenant's keys and refuses a fill that raced with an "
+          "invalidation", "[tenants][unit]") {
+  key_cache cache(10, 1000);
+  auto make = [](const std::string& tenant) {
+    auto p = std::make_shared<key_principal>();
+    p->found = !tenant.empty();
+    p->key.tenant_id = tenant;
+    return std::shared_ptr<const key_principal>(p);
+  };
+  cache.put("a1", make("ta"), 0);
+  cache.put("a2", make("ta"), 0);
+  cache.put("b1", make("tb"), 0);
+  cache.put("unknown", make(""), 0); // a key id the store does not know
+  // A key that moves to another principal is filed under its new tenant only.
+  cache.put("a2", make("tb"), 0);
+  cache.invalidate_tenant("ta");
+  CHECK_FALSE(cache.find("a1", 1));
+  CHECK(cache.find("a2", 1));
+  CHECK(cache.find("b1", 1));
+  CHECK(cache.find("unknown", 1));
+  cache.invalidate_tenant("tb");
+  CHECK(cache.size() == 1);
+  cache.invalidate_tenant("nobody");
+  CHECK(cache.size() == 1);
+
+  // A filler read the store before an invalidation and inserts after it: refused, so the
+  // old row is not served for a TTL. Any invalidation counts, of cached entries or not.
+  auto before = cache.generation();
+  cache.invalidate_key("not-cached");
+  CHECK_FALSE(cache.put_if_unchanged("k", make("ta"), 2, before));
+  CHECK_FALSE(cache.find("k", 3));
+  auto now = cache.generation();
+  CHECK(cache.put_if_unchanged("k", make("ta"), 2, now));
+  CHECK(cache.find("k", 3));
+  cache.clear();
+  CHECK(cache.size() == 0);
+  CHECK_FALSE(cache.put_if_unchanged("k", make("ta"), 2, now));
+  // Evicted entries leave nothing behind in the tenant index.
+  key_cache small(1, 1000);
+  small.put("x", make("tx"), 0);
+  small.put("y", make("ty"), 0);
+  small.invalidate_tenant("tx");
+  CHECK(small.find("y", 1));
+}
+
 TEST_CASE("the failure throttle blocks a client and key over its budget for the minute",
           "[tenants][unit]") {
   failure_throttle t(3);

@@ -71,6 +71,9 @@ struct chat_request {
   /// prediction, ...): estimated from extra_json, counted at admission.
   int64_t extra_tokens = 0;
   std::string tenant_config;    ///< the tenant's config (JSON text) as authentication saw it
+  /// Its version (the tenant row's updated_at): the tenant actor ignores a config older than
+  /// one it has applied, and sets both fields to its own before the turn starts.
+  int64_t tenant_config_version = 0;
   /// Set by the tenant actor at admission: the most completion tokens this call may produce
   /// within the tenant's daily budget (0 = no cap). The stream is cut off there.
   int64_t completion_cap = 0;
@@ -85,7 +88,8 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_request& x) {
   return f(caf::meta::type_name("chat_request"), x.request_id, x.tenant_id, x.key_id, x.model,
            x.messages, x.stream, x.include_usage, x.max_tokens, x.conversation_id, x.extra_json,
-           x.extra_tokens, x.tenant_config, x.completion_cap, x.cache_mode, x.cache_key, x.traceparent);
+           x.extra_tokens, x.tenant_config, x.tenant_config_version, x.completion_cap,
+           x.cache_mode, x.cache_key, x.traceparent);
 }
 
 /// The end of a completion.

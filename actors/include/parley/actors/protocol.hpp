@@ -126,8 +126,8 @@ using conversation_actor = caf::typed_actor<
 using tenant_actor = caf::typed_actor<
   /// The tenant id this actor owns.
   caf::replies_to<caf::get_atom>::with<std::string>,
-  /// Replaces the tenant's config (JSON text) after an admin change.
-  caf::reacts_to<config_atom, std::string>,
+  /// Replaces the tenant's config (JSON text, version) unless it holds a newer one.
+  caf::reacts_to<config_atom, std::string, int64_t>,
   /// Admits a completion (model, limits, budget, cache). Answers with the producer to cancel
   /// when the client goes away and the tenant's rate-limit state; or refuses with an error
   /// whose code is a chat_error_kind and whose context is (chat_failure, rate_snapshot). The
@@ -135,8 +135,9 @@ using tenant_actor = caf::typed_actor<
   caf::replies_to<chat_atom, chat_request, turn_sink_actor>::with<turn_control_actor, rate_snapshot>,
   /// Today's spent tokens (day start, tokens; -1 = the store could not say), from the loader.
   caf::reacts_to<budget_atom, int64_t, int64_t>,
-  /// The current rate-limit state (after applying the given config JSON), taking nothing.
-  caf::replies_to<limits_atom, std::string>::with<rate_snapshot>,
+  /// The current rate-limit state (after applying the given config JSON and version, unless
+  /// the actor holds a newer one), taking nothing.
+  caf::replies_to<limits_atom, std::string, int64_t>::with<rate_snapshot>,
   /// Empties the response cache; answers the number of entries dropped.
   caf::replies_to<flush_atom>::with<int64_t>,
   /// A conversation was deleted: stop its actor. Its unended turns fail with not_found.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "parley/config/settings.hpp"
+#include "parley/persistence/change_feed.hpp"
 #include "parley/persistence/store.hpp"
 
 #include <memory>
@@ -20,6 +21,10 @@ std::unique_ptr<store> open_sqlite_store(const std::string& path,
 /// connections, opened lazily, broken ones replaced, statement_timeout applied per
 /// connection. Never throws for an unreachable server: calls then fail with unavailable.
 std::unique_ptr<store> open_postgres_store(const config::store_settings& s);
+
+/// A change feed on `s.postgres_dsn` (change_feed.hpp), closed: its owner open()s it. Its
+/// connection is its own, outside the store's pool, with the store's statement_timeout.
+std::unique_ptr<change_feed> open_postgres_change_feed(const config::store_settings& s);
 
 /// Removes a password from a DSN or URI so it can be logged ("password=***").
 std::string redact_dsn(const std::string& dsn);

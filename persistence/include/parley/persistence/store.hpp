@@ -30,7 +30,11 @@ public:
   /// Tenants ordered by id; deleted ones only when include_deleted.
   virtual result<page<tenant_record>> list_tenants(const page_request& p,
                                                    bool include_deleted) = 0;
-  /// Applies the set fields and bumps updated_at to now_ms. conflict on a taken slug.
+  /// Applies the set fields and moves updated_at forward: to now_ms, or one past its value
+  /// when that is not earlier (every change moves it, whatever the writer's clock says; the
+  /// tenant's config version and the cluster's fallback invalidation rely on it). PostgreSQL
+  /// announces the committed change on the invalidation channel (change_feed.hpp). conflict
+  /// on a taken slug.
   virtual result<tenant_record> update_tenant(const std::string& id, const tenant_update& u,
                                               millis now_ms) = 0;
 };
@@ -45,7 +49,9 @@ public:
   /// Keys of one tenant, ordered by id, revoked ones included.
   virtual result<page<api_key_record>> list_keys(const std::string& tenant_id,
                                                  const page_request& p) = 0;
-  /// Sets revoked_at = now_ms (idempotent: a revoked key keeps its first revoked_at).
+  /// Sets revoked_at = now_ms (idempotent: a revoked key keeps its first revoked_at). This
+  /// and rotate_key move updated_at forward as update_tenant does, and PostgreSQL announces
+  /// the committed change on the invalidation channel.
   virtual result<api_key_record> revoke_key(const std::string& tenant_id,
                                             const std::string& key_id, millis now_ms) = 0;
   /// Replaces secret_hash; the old hash stays valid until previous_valid_until
