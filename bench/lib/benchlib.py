@@ -3,11 +3,16 @@
 
   benchlib.py ports N                      N free loopback TCP ports, one per line
   benchlib.py provision ...                tenants + API keys through parley's admin API
+                                           (--keys-out FILE, --ids-out FILE: one a line)
   benchlib.py add FILE k=v... < JSON       append one result record (JSON from stdin + k=v)
   benchlib.py report --in FILE --out DIR   results.json, results.md, chart.png (gnuplot); the
                                            profile section links profile.svg (lib/flamegraph.py)
-  benchlib.py cost PID...                  CPU seconds and context switches of the processes
-                                           and all their descendants and threads (JSON)
+  benchlib.py cost PID... [--db PID...] [--by-thread]
+                                           CPU seconds and context switches of the processes
+                                           and all their descendants and threads (JSON); those
+                                           of --db apart (db_cpu_s, db_cs); per thread name
+  benchlib.py cost-delta WRK BEFORE AFTER  the wrk JSON line with the costs between two `cost`
+                                           answers merged in
 """
 import argparse
 import concurrent.futures
@@ -71,8 +76,66 @@ def cost(pids):
     return {"cpu_s": cpu, "cs": cs}
 
 
+def by_thread(pids):
+    """CPU seconds and context switches of the live threads of the processes and their
+    descendants, summed per thread name (comm: CAF names its threads caf.multiplexer,
+    caf.clock, ...; parley's own threads keep the process's name)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for root in pids:
+        for p in _tree(int(root)):
+            try:
+                tasks = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue
+            for t in tasks:
+                try:
+                    with open(f"/proc/{p}/task/{t}/stat") as f:
+                        head, _, rest = f.read().rpartition(")")
+                    fields = rest.split()
+                    name = head.split("(", 1)[1]
+                    cs = 0
+                    with open(f"/proc/{p}/task/{t}/status") as f:
+                        for line in f:
+                            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                                cs += int(line.split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                e = out.setdefault(name, {"threads": 0, "cpu_s": 0.0, "cs": 0})
+                e["threads"] += 1
+                e["cpu_s"] += (int(fields[11]) + int(fields[12])) / tick
+                e["cs"] += cs
+    return out
+
+
 def cmd_cost(a):
-    print(json.dumps(cost(a.pids)))
+    out = cost(a.pids)
+    if a.db:
+        d = cost(a.db)
+        out.update(db_cpu_s=d["cpu_s"], db_cs=d["cs"])
+    if a.by_thread:
+        out["by_thread"] = by_thread(a.pids)
+    print(json.dumps(out))
+
+
+def cmd_cost_delta(a):
+    """The wrk line (JSON) with the difference of two `cost` answers merged in: cpu_s, cs, the
+    db_ pair, and by_thread per thread name."""
+    try:
+        rec = json.loads(a.wrk)
+    except json.JSONDecodeError:
+        rec = {"requests": 0, "raw_output": a.wrk[-2000:]}
+    x, y = json.loads(a.before), json.loads(a.after)
+    for k, v in y.items():
+        if isinstance(v, (int, float)) and k in x:
+            rec[k] = round(v - x[k], 3) if isinstance(v, float) else v - x[k]
+    if "by_thread" in y:
+        bx = x.get("by_thread") or {}
+        rec["by_thread"] = {n: {"threads": e["threads"],
+                                "cpu_s": round(e["cpu_s"] - (bx.get(n) or {}).get("cpu_s", 0), 3),
+                                "cs": e["cs"] - (bx.get(n) or {}).get("cs", 0)}
+                            for n, e in y["by_thread"].items()}
+    print(json.dumps(rec))
 
 
 # ---- provisioning ------------------------------------------------------------------------------
@@ -115,12 +178,15 @@ def cmd_provision(a):
         t = _post(a.port, a.admin_key, "/admin/v1/tenants",
                   {"slug": f"{a.prefix}-{i}", "name": f"Bench {a.prefix} {i}", "config": cfg})
         k = _post(a.port, a.admin_key, f"/admin/v1/tenants/{t['id']}/keys", {"name": "bench"})
-        return k["key"]
+        return t["id"], k["key"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=a.threads) as ex:
-        keys = list(ex.map(one, range(a.tenants)))
+        made = list(ex.map(one, range(a.tenants)))
     with open(a.keys_out, "w") as f:
-        f.write("\n".join(keys) + "\n")
+        f.write("\n".join(k for _, k in made) + "\n")
+    if a.ids_out:
+        with open(a.ids_out, "w") as f:
+            f.write("\n".join(i for i, _ in made) + "\n")
     print(json.dumps({"tenants": a.tenants, "seconds": round(time.monotonic() - t0, 3)}))
 
 
@@ -237,6 +303,7 @@ def build(records, meta_extra):
     meta["notes"] = [r.get("text", "") for r in records if r.get("phase") == "note"]
     meta["machine"] = _machine()
     out = {"meta": meta, "throughput": [], "rate": [], "streams": [], "footprint": {}, "problems": []}
+    # (the cluster phase adds out["cluster"]: setup, rows, hop, rate)
 
     # throughput (wrk)
     tp = [r for r in records if r.get("phase") == "throughput"]
@@ -375,11 +442,110 @@ def build(records, meta_extra):
         out["profile"] = {k: prof.get(k) for k in ("svg", "seconds", "frequency_hz", "conc", "samples", "kinds",
                                                     "threads", "top_self", "top_inclusive", "wrk")}
 
+    cl = _cluster(records, out["problems"])
+    if cl:
+        out["cluster"] = cl
+
     for r in records:
         if r.get("phase") == "problem":
             out["problems"].append(r.get("text", ""))
     out["targets"] = _targets(out)
     return out
+
+
+CLUSTER_ORDER = ["direct", "owner", "remote", "round_robin"]
+CLUSTER_NAMES = {"direct": "upstream direct (nginx)", "owner": "owner node (local admission)",
+                 "remote": "non-owner node (remote admission)", "round_robin": "round robin over the 3 nodes"}
+
+
+def _cluster(records, problems):
+    """The cluster phase: wrk rows per target and concurrency (added latency vs the upstream
+    direct), the remote hop (non-owner minus owner at the same concurrency), round robin vs the
+    owner, and the open-loop rows."""
+    wrk = [r for r in records if r.get("phase") == "cluster"]
+    rate = [r for r in records if r.get("phase") == "cluster_rate"]
+    setup = next((r for r in records if r.get("phase") == "cluster_setup"), None)
+    if not wrk and not rate and not setup:
+        return None
+    rows = []
+    direct = {r["conc"]: r for r in wrk if r.get("target") == "direct"}
+    for r in wrk:
+        n = r.get("requests") or 0
+        row = {"target": r["target"], "conc": r["conc"], "threads": r.get("threads"), "requests": n,
+               "rps": r.get("rps"), "p50_ms": _ms(r.get("p50_us")), "p90_ms": _ms(r.get("p90_us")),
+               "p99_ms": _ms(r.get("p99_us")), "max_ms": _ms(r.get("max_us")),
+               "errors": sum((r.get("errors") or {}).values()) if isinstance(r.get("errors"), dict) else None}
+        if n and r.get("cpu_s") is not None:
+            row["cpu_us_per_req"] = r["cpu_s"] * 1e6 / n
+            row["cs_per_req"] = r["cs"] / n
+        if n and r.get("db_cpu_s") is not None:
+            row["db_cpu_us_per_req"] = r["db_cpu_s"] * 1e6 / n
+        if n and isinstance(r.get("by_thread"), dict):
+            row["by_thread"] = {name: {"threads": e.get("threads"), "cpu_us_per_req": e["cpu_s"] * 1e6 / n,
+                                       "cs_per_req": e["cs"] / n}
+                                for name, e in r["by_thread"].items()}
+        d = direct.get(r["conc"])
+        if d and r["target"] != "direct" and row["p50_ms"] is not None and d.get("p50_us") is not None:
+            row["added_p50_ms"] = row["p50_ms"] - _ms(d["p50_us"])
+            row["added_p99_ms"] = row["p99_ms"] - _ms(d["p99_us"])
+        rows.append(row)
+        if not n:
+            problems.append(f"cluster: {r['target']} at concurrency {r['conc']} served 0 requests")
+        elif row["errors"]:
+            problems.append(f"cluster: {r['target']} at concurrency {r['conc']}: {row['errors']} errors ({r.get('errors')})")
+    rows.sort(key=lambda x: (x["conc"] if x["target"] != "round_robin" else x["conc"] - 0.5,
+                             CLUSTER_ORDER.index(x["target"]) if x["target"] in CLUSTER_ORDER else 9))
+    by = {(r["target"], r["conc"]): r for r in rows}
+    hop = []
+    for conc in sorted({r["conc"] for r in rows if r["target"] == "owner"}):
+        o, m = by.get(("owner", conc)), by.get(("remote", conc))
+        if not o or not m or not o.get("requests") or not m.get("requests"):
+            continue
+        h = {"conc": conc, "owner_p50_ms": o["p50_ms"], "remote_p50_ms": m["p50_ms"],
+             "owner_p99_ms": o["p99_ms"], "remote_p99_ms": m["p99_ms"],
+             "added_p50_ms": m["p50_ms"] - o["p50_ms"], "added_p99_ms": m["p99_ms"] - o["p99_ms"],
+             "rps_remote_over_owner": (m["rps"] / o["rps"]) if o.get("rps") else None}
+        if o.get("cpu_us_per_req") is not None and m.get("cpu_us_per_req") is not None:
+            h["added_cpu_us_per_req"] = m["cpu_us_per_req"] - o["cpu_us_per_req"]
+            h["added_cs_per_req"] = m["cs_per_req"] - o["cs_per_req"]
+        if o.get("by_thread") and m.get("by_thread"):
+            names = sorted(set(o["by_thread"]) | set(m["by_thread"]))
+            z = {"threads": None, "cpu_us_per_req": 0.0, "cs_per_req": 0.0}
+            h["by_thread"] = [{"name": nm, "threads": (m["by_thread"].get(nm) or o["by_thread"].get(nm))["threads"],
+                               "owner_cpu_us": (o["by_thread"].get(nm) or z)["cpu_us_per_req"],
+                               "remote_cpu_us": (m["by_thread"].get(nm) or z)["cpu_us_per_req"],
+                               "owner_cs": (o["by_thread"].get(nm) or z)["cs_per_req"],
+                               "remote_cs": (m["by_thread"].get(nm) or z)["cs_per_req"]} for nm in names]
+        # round robin with 3 wrk threads, at the multiple of 3 at or above this concurrency
+        # (compared only when that is close to it: not 3 for 1)
+        rr = by.get(("round_robin", (conc + 2) // 3 * 3))
+        if rr and rr.get("rps") and o.get("rps") and rr["conc"] <= conc * 1.15:
+            h["rr_conc"] = rr["conc"]
+            h["rps_rr_over_owner"] = rr["rps"] / o["rps"]
+        hop.append(h)
+    rrows = []
+    rdirect = next((r for r in rate if r.get("target") == "direct"), None)
+    rowner = next((r for r in rate if r.get("target") == "owner"), None)
+    for r in rate:
+        lat = r.get("latency_ms") or {}
+        row = {"target": r["target"], "target_rps": r.get("target_rps"), "achieved_rps": r.get("achieved_rps"),
+               "ok": r.get("ok"), "errors": r.get("errors"), "connections": r.get("connections"),
+               "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"), "max_ms": lat.get("max")}
+        for base, name in ((rdirect, "direct"), (rowner, "owner")):
+            bl = (base or {}).get("latency_ms") or {}
+            if name == "owner" and r["target"] in ("direct", "owner"):
+                continue
+            if base is not None and r is not base and lat.get("p99") is not None and bl.get("p99") is not None:
+                row[f"added_p50_vs_{name}_ms"] = lat["p50"] - bl["p50"]
+                row[f"added_p99_vs_{name}_ms"] = lat["p99"] - bl["p99"]
+        rrows.append(row)
+        if not r.get("ok"):
+            problems.append(f"cluster: open loop, {r['target']} answered no request ({r.get('error_kinds')}, {r.get('last_error', '')})")
+        elif r.get("errors"):
+            problems.append(f"cluster: open loop, {r['target']}: {r['errors']} of {r.get('planned')} failed ({r.get('error_kinds')})")
+    rrows.sort(key=lambda x: CLUSTER_ORDER.index(x["target"]) if x["target"] in CLUSTER_ORDER else 9)
+    st = {k: v for k, v in (setup or {}).items() if k != "phase"}
+    return {"setup": st, "rows": rows, "hop": hop, "rate": rrows}
 
 
 def _targets(o):
@@ -422,6 +588,19 @@ def _targets(o):
         if s.get("added_ttft_p99_ms") is not None:
             rows.append({"target": f"{s['requested']:,} concurrent streams: added TTFT p99", "goal": "<= 5 ms",
                          "measured": f"{s['added_ttft_p99_ms']:.2f} ms", "met": s["added_ttft_p99_ms"] <= 5})
+    cl = o.get("cluster") or {}
+    h1 = next((h for h in cl.get("hop", []) if h["conc"] == 1), None)
+    if h1:
+        rows.append({"target": "cluster: remote admission hop, added p99 at concurrency 1 (non-owner minus owner node)",
+                     "goal": "<= 0.3 ms",
+                     "measured": f"{h1['added_p99_ms']:.2f} ms (p99 {h1['remote_p99_ms']:.2f} vs {h1['owner_p99_ms']:.2f}; added p50 {h1['added_p50_ms']:.2f} ms)",
+                     "met": h1["added_p99_ms"] <= 0.3})
+    rr = next((r for r in cl.get("rate", []) if r["target"] == "remote" and r.get("added_p99_vs_owner_ms") is not None), None)
+    if rr:
+        rows.append({"target": f"cluster: remote admission hop, added p99 at {rr['target_rps']:.0f} RPS (open loop, non-owner minus owner)",
+                     "goal": "<= 0.3 ms",
+                     "measured": f"{rr['added_p99_vs_owner_ms']:.2f} ms (p99 {rr['p99_ms']:.2f} vs {rr['p99_ms'] - rr['added_p99_vs_owner_ms']:.2f}; added p50 {rr['added_p50_vs_owner_ms']:.2f} ms; {rr.get('errors') or 0} errors)",
+                     "met": rr["added_p99_vs_owner_ms"] <= 0.3 and not rr.get("errors")})
     f = o["footprint"]
     if f.get("kib_per_conversation") is not None:
         v = f["kib_per_conversation"]
@@ -545,6 +724,8 @@ def _md(o):
         for k, v in rows:
             L.append(f"| {k} | {v} |")
         L.append("")
+    if o.get("cluster"):
+        _md_cluster(L, o["cluster"], m)
     if o["problems"]:
         L.append("### Problems seen in this run")
         L.append("")
@@ -555,6 +736,65 @@ def _md(o):
         L.append(f"![requests/s by concurrency]({m['chart']})")
         L.append("")
     return "\n".join(L)
+
+
+def _md_cluster(L, c, m):
+    st = c.get("setup") or {}
+    L.append("### Cluster: local vs remote admission (3 nodes, one PostgreSQL)")
+    L.append("")
+    if st:
+        L.append(f"One tenant, owned by **{st.get('owner', '?')}** (epoch {st.get('epoch', '?')}) for the whole phase; "
+                 f"the remote hop goes through **{st.get('remote', '?')}**, which authenticates the request, sends the "
+                 f"admission to the owner's tenant actor over CAF's middleman and streams the turn's deltas back. "
+                 f"Round robin: 3 wrk threads, one per node (a third of the requests local, two thirds remote). "
+                 f"Start-up (PostgreSQL, 3 nodes, membership, tenant, first requests): {_f(st['setup_ms'] / 1000, 1) if isinstance(st.get('setup_ms'), int) else '?'} s.")
+        L.append("")
+    if c.get("rows"):
+        _table(L, f"wrk, closed loop, {m.get('duration_s', '?')} s per run (CPU and context switches: the three nodes together; PostgreSQL apart):",
+               ["concurrency", "target", "requests/s", "p50 ms", "p90 ms", "p99 ms", "added p50 ms", "added p99 ms",
+                "errors", "CPU us/request", "PostgreSQL CPU us/request", "context switches/request"],
+               ["---:", "---"] + ["---:"] * 10,
+               [[str(r["conc"]), CLUSTER_NAMES.get(r["target"], r["target"]), _f(r["rps"], 0), _f(r["p50_ms"], 3),
+                 _f(r["p90_ms"], 3), _f(r["p99_ms"], 3), _f(r.get("added_p50_ms"), 3), _f(r.get("added_p99_ms"), 3),
+                 _f(r["errors"]), _f(r.get("cpu_us_per_req"), 1), _f(r.get("db_cpu_us_per_req"), 1),
+                 _f(r.get("cs_per_req"), 2)]
+                for r in c["rows"]])
+    if c.get("hop"):
+        def x(v, d=2):
+            return "-" if v is None else f"{v:.{d}f}x"
+        _table(L, "The remote hop: the non-owner node minus the owner node at the same concurrency (same run):",
+               ["concurrency", "p50 owner / non-owner ms", "added p50 ms", "p99 owner / non-owner ms", "added p99 ms",
+                "requests/s, non-owner / owner", "added CPU us/request", "added context switches/request",
+                "requests/s, round robin / owner"],
+               ["---:"] + ["---:"] * 8,
+               [[str(h["conc"]), f"{_f(h['owner_p50_ms'], 3)} / {_f(h['remote_p50_ms'], 3)}", _f(h["added_p50_ms"], 3),
+                 f"{_f(h['owner_p99_ms'], 3)} / {_f(h['remote_p99_ms'], 3)}", _f(h["added_p99_ms"], 3),
+                 x(h.get("rps_remote_over_owner")), _f(h.get("added_cpu_us_per_req"), 1), _f(h.get("added_cs_per_req"), 2),
+                 (x(h.get("rps_rr_over_owner")) + f" (c={h['rr_conc']})") if h.get("rps_rr_over_owner") is not None else "-"]
+                for h in c["hop"]])
+    hops = [h for h in c.get("hop", []) if h.get("by_thread")]
+    for h in ([hops[0], hops[-1]] if len(hops) > 1 else hops):
+        _table(L, f"Where the hop's work runs at concurrency {h['conc']}: per request, the three nodes' threads summed by "
+                  f"thread name (CAF names its own; parley's io threads, persistence workers and main thread are all `parley`):",
+               ["thread name (threads)", "CPU us/request, owner / non-owner", "added CPU us/request",
+                "context switches/request, owner / non-owner", "added context switches/request"],
+               ["---", "---:", "---:", "---:", "---:"],
+               [[f"`{t['name']}` ({t['threads']})", f"{_f(t['owner_cpu_us'], 1)} / {_f(t['remote_cpu_us'], 1)}",
+                 _f(t["remote_cpu_us"] - t["owner_cpu_us"], 1), f"{_f(t['owner_cs'], 2)} / {_f(t['remote_cs'], 2)}",
+                 _f(t["remote_cs"] - t["owner_cs"], 2)]
+                for t in sorted(h["by_thread"], key=lambda t: -(t["remote_cs"] + t["owner_cs"]))
+                if t["owner_cs"] >= 0.01 or t["remote_cs"] >= 0.01 or t["remote_cpu_us"] >= 1 or t["owner_cpu_us"] >= 1])
+    if c.get("rate"):
+        r0 = c["rate"][0]
+        _table(L, f"Open loop at a constant {r0['target_rps']:.0f} requests/s (parley_stream_load rate):",
+               ["target", "achieved/s", "ok", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                "added p50 ms (vs direct)", "added p99 ms (vs direct)", "added p50 ms (vs owner)", "added p99 ms (vs owner)"],
+               ["---"] + ["---:"] * 11,
+               [[CLUSTER_NAMES.get(r["target"], r["target"]), _f(r["achieved_rps"], 0), _f(r["ok"]), _f(r["errors"]),
+                 _f(r["p50_ms"], 3), _f(r["p90_ms"], 3), _f(r["p99_ms"], 3), _f(r["max_ms"], 3),
+                 _f(r.get("added_p50_vs_direct_ms"), 3), _f(r.get("added_p99_vs_direct_ms"), 3),
+                 _f(r.get("added_p50_vs_owner_ms"), 3), _f(r.get("added_p99_vs_owner_ms"), 3)]
+                for r in c["rate"]])
 
 
 def _chart(o, out_dir):
@@ -676,6 +916,7 @@ def main():
     s.add_argument("--prefix", default="bench")
     s.add_argument("--config", default="{}")
     s.add_argument("--keys-out", required=True)
+    s.add_argument("--ids-out", help="the tenant ids, one a line, in the order of the keys")
     s.add_argument("--threads", type=int, default=4)
     s.set_defaults(fn=cmd_provision)
     s = sub.add_parser("add")
@@ -684,7 +925,14 @@ def main():
     s.set_defaults(fn=cmd_add)
     s = sub.add_parser("cost")
     s.add_argument("pids", nargs="+")
+    s.add_argument("--db", nargs="+", help="more processes, counted apart as db_cpu_s and db_cs")
+    s.add_argument("--by-thread", action="store_true", help="also per thread name (by_thread)")
     s.set_defaults(fn=cmd_cost)
+    s = sub.add_parser("cost-delta")
+    s.add_argument("wrk")
+    s.add_argument("before")
+    s.add_argument("after")
+    s.set_defaults(fn=cmd_cost_delta)
     s = sub.add_parser("report")
     s.add_argument("--in", dest="infile", required=True)
     s.add_argument("--out", required=True)

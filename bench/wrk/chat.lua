@@ -2,10 +2,29 @@
 -- per request and, when done, prints one machine-readable line:
 --   WRK_JSON {"requests":..,"rps":..,"p50_us":..,"p90_us":..,"p99_us":..,...}
 -- Environment: BENCH_MODEL (default "bench"), BENCH_KEY (sent as "Authorization: Bearer"),
--- BENCH_HEADERS (extra headers, "Name: value|Name: value").
+-- BENCH_HEADERS (extra headers, "Name: value|Name: value"), BENCH_ADDRS ("host:port,host:port,...":
+-- wrk's threads are spread over these servers round robin, thread i -> server i mod n, each
+-- thread's connections to its server; the URL's host is still the Host header).
 local model = os.getenv("BENCH_MODEL") or "bench"
 local key = os.getenv("BENCH_KEY") or ""
 local extra = os.getenv("BENCH_HEADERS") or ""
+local addrs = {}
+for hp in string.gmatch(os.getenv("BENCH_ADDRS") or "", "[^,%s]+") do
+  local h, p = hp:match("^(.+):(%d+)$")
+  if h then
+    addrs[#addrs + 1] = { h, p }
+  end
+end
+local threads_set = 0
+
+-- Runs once per thread, in the main script's state, before the threads start.
+function setup(thread)
+  if #addrs > 0 then
+    local a = addrs[threads_set % #addrs + 1]
+    threads_set = threads_set + 1
+    thread.addr = wrk.lookup(a[1], a[2])[1]
+  end
+end
 
 wrk.method = "POST"
 wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
