@@ -153,6 +153,54 @@ TEST_CASE("A tenant limited to 2 concurrent requests has exactly 2 of 9 simultan
   CHECK(limited == 7);
 }
 
+TEST_CASE("Token limits and the daily budget admit exactly as many requests spread over three nodes as through one node",
+          "[cluster][pg][integration]") {
+  cluster_nodes c(3, fast_echo);
+  // Per limit, two tenants with the same limit and the same sequence of requests: one sent
+  // only to its owner (every admission local), one round robin over the three nodes (two in
+  // three admissions remote). Exact limits admit exactly as many of each.
+  auto run = [&](const json& limits, const std::string& slug, bool spread, int& ok, int& refused,
+                 std::string& refusal) {
+    auto tenant = create_tenant(c.port(0), slug, {{"config", {{"limits", limits}}}});
+    auto id = tenant["id"].get<std::string>();
+    auto key = create_key(c.port(0), id)["key"].get<std::string>();
+    // The first request places the tenant; then we know its owner.
+    int owner = -1;
+    for (int i = 0; i < 24; ++i) {
+      int node = spread ? i % 3 : (owner < 0 ? 0 : owner);
+      auto r = chat(c.port(node), key, "one two three four five six seven eight",
+                    {{"max_tokens", 40}});
+      if (owner < 0)
+        owner = c.index_of(cluster_view(c.port(0), id)["tenant"]["owner"].get<std::string>());
+      if (r.status == 200) {
+        ++ok;
+      } else {
+        INFO(r.body);
+        REQUIRE(r.status == 429);
+        ++refused;
+        refusal = json::parse(r.body)["error"]["code"].get<std::string>();
+      }
+    }
+  };
+  for (auto& [limits, code] :
+       {std::pair<json, std::string>{{{"tokens_per_minute", 400}}, "rate_limit_exceeded"},
+        std::pair<json, std::string>{{{"tokens_per_day", 400}}, "insufficient_quota"}}) {
+    int ok_local = 0, refused_local = 0, ok_spread = 0, refused_spread = 0;
+    std::string why_local, why_spread;
+    auto name = limits.begin().key();
+    std::string slug = name == "tokens_per_minute" ? "tpm" : "tpd";
+    run(limits, slug + "-local", false, ok_local, refused_local, why_local);
+    run(limits, slug + "-spread", true, ok_spread, refused_spread, why_spread);
+    INFO(name << ": through the owner " << ok_local << " ok, spread " << ok_spread << " ok");
+    CHECK(ok_local > 0);
+    CHECK(refused_local > 0); // the limit bit: the comparison means something
+    CHECK(ok_spread == ok_local);
+    CHECK(refused_spread == refused_local);
+    CHECK(why_local == code);
+    CHECK(why_spread == code);
+  }
+}
+
 TEST_CASE("A conversation whose turns alternate across three nodes keeps its whole history in order",
           "[cluster][pg][integration]") {
   cluster_nodes c(3, fast_echo);
