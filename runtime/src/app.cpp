@@ -106,16 +106,17 @@ void give_back_free_heap() {
 class node_readiness final : public net::readiness_source {
 public:
   node_readiness(persistence::store& store, persistence::store_executor& exec,
-                 std::atomic<bool>& draining, const cluster_membership* cluster)
+                 std::atomic<bool>& draining, const std::unique_ptr<cluster_membership>* cluster)
     : store_(store), exec_(exec), draining_(draining), cluster_(cluster) {}
 
   std::vector<net::dependency_status> instant() override {
     std::vector<net::dependency_status> deps{
       {"node", !draining_.load(), draining_.load() ? "draining" : "serving"}};
     // A cluster node without a live lease serves no tenants: not ready.
-    if (cluster_)
-      deps.push_back({"cluster", cluster_->has_lease(),
-                      cluster_->has_lease() ? "lease held" : "no lease"});
+    if (cluster_) {
+      bool held = *cluster_ && (*cluster_)->has_lease();
+      deps.push_back({"cluster", held, held ? "lease held" : "no lease"});
+    }
     return deps;
   }
 
@@ -147,7 +148,7 @@ private:
   persistence::store& store_;
   persistence::store_executor& exec_;
   std::atomic<bool>& draining_;
-  const cluster_membership* cluster_; ///< null: not a cluster
+  const std::unique_ptr<cluster_membership>* cluster_; ///< null: not a cluster
 };
 
 } // namespace
@@ -286,7 +287,7 @@ struct app::impl {
     src.store_up = &store_up;
     src.store_errors = &store_errors;
     src.writer = [this]() -> const persistence::turn_writer* { return writer.get(); };
-    if (membership) {
+    if (identity) {
       tenants->remote().latency =
         &registry
            ->histogram_family("parley_cluster_remote_admission_seconds",
@@ -296,9 +297,9 @@ struct app::impl {
                                    0.05, 0.1, 0.25, 0.5, 1, 2.5})
            .with();
       src.locator = tenants;
-      auto* m = membership.get();
-      src.lease_held = [m] { return m->has_lease(); };
-      src.live_members = [m] { return m->live_members(); };
+      // The membership starts after the metrics (once the HTTP listener is bound).
+      src.lease_held = [this] { return membership && membership->has_lease(); };
+      src.live_members = [this] { return membership ? membership->live_members() : 0; };
     }
     detail::add_node_collectors(*registry, std::move(src));
   }
@@ -538,7 +539,7 @@ struct app::impl {
     net::add_conversation_routes(routes, chat);
     net::add_ops_routes(routes,
                         std::make_shared<node_readiness>(*store, *executor, draining,
-                                                         membership.get()),
+                                                         identity ? &membership : nullptr),
                         net::build_info{version_string(), git_commit(), build_type()},
                         [rr = resilient_routes] { return net::upstream_status(rr); });
     if (settings.metrics.enabled && settings.metrics.listen.empty())
@@ -567,10 +568,10 @@ struct app::impl {
     }
   }
 
-  /// Cluster: publishes the tenant manager on the cluster port, names this node, joins (a
-  /// lease in the nodes table) and starts the renewal loop and the lease watchdog. Before
-  /// the HTTP listener: the node is a member before it takes its first request.
-  void start_cluster() {
+  /// Cluster, first half: publishes the tenant manager on the cluster port and names this
+  /// node (its advertised address unless cluster.node_id says otherwise).
+  std::string cluster_advertise;
+  void publish_cluster() {
     auto& c = settings.cluster;
     auto colon = c.listen.rfind(':');
     auto host = c.listen.substr(0, colon);
@@ -588,10 +589,20 @@ struct app::impl {
       advertise = host + ":" + std::to_string(cluster_port);
     }
     identity->set_node_id(c.node_id.empty() ? advertise : c.node_id);
+    cluster_advertise = advertise;
+  }
+
+  /// Cluster, second half: joins (a lease in the nodes table, with the HTTP address now that
+  /// the listener is bound) and starts the renewal loop. Before the io threads run: the node
+  /// is a member before it answers its first request.
+  void join_cluster() {
+    auto& c = settings.cluster;
+    auto advertise = cluster_advertise;
+    auto http_host = settings.http.listen.substr(0, settings.http.listen.rfind(':'));
     auto dir = tenant_directory;
     auto manager = tenant_manager;
     membership = std::make_unique<cluster_membership>(
-      *store->cluster(), identity, c, advertise, settings.http.listen, logger,
+      *store->cluster(), identity, c, advertise, http_host + ":" + std::to_string(port), logger,
       [dir](std::vector<actors::cluster_member> members) {
         caf::anon_send(dir, actors::members_atom::value, std::move(members));
       },
@@ -629,6 +640,8 @@ struct app::impl {
     api_pipeline = build_pipeline();
     server = std::make_unique<net::server>(*io, settings.http, api_pipeline, logger);
     port = server->start();
+    if (identity)
+      join_cluster();
     if (settings.metrics.enabled && !settings.metrics.listen.empty()) {
       // Its own listener for the scraper: /metrics only, no authentication.
       net::router r;
@@ -684,7 +697,7 @@ uint16_t app::start() {
   d.io = std::make_unique<net::io_pool>(static_cast<std::size_t>(d.settings.http.io_threads));
   d.start_actors();
   if (d.identity)
-    d.start_cluster();
+    d.publish_cluster();
   d.start_http();
   log::event(d.logger, spdlog::level::info, "listening")
     .str("address", d.settings.http.listen)

@@ -87,6 +87,12 @@ TEST_CASE("Three nodes give every tenant exactly one owner and serve its request
   for (auto& n : nodes)
     counted += n["tenants"].get<int64_t>();
   CHECK(counted == 6);
+  // Each node's row names the HTTP address it really listens on (its port bound at start).
+  for (auto& n : nodes) {
+    auto i = c.index_of(n["id"].get<std::string>());
+    REQUIRE(i >= 0);
+    CHECK(n["http_address"] == "127.0.0.1:" + std::to_string(c.port(i)));
+  }
   // Every node holds its lease and sees three members; requests sent to non-owners were
   // forwarded, and each forwarded admission's round trip was measured.
   double forwarded = 0, timed = 0;
