@@ -354,6 +354,12 @@ const std::vector<field>& fields() {
          "Deadline of a call to another node (tenant lookup, admission)"),
     make("cluster", "heartbeat_ms", &settings::cluster, &cluster_settings::heartbeat_ms,
          "Node-to-node heartbeat interval; a peer silent for six intervals is dropped"),
+    make("cluster", "tls_cert_file", &settings::cluster, &cluster_settings::tls_cert_file,
+         "PEM certificate of this node for mutual TLS between nodes (with tls_key_file and tls_ca_file)"),
+    make("cluster", "tls_key_file", &settings::cluster, &cluster_settings::tls_key_file,
+         "PEM private key of cluster.tls_cert_file"),
+    make("cluster", "tls_ca_file", &settings::cluster, &cluster_settings::tls_ca_file,
+         "PEM CA certificate(s) that every node's certificate must chain to"),
     make("metrics", "enabled", &settings::metrics, &metrics_settings::enabled,
          "Serve GET /metrics (Prometheus text format)"),
     make("metrics", "listen", &settings::metrics, &metrics_settings::listen,
@@ -715,6 +721,13 @@ void validate(const settings& s) {
   check_range("cluster.lease_ttl_ms", s.cluster.lease_ttl_ms, 1000, 600000);
   check_range("cluster.call_timeout_ms", s.cluster.call_timeout_ms, 100, 600000);
   check_range("cluster.heartbeat_ms", s.cluster.heartbeat_ms, 50, 60000);
+  {
+    int set = !s.cluster.tls_cert_file.empty() + !s.cluster.tls_key_file.empty() +
+              !s.cluster.tls_ca_file.empty();
+    if (set != 0 && set != 3)
+      fail("cluster.tls_cert_file", "set all of cluster.tls_cert_file, tls_key_file and "
+                                    "tls_ca_file for mutual TLS between nodes, or none");
+  }
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)
     fail("upstream.url", "must start with http:// or https://");

@@ -29,6 +29,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/async.h>
 #include <spdlog/pattern_formatter.h>
@@ -469,6 +471,18 @@ struct app::impl {
       // peer (no FIN, no RST): its connection is dropped after six intervals and the calls
       // on it fail (CAF's default is no heartbeat at all).
       caf_cfg->load<caf::io::middleman>();
+      if (!settings.cluster.tls_cert_file.empty()) {
+        // Mutual TLS between nodes: with a certificate set, CAF's OpenSSL module requires the
+        // peer's certificate to chain to the CA (SSL_VERIFY_PEER | FAIL_IF_NO_PEER_CERT).
+        for (auto* f : {&settings.cluster.tls_cert_file, &settings.cluster.tls_key_file,
+                        &settings.cluster.tls_ca_file})
+          if (!std::filesystem::exists(*f))
+            throw std::runtime_error("cluster TLS file not found: " + *f);
+        caf_cfg->load<caf::openssl::manager>();
+        caf_cfg->openssl_certificate = settings.cluster.tls_cert_file;
+        caf_cfg->openssl_key = settings.cluster.tls_key_file;
+        caf_cfg->openssl_cafile = settings.cluster.tls_ca_file;
+      }
       caf_cfg->set("middleman.heartbeat-interval",
                    caf::timespan{std::chrono::milliseconds(settings.cluster.heartbeat_ms)});
       caf_cfg->set("middleman.connection-timeout",
@@ -494,7 +508,10 @@ struct app::impl {
     tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
     if (identity) {
       tenant_directory = actors::spawn_cluster_directory(
-        *sys, tenant_manager, identity, std::chrono::milliseconds(settings.cluster.call_timeout_ms));
+        *sys, tenant_manager, identity, std::chrono::milliseconds(settings.cluster.call_timeout_ms),
+        settings.cluster.tls_cert_file.empty() ? sys->middleman().actor_handle()
+                                               : sys->openssl_manager().actor_handle(),
+        logger);
       tenants = std::make_shared<net::tenant_locator>(tenant_directory);
       tenants->set_timeout(std::chrono::milliseconds(settings.cluster.call_timeout_ms));
     } else {
@@ -576,7 +593,9 @@ struct app::impl {
     auto colon = c.listen.rfind(':');
     auto host = c.listen.substr(0, colon);
     auto port = static_cast<uint16_t>(std::stoi(c.listen.substr(colon + 1)));
-    auto published = sys->middleman().publish(tenant_manager, port, host.c_str(), true);
+    auto published = c.tls_cert_file.empty()
+                        ? sys->middleman().publish(tenant_manager, port, host.c_str(), true)
+                        : caf::openssl::publish(tenant_manager, port, host.c_str(), true);
     if (!published)
       throw std::runtime_error("cannot listen on cluster.listen " + c.listen + ": " +
                                sys->render(published.error()));

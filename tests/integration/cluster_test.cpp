@@ -5,6 +5,7 @@
 #include "support/admin_client.hpp"
 #include "support/cluster_nodes.hpp"
 #include "support/http_client.hpp"
+#include "support/tls_cert.hpp"
 #include "support/wait.hpp"
 
 #include <catch2/catch.hpp>
@@ -301,4 +302,63 @@ TEST_CASE("Requests for a tenant whose owner stops fail fast with 503 and Retry-
   CHECK(v["owner"] != c.node_id(owner));
   CHECK(v["owner_live"] == true);
   CHECK(v["epoch"] == 2);
+}
+
+TEST_CASE("Nodes with mutual TLS serve each other's tenants and a node with an untrusted certificate cannot reach them",
+          "[cluster][pg][integration]") {
+  temp_dir certs;
+  auto trusted = make_self_signed(certs.path());
+  temp_dir other_dir;
+  auto untrusted = make_self_signed(other_dir.path()); // its own CA: not the others'
+  auto tls = [](const tls_files& mine, const std::string& ca) {
+    return "tls_cert_file = \"" + mine.cert + "\"\ntls_key_file = \"" + mine.key +
+           "\"\ntls_ca_file = \"" + ca + "\"\n" + fast_echo;
+  };
+  cluster_nodes c({tls(trusted, trusted.cert), tls(trusted, trusted.cert),
+                   tls(untrusted, untrusted.cert)});
+  // Tenants until one is owned by node 0 or 1 and one by node 2 (the first request places it).
+  std::string tls_key, outsider_key;
+  int tls_owner = -1;
+  for (int t = 0; t < 24 && (tls_key.empty() || outsider_key.empty()); ++t) {
+    auto tenant = create_tenant(c.port(0), "tls-" + std::to_string(t),
+                                {{"config", {{"limits", {{"requests_per_minute", 4}}}}}});
+    auto id = tenant["id"].get<std::string>();
+    auto key = create_key(c.port(0), id)["key"].get<std::string>();
+    auto placed = c.index_of(cluster_view(c.port(0), id)["tenant"]["placed_on"].get<std::string>());
+    if (placed == 2 && outsider_key.empty())
+      outsider_key = key;
+    else if (placed != 2 && tls_key.empty()) {
+      tls_key = key;
+      tls_owner = placed;
+    }
+  }
+  REQUIRE(!tls_key.empty());
+  REQUIRE(!outsider_key.empty());
+  // Between the two trusted nodes: remote admissions over TLS, limits exact (4 of 8).
+  int ok = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto r = chat(c.port(i % 2), tls_key, "over tls");
+    INFO(r.body);
+    if (r.status != 200 && r.status != 429)
+      for (int n = 0; n < 3; ++n) {
+        auto out = c.output(n);
+        for (std::size_t p = 0; (p = out.find("\"level\":\"warn\"", p)) != std::string::npos; ++p)
+          UNSCOPED_INFO("node " << n << ": " << out.substr(p, out.find('\n', p) - p));
+      }
+    REQUIRE((r.status == 200 || r.status == 429));
+    ok += r.status == 200;
+  }
+  CHECK(ok == 4);
+  CHECK(metric(c.port(1 - tls_owner), "parley_cluster_forwarded_admissions_total") >= 1);
+  // The untrusted node and the others cannot talk: a request that needs the other side fails
+  // fast with 503 and Retry-After, never hangs and never succeeds.
+  for (auto [node, key] : {std::pair<int, std::string>{2, tls_key}, {0, outsider_key}}) {
+    auto t0 = steady::now();
+    auto r = chat(c.port(node), key, "across trust");
+    auto ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+    INFO("node " << node << ": " << r.status << " after " << ms << " ms: " << r.body);
+    CHECK(r.status == 503);
+    CHECK(r.header("Retry-After") == "1");
+    CHECK(ms < 2500);
+  }
 }

@@ -18,6 +18,9 @@ public:
   /// Starts `n` nodes and waits until each lists all `n` as live in GET /admin/v1/cluster.
   /// `extra_toml` is appended to every node's configuration (routes, limits, ...).
   explicit cluster_nodes(int n, const std::string& extra_toml = "", int lease_ttl_ms = 2000);
+  /// One node per entry of `per_node_toml`, each entry appended to that node's configuration
+  /// right after its [cluster] settings (so bare keys there are cluster keys).
+  explicit cluster_nodes(const std::vector<std::string>& per_node_toml, int lease_ttl_ms = 2000);
   ~cluster_nodes();
 
   int size() const noexcept { return static_cast<int>(nodes_.size()); }

@@ -25,6 +25,8 @@ struct directory_state {
   tenant_manager_actor local;
   std::shared_ptr<const cluster_identity> cluster; ///< null: a single node
   std::chrono::milliseconds call_timeout{3000};
+  caf::io::middleman_actor connector; ///< dials other nodes (plain or TLS)
+  log::logger_ptr logger;
   std::vector<cluster_member> members;
   std::unordered_map<std::string, remote_manager> remotes;
   static inline const char* name = "parley.tenant_directory";
@@ -95,6 +97,10 @@ caf::result<tenant_manager_actor> manager_of(directory_ptr self, const std::stri
       it->second.handle = h;
       self->monitor(h);
     }
+    if (!h && self->state.logger)
+      log::event(self->state.logger, spdlog::level::warn, "cannot reach cluster node")
+        .str("node_id", node_id)
+        .str("error", to_string(err));
     for (auto& p : waiting) {
       if (h)
         p.deliver(h);
@@ -103,7 +109,7 @@ caf::result<tenant_manager_actor> manager_of(directory_ptr self, const std::stri
     }
   };
   self
-    ->request(self->home_system().middleman().actor_handle(), st.call_timeout,
+    ->request(st.connector, st.call_timeout,
               caf::connect_atom::value, m->host, m->port)
     .then(
       [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
@@ -118,15 +124,25 @@ caf::result<tenant_manager_actor> manager_of(directory_ptr self, const std::stri
 tenant_directory_actor::behavior_type
 directory_impl(directory_ptr self, tenant_manager_actor local,
                std::shared_ptr<const cluster_identity> cluster,
-               std::chrono::milliseconds call_timeout) {
+               std::chrono::milliseconds call_timeout, caf::io::middleman_actor connector,
+               log::logger_ptr logger) {
+  self->state.logger = std::move(logger);
   self->state.local = std::move(local);
+  if (cluster && !connector)
+    connector = self->home_system().middleman().actor_handle();
+  self->state.connector = std::move(connector);
   self->state.cluster = std::move(cluster);
   self->state.call_timeout = call_timeout;
   self->set_down_handler([=](caf::down_msg& dm) {
     // A remote manager's connection went: drop it, the next lookup connects afresh.
     for (auto& [id, r] : self->state.remotes)
-      if (r.handle && r.handle.address() == dm.source)
+      if (r.handle && r.handle.address() == dm.source) {
         r.handle = nullptr;
+        if (self->state.logger)
+          log::event(self->state.logger, spdlog::level::warn, "lost the connection to a cluster node")
+            .str("node_id", id)
+            .str("reason", to_string(dm.reason));
+      }
   });
   return {
     [=](locate_atom, const std::string& tenant_id) -> caf::result<tenant_manager_actor> {
@@ -162,13 +178,17 @@ directory_impl(directory_ptr self, tenant_manager_actor local,
 } // namespace
 
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local) {
-  return sys.spawn(directory_impl, std::move(local), nullptr, std::chrono::milliseconds(3000));
+  return sys.spawn(directory_impl, std::move(local), nullptr, std::chrono::milliseconds(3000),
+                   caf::io::middleman_actor{}, nullptr);
 }
 
 tenant_directory_actor spawn_cluster_directory(caf::actor_system& sys, tenant_manager_actor local,
                                                std::shared_ptr<const cluster_identity> cluster,
-                                               std::chrono::milliseconds call_timeout) {
-  return sys.spawn(directory_impl, std::move(local), std::move(cluster), call_timeout);
+                                               std::chrono::milliseconds call_timeout,
+                                               caf::io::middleman_actor connector,
+                                               log::logger_ptr logger) {
+  return sys.spawn(directory_impl, std::move(local), std::move(cluster), call_timeout,
+                   std::move(connector), std::move(logger));
 }
 
 } // namespace parley::actors

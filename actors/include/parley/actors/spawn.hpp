@@ -6,6 +6,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/io/middleman_actor.hpp>
 
 namespace parley::actors {
 
@@ -28,8 +29,12 @@ tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_man
 /// Spawns the tenant directory of a cluster node: tenants are placed over the members it is
 /// sent (members_atom), and other nodes' managers are reached over the middleman (which must
 /// be loaded), each call within `call_timeout`.
+/// `connector` dials other nodes: the middleman's actor (plain TCP) or the OpenSSL manager's
+/// (mutual TLS); null: the middleman's.
 tenant_directory_actor spawn_cluster_directory(caf::actor_system& sys, tenant_manager_actor local,
                                                std::shared_ptr<const cluster_identity> cluster,
-                                               std::chrono::milliseconds call_timeout);
+                                               std::chrono::milliseconds call_timeout,
+                                               caf::io::middleman_actor connector = {},
+                                               log::logger_ptr logger = nullptr);
 
 } // namespace parley::actors

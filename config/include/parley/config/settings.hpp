@@ -126,6 +126,11 @@ struct cluster_settings {
   int lease_ttl_ms = 10000;                ///< a node's lease; renewed every TTL/4
   int call_timeout_ms = 3000;              ///< a remote call (a tenant lookup, an admission) fails after this
   int heartbeat_ms = 500;                  ///< node-to-node heartbeat; a silent peer is dropped after 6 of them
+  /// Mutual TLS between nodes: all three set (every node's certificate signed by the CA), or
+  /// none (plain TCP: keep cluster.listen on a private network).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
 };
 
 /// [resilience]: how upstream calls are timed out, retried, balanced and failed over. Every
