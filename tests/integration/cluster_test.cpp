@@ -13,6 +13,7 @@
 #include <pqxx/pqxx>
 
 #include <atomic>
+#include <csignal>
 #include <set>
 #include <thread>
 
@@ -361,4 +362,56 @@ TEST_CASE("Nodes with mutual TLS serve each other's tenants and a node with an u
     CHECK(r.header("Retry-After") == "1");
     CHECK(ms < 2500);
   }
+}
+
+TEST_CASE("A stream whose owner node is killed ends promptly with an error event and the tenant is served again once that node's lease has expired",
+          "[cluster][pg][integration]") {
+  // Paced echo: a 20-word answer streams for about 4 s.
+  cluster_nodes c(3, "[chat]\necho_tokens_per_second = 5\n");
+  auto tenant = create_tenant(c.port(0), "killed-owner");
+  auto id = tenant["id"].get<std::string>();
+  auto key = create_key(c.port(0), id)["key"].get<std::string>();
+  REQUIRE(chat(c.port(0), key, "warm").status == 200);
+  auto owner = c.index_of(cluster_view(c.port(0), id)["tenant"]["owner"].get<std::string>());
+  REQUIRE(owner >= 0);
+  int ingress = (owner + 1) % 3;
+
+  http_client client(c.port(ingress));
+  std::string words;
+  for (int i = 0; i < 20; ++i)
+    words += "w" + std::to_string(i) + " ";
+  send_chat_raw(client, key,
+                json{{"model", "parley-echo"}, {"stream", true},
+                     {"messages", {{{"role", "user"}, {"content", words}}}}}.dump());
+  auto seen = read_until(client, "\"content\":\"w0"); // streaming from the owner
+  c.process(owner).signal(SIGKILL);
+  auto killed = steady::now();
+  seen = read_until(client, "data: [DONE]", seen);
+  auto ended_ms = std::chrono::duration<double, std::milli>(steady::now() - killed).count();
+  INFO("ended " << ended_ms << " ms after the kill: " << seen.substr(seen.size() > 600 ? seen.size() - 600 : 0));
+  // A clean end of the stream: an error event that says to retry, then [DONE], well before
+  // the answer would have ended by itself.
+  CHECK(seen.find("\"code\":\"service_unavailable\"") != std::string::npos);
+  CHECK(seen.find("\"content\":\"w19") == std::string::npos);
+  CHECK(ended_ms < 2000);
+
+  // Until the dead node's lease expires (2 s here) its tenants answer 503 promptly; then the
+  // next request through any node claims the tenant and succeeds.
+  int unavailable = 0;
+  double slowest_ms = 0;
+  bool served = wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    auto t0 = steady::now();
+    auto r = chat(c.port(ingress), key, "again");
+    slowest_ms = std::max(slowest_ms,
+                          std::chrono::duration<double, std::milli>(steady::now() - t0).count());
+    if (r.status == 503)
+      ++unavailable;
+    return r.status == 200;
+  }, std::chrono::milliseconds(100));
+  INFO("503s before the takeover: " << unavailable << ", slowest answer " << slowest_ms << " ms");
+  CHECK(served);
+  CHECK(slowest_ms < 2500);
+  auto v = cluster_view(c.port(ingress), id)["tenant"];
+  CHECK(v["owner"] != c.node_id(owner));
+  CHECK(v["epoch"] == 2);
 }
