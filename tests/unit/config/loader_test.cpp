@@ -269,3 +269,28 @@ TEST_CASE("edge settings are validated and tenants get finite default limits", "
   CHECK(error_of("[chat]\nmax_output_tokens = 0\n").find("chat.max_output_tokens") !=
         std::string::npos);
 }
+
+TEST_CASE("cluster settings are validated and a cluster on SQLite is refused with the reason",
+          "[config][unit]") {
+  auto off = config::load("", {});
+  CHECK_FALSE(off.cluster.enabled);
+  CHECK(off.cluster.lease_ttl_ms == 10000);
+  auto sqlite = error_of("[cluster]\nenabled = true\n");
+  CHECK(sqlite.find("cluster.enabled") != std::string::npos);
+  CHECK(sqlite.find("single-node") != std::string::npos);
+  std::string pg = "[store]\nbackend = \"postgres\"\npostgres_dsn = \"postgresql://x@127.0.0.1/db\"\n";
+  auto on = config::load("", {{"PARLEY_STORE_BACKEND", "postgres"},
+                              {"PARLEY_STORE_POSTGRES_DSN", "postgresql://x@127.0.0.1/db"},
+                              {"PARLEY_CLUSTER_ENABLED", "true"},
+                              {"PARLEY_CLUSTER_LISTEN", "10.0.0.1:0"},
+                              {"PARLEY_CLUSTER_NODE_ID", "node-a"}});
+  CHECK(on.cluster.enabled);
+  CHECK(on.cluster.listen == "10.0.0.1:0");
+  CHECK(on.cluster.node_id == "node-a");
+  CHECK(error_of(pg + "[cluster]\nlease_ttl_ms = 10\n").find("cluster.lease_ttl_ms") !=
+        std::string::npos);
+  CHECK(error_of(pg + "[cluster]\nlisten = \"nowhere\"\n").find("cluster.listen") !=
+        std::string::npos);
+  CHECK(error_of(pg + "[cluster]\ntls_cert_file = \"/x/node.pem\"\n").find("tls_ca_file") !=
+        std::string::npos);
+}
