@@ -55,6 +55,7 @@ void cluster_membership::join() {
   if (!lease.ok())
     throw std::runtime_error("cannot join the cluster: " + lease.error().detail);
   deadline_ns_.store(sent + int64_t{settings_.lease_ttl_ms} * 900000, std::memory_order_release);
+  identity_->set_lease_deadline(sent + int64_t{settings_.lease_ttl_ms} * 900000);
   held_incarnation_.store(lease->incarnation, std::memory_order_release);
   identity_->set_incarnation(lease->incarnation);
   log::event(logger_, spdlog::level::info, "joined the cluster")
@@ -69,12 +70,17 @@ void cluster_membership::start() { thread_ = std::thread([this] { run(); }); }
 
 void cluster_membership::run() {
   auto period = std::chrono::milliseconds(std::max(settings_.lease_ttl_ms / 4, 1));
+  // After a renewal that failed for want of the database (not a refusal), try again soon:
+  // two slow rounds in a row must not fence a healthy node.
+  auto retry = std::chrono::milliseconds(std::max(settings_.lease_ttl_ms / 10, 1));
+  bool failed = false;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (cv_.wait_for(lock, period, [this] { return stop_; }))
+      if (cv_.wait_for(lock, failed ? retry : period, [this] { return stop_; }))
         return;
     }
+    failed = false;
     if (held_incarnation_.load(std::memory_order_acquire) == 0) {
       // Fenced: come back as a new incarnation (our old tenants are free to claim by then).
       try {
@@ -88,6 +94,8 @@ void cluster_membership::run() {
     }
     if (renew_once())
       publish_members();
+    else
+      failed = held_incarnation_.load(std::memory_order_acquire) != 0;
   }
 }
 
@@ -97,9 +105,11 @@ bool cluster_membership::renew_once() {
   auto lease = store_.renew_lease(identity_->node_id(), inc, settings_.lease_ttl_ms);
   if (lease.ok()) {
     // Only if nobody fenced meanwhile: a fenced lease stays fenced until we join again.
-    if (held_incarnation_.load(std::memory_order_acquire) == inc)
+    if (held_incarnation_.load(std::memory_order_acquire) == inc) {
       deadline_ns_.store(sent + int64_t{settings_.lease_ttl_ms} * 900000,
                          std::memory_order_release);
+      identity_->set_lease_deadline(sent + int64_t{settings_.lease_ttl_ms} * 900000);
+    }
     return true;
   }
   if (lease.code() == persistence::persistence_errc::conflict) {

@@ -222,6 +222,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   auto& st = self->state;
   if (!st.svc || !st.svc->routes)
     return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
+  // A cluster node admits only while its lease is valid (the watchdog's fence, which stops
+  // this actor, may still be on its way after a pause longer than the lease).
+  if (st.svc->cluster && !st.svc->cluster->lease_valid())
+    return refuse(chat_error_kind::unavailable, "This node holds no cluster lease; retry.", {},
+                  1000);
   // A draining cluster node takes no more work from other nodes: it is about to leave, and
   // their clients retry (by then another node owns the tenant).
   if (st.svc->draining && st.svc->draining->load(std::memory_order_relaxed) && relay &&

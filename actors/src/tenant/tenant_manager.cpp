@@ -103,21 +103,27 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
     auto* cs = svc->store ? svc->store->cluster() : nullptr;
     auto cluster = svc->cluster;
     auto job = [me, cs, cluster, tenant_id] {
-      auto r = cs ? cs->claim_tenant(tenant_id, cluster->node_id(), cluster->incarnation())
+      // The incarnation the claim is made for travels with its answer: a claim that lands
+      // after a fence and a rejoin belongs to a dead incarnation and must not spawn anything.
+      auto inc = cluster->incarnation();
+      auto reply = [&](int64_t epoch, std::string owner, std::string address, std::string why) {
+        caf::anon_send(me, claimed_atom::value, tenant_id, inc, epoch, std::move(owner),
+                       std::move(address), std::move(why));
+      };
+      if (inc == 0)
+        return reply(0, {}, {}, "this node holds no lease");
+      auto r = cs ? cs->claim_tenant(tenant_id, cluster->node_id(), inc)
                   : persistence::result<persistence::claim_result>(persistence::store_error{
                       persistence::persistence_errc::internal, "the store has no cluster tables"});
       if (!r.ok())
-        return caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(),
-                              std::string(), r.error().detail);
+        return reply(0, {}, {}, r.error().detail);
       if (r->claimed)
-        return caf::anon_send(me, claimed_atom::value, tenant_id, r->owner.epoch, std::string(),
-                              std::string(), std::string());
-      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, r->owner.node_id,
-                     r->owner.address, std::string());
+        return reply(r->owner.epoch, {}, {}, {});
+      reply(0, r->owner.node_id, r->owner.address, {});
     };
     if (!svc->executor || !svc->executor->try_post(job))
-      caf::anon_send(me, claimed_atom::value, tenant_id, int64_t{0}, std::string(), std::string(),
-                     std::string("persistence workers saturated"));
+      caf::anon_send(me, claimed_atom::value, tenant_id, svc->cluster->incarnation(), int64_t{0},
+                     std::string(), std::string(), std::string("persistence workers saturated"));
   };
   return {
     [=](tenant_atom, const std::string& tenant_id) -> caf::result<tenant_actor> {
@@ -144,7 +150,7 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
         return spawn(tenant_id);
       // A cluster: the tenant is ours only once the store says so (a conditional claim that
       // fails while another live node holds it). The claim runs on a persistence worker.
-      if (svc->cluster->incarnation() == 0)
+      if (!svc->cluster->lease_valid())
         return caf::make_error(actor_errc::no_lease);
       auto promise = self->make_response_promise<tenant_actor>();
       auto& waiting = st.claiming[tenant_id];
@@ -153,14 +159,15 @@ manager_impl(tenant_manager_actor::stateful_pointer<manager_state> self, log::lo
         start_claim(tenant_id);
       return promise;
     },
-    [=](claimed_atom, const std::string& tenant_id, int64_t epoch, const std::string& owner,
-        const std::string& owner_address, const std::string& why) {
+    [=](claimed_atom, const std::string& tenant_id, int64_t incarnation, int64_t epoch,
+        const std::string& owner, const std::string& owner_address, const std::string& why) {
       auto& st = self->state;
       auto waiting = std::move(st.claiming[tenant_id]);
       st.claiming.erase(tenant_id);
       if (epoch > 0) {
-        // Claimed. (A fence that came meanwhile clears the incarnation: then we must not.)
-        if (svc->cluster->incarnation() == 0) {
+        // Claimed -- for the incarnation we still are, with a lease still valid? A fence (and
+        // perhaps a rejoin) since the claim makes it another incarnation's: then we must not.
+        if (svc->cluster->incarnation() != incarnation || !svc->cluster->lease_valid()) {
           for (auto& p : waiting)
             p.deliver(caf::make_error(actor_errc::no_lease));
           return;

@@ -332,6 +332,7 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
     // A tenant on another node (a cluster): a lost connection fails a request only at its
     // deadline in CAF 0.17, so that one has the cluster's call timeout.
     bool remote = t.node() != self->node();
+    auto request_id_sent = req.request_id;
     caf::duration deadline = remote ? caf::duration(tenants->timeout()) : caf::duration(caf::infinite);
     auto sent = remote ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     if (remote)
@@ -363,7 +364,14 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
           // down handler in relay_impl).
           s.watch(producer);
         },
-        fail_now);
+        [=](const caf::error& e) {
+          // A remote admission past its deadline may still be admitted by the owner later:
+          // tell it that this request is gone, so that it stops the turn instead of running
+          // (and charging) it for nobody.
+          if (remote && e == caf::sec::request_timeout)
+            self->send(t, actors::cancel_atom::value, request_id_sent);
+          fail_now(e);
+        });
   }, fail_now);
 }
 

@@ -3,6 +3,7 @@
 #include <caf/meta/type_name.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -26,9 +27,22 @@ public:
   int64_t incarnation() const noexcept { return incarnation_.load(std::memory_order_acquire); }
   void set_incarnation(int64_t i) noexcept { incarnation_.store(i, std::memory_order_release); }
 
+  /// The local steady-clock deadline of the lease (nanoseconds since the clock's epoch): no
+  /// admission after it, even before the watchdog's fence has stopped the tenant actors.
+  void set_lease_deadline(int64_t steady_ns) noexcept {
+    deadline_ns_.store(steady_ns, std::memory_order_release);
+  }
+  bool lease_valid() const noexcept {
+    auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                 std::chrono::steady_clock::now().time_since_epoch())
+                 .count();
+    return incarnation() != 0 && now < deadline_ns_.load(std::memory_order_acquire);
+  }
+
 private:
   std::string node_id_;
   std::atomic<int64_t> incarnation_{0};
+  std::atomic<int64_t> deadline_ns_{0};
 };
 
 /// A live member as the directory sees it.

@@ -170,8 +170,10 @@ using tenant_manager_actor = caf::typed_actor<
   caf::replies_to<tenant_atom, std::string>::with<tenant_actor>,
   caf::replies_to<stats_atom>::with<manager_stats>,
   /// The outcome of a claim this manager started (from the persistence worker): tenant id,
-  /// epoch (> 0: claimed), else the live owner's node id and cluster address, or "" and why.
-  caf::reacts_to<claimed_atom, std::string, int64_t, std::string, std::string, std::string>,
+  /// the incarnation it claimed for, epoch (> 0: claimed), else the live owner's node id and
+  /// cluster address, or "" and why.
+  caf::reacts_to<claimed_atom, std::string, int64_t, int64_t, std::string, std::string,
+                 std::string>,
   /// This node lost its lease: stop every tenant actor now (another node may take them).
   caf::reacts_to<fence_atom>>;
 
