@@ -1,6 +1,7 @@
 #include "parley/runtime/app.hpp"
 
 #include "parley/actors/spawn.hpp"
+#include "parley/config/loader.hpp"
 #include "parley/net/admin_api.hpp"
 #include "parley/net/auth.hpp"
 #include "parley/net/chat_api.hpp"
@@ -590,9 +591,7 @@ struct app::impl {
   std::string cluster_advertise;
   void publish_cluster() {
     auto& c = settings.cluster;
-    auto colon = c.listen.rfind(':');
-    auto host = c.listen.substr(0, colon);
-    auto port = static_cast<uint16_t>(std::stoi(c.listen.substr(colon + 1)));
+    auto [host, port] = config::split_host_port(c.listen, "cluster.listen"); // validated at load
     auto published = c.tls_cert_file.empty()
                         ? sys->middleman().publish(tenant_manager, port, host.c_str(), true)
                         : caf::openssl::publish(tenant_manager, port, host.c_str(), true);

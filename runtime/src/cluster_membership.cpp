@@ -1,5 +1,7 @@
 #include "cluster_membership.hpp"
 
+#include "parley/config/loader.hpp"
+
 #include <stdexcept>
 
 namespace parley::runtime {
@@ -11,19 +13,13 @@ int64_t steady_ns() {
     .count();
 }
 
-/// "host:port" -> (host, port); port 0 when malformed (such a member is never dialled).
+/// "host:port" -> (host, port); port 0 when a row's address is malformed (such a member is
+/// never dialled).
 std::pair<std::string, uint16_t> split(const std::string& address) {
-  auto colon = address.rfind(':');
-  if (colon == std::string::npos)
-    return {address, 0};
-  auto host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
   try {
-    auto port = std::stoul(address.substr(colon + 1));
-    return {host, port <= 65535 ? static_cast<uint16_t>(port) : uint16_t{0}};
+    return config::split_host_port(address, "nodes.address");
   } catch (const std::exception&) {
-    return {host, 0};
+    return {address, 0};
   }
 }
 } // namespace

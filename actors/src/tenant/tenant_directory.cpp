@@ -5,6 +5,7 @@
 // connection goes (the next lookup connects afresh), so that lookups fail fast instead of
 // waiting on a dead peer.
 #include "parley/actors/spawn.hpp"
+#include "parley/config/loader.hpp"
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
@@ -43,19 +44,11 @@ using directory_ptr = tenant_directory_actor::stateful_pointer<directory_state>;
 
 /// "host:port" -> (host, port); port 0 when malformed.
 std::pair<std::string, uint16_t> split_address(const std::string& address) {
-  auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 == address.size())
+  try {
+    return config::split_host_port(address, "owner address");
+  } catch (const std::exception&) {
     return {address, 0};
-  auto host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  unsigned long port = 0;
-  for (auto c : address.substr(colon + 1)) {
-    if (c < '0' || c > '9' || port > 65535)
-      return {host, 0};
-    port = port * 10 + static_cast<unsigned long>(c - '0');
   }
-  return {host, port <= 65535 ? static_cast<uint16_t>(port) : uint16_t{0}};
 }
 
 /// The manager of `node_id`: ours, a connected remote one, or a connection started now --
