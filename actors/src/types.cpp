@@ -44,6 +44,7 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<chat_failure>("parley.chat_failure");
   cfg.add_message_type<rate_snapshot>("parley.rate_snapshot");
   cfg.add_message_type<turn_outcome>("parley.turn_outcome");
+  cfg.add_message_type<admission_grant>("parley.admission_grant");
   cfg.add_message_type<history_load>("parley.history_load");
   cfg.add_message_type<persistence::persistence_errc>("parley.persistence_errc");
   cfg.add_message_type<turn_sink_actor>("parley.turn_sink_actor");

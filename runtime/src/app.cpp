@@ -506,7 +506,7 @@ struct app::impl {
     svc->logger = logger;
     svc->cluster = identity;
     svc->draining = &draining;
-    tenant_manager = actors::spawn_tenant_manager(*sys, logger, std::move(svc));
+    tenant_manager = actors::spawn_tenant_manager(*sys, logger, svc);
     if (identity) {
       tenant_directory = actors::spawn_cluster_directory(
         *sys, tenant_manager, identity, std::chrono::milliseconds(settings.cluster.call_timeout_ms),
@@ -515,6 +515,9 @@ struct app::impl {
         logger);
       tenants = std::make_shared<net::tenant_locator>(tenant_directory);
       tenants->set_timeout(std::chrono::milliseconds(settings.cluster.call_timeout_ms));
+      // Stateless completions for tenants other nodes own run here (docs/cluster.md).
+      tenants->set_gateway(actors::spawn_turn_gateway(
+        *sys, svc, std::chrono::milliseconds(settings.cluster.call_timeout_ms)));
     } else {
       tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
       tenants = std::make_shared<net::tenant_locator>(tenant_directory);
@@ -785,6 +788,8 @@ void app::stop() {
       return;
     caf::anon_send_exit(d.tenant_directory, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(d.tenant_manager, caf::exit_reason::user_shutdown);
+    if (d.tenants && d.tenants->gateway()) // (set once at start: read by the handlers)
+      caf::anon_send_exit(d.tenants->gateway(), caf::exit_reason::user_shutdown);
     d.tenant_directory = nullptr;
     d.tenant_manager = nullptr;
     d.sys->await_all_actors_done();

@@ -39,6 +39,21 @@ json cluster_view(uint16_t port, const std::string& tenant_id) {
   return json::parse(r.body);
 }
 
+/// The nodes' warning and error log lines, for a failure's message.
+std::string node_warnings(cluster_nodes& c, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    auto log = c.output(i);
+    for (const char* level : {"\"level\":\"warn\"", "\"level\":\"error\""})
+      for (std::size_t p = 0; (p = log.find(level, p)) != std::string::npos; ++p) {
+        auto b = log.rfind('\n', p);
+        b = b == std::string::npos ? 0 : b + 1;
+        out += "node " + std::to_string(i) + ": " + log.substr(b, log.find('\n', p) - b) + "\n";
+      }
+  }
+  return out;
+}
+
 } // namespace
 
 TEST_CASE("Three nodes give every tenant exactly one owner and serve its requests sent to any node",
@@ -226,6 +241,8 @@ TEST_CASE("A conversation whose turns alternate across three nodes keeps its who
   for (int i = 0; i < 9; ++i) {
     auto r = chat(c.port(i % 3), key, "turn " + std::to_string(i), {{"conversation", conv}});
     INFO("turn " << i << " via node " << i % 3 << ": " << r.body);
+    if (r.status != 200)
+      UNSCOPED_INFO(node_warnings(c, 3));
     REQUIRE(r.status == 200);
   }
   auto items = fetch(c.port(2), http::verb::get, "/v1/conversations/" + conv + "/items?limit=100",
@@ -370,7 +387,7 @@ TEST_CASE("Nodes with mutual TLS serve each other's tenants and a node with an u
   }
 }
 
-TEST_CASE("A stream whose owner node is killed ends promptly with an error event and the tenant is served again once that node's lease has expired",
+TEST_CASE("A conversation stream whose owner node is killed ends promptly with an error event while a stateless stream run by the ingress node finishes and the tenant is served again once that node's lease has expired",
           "[cluster][pg][integration]") {
   // Paced echo: a 20-word answer streams for about 4 s.
   cluster_nodes c(3, "[chat]\necho_tokens_per_second = 5\n");
@@ -381,25 +398,46 @@ TEST_CASE("A stream whose owner node is killed ends promptly with an error event
   auto owner = c.index_of(cluster_view(c.port(0), id)["tenant"]["owner"].get<std::string>());
   REQUIRE(owner >= 0);
   int ingress = (owner + 1) % 3;
+  auto created = fetch(c.port(ingress), http::verb::post, "/v1/conversations", "{}", bearer(key));
+  REQUIRE(created.status == 200);
+  auto conv = json::parse(created.body)["id"].get<std::string>();
 
-  http_client client(c.port(ingress));
   std::string words;
   for (int i = 0; i < 20; ++i)
     words += "w" + std::to_string(i) + " ";
-  send_chat_raw(client, key,
+  // A conversation turn runs on the owner (its deltas come to the ingress node); a stateless
+  // completion is admitted by the owner and runs on the ingress node.
+  http_client in_conversation(c.port(ingress));
+  send_chat_raw(in_conversation, key,
+                json{{"model", "parley-echo"}, {"stream", true}, {"conversation", conv},
+                     {"messages", {{{"role", "user"}, {"content", words}}}}}.dump());
+  http_client stateless(c.port(ingress));
+  send_chat_raw(stateless, key,
                 json{{"model", "parley-echo"}, {"stream", true},
                      {"messages", {{{"role", "user"}, {"content", words}}}}}.dump());
-  auto seen = read_until(client, "\"content\":\"w0"); // streaming from the owner
+  auto seen = read_until(in_conversation, "\"content\":\"w0");
+  auto seen_stateless = read_until(stateless, "\"content\":\"w0");
   c.process(owner).signal(SIGKILL);
   auto killed = steady::now();
-  seen = read_until(client, "data: [DONE]", seen);
+  seen = read_until(in_conversation, "data: [DONE]", seen);
   auto ended_ms = std::chrono::duration<double, std::milli>(steady::now() - killed).count();
-  INFO("ended " << ended_ms << " ms after the kill: " << seen.substr(seen.size() > 600 ? seen.size() - 600 : 0));
-  // A clean end of the stream: an error event that says to retry, then [DONE], well before
-  // the answer would have ended by itself.
-  CHECK(seen.find("\"code\":\"service_unavailable\"") != std::string::npos);
-  CHECK(seen.find("\"content\":\"w19") == std::string::npos);
-  CHECK(ended_ms < 2000);
+  {
+    INFO("ended " << ended_ms << " ms after the kill: " << seen.substr(seen.size() > 600 ? seen.size() - 600 : 0));
+    // A clean end of the stream: an error event that says to retry, then [DONE], well before
+    // the answer would have ended by itself.
+    CHECK(seen.find("\"code\":\"service_unavailable\"") != std::string::npos);
+    CHECK(seen.find("w0") != std::string::npos);
+    CHECK(seen.find("w19\"") == std::string::npos);
+    CHECK(ended_ms < 2000);
+  }
+  // The stateless stream never needed the owner after its admission: it ends normally.
+  seen_stateless = read_until(stateless, "data: [DONE]", seen_stateless);
+  {
+    INFO(seen_stateless.substr(seen_stateless.size() > 600 ? seen_stateless.size() - 600 : 0));
+    CHECK(seen_stateless.find("w19\"") != std::string::npos);
+    CHECK(seen_stateless.find("\"finish_reason\":\"stop\"") != std::string::npos);
+    CHECK(seen_stateless.find("\"error\"") == std::string::npos);
+  }
 
   // Until the dead node's lease expires (2 s here) its tenants answer 503 promptly; then the
   // next request through any node claims the tenant and succeeds.
@@ -420,4 +458,86 @@ TEST_CASE("A stream whose owner node is killed ends promptly with an error event
   auto v = cluster_view(c.port(ingress), id)["tenant"];
   CHECK(v["owner"] != c.node_id(owner));
   CHECK(v["epoch"] == 2);
+}
+
+TEST_CASE("A stateless completion sent to a node that does not own its tenant runs on that node and its usage is settled at the owner",
+          "[cluster][pg][integration]") {
+  cluster_nodes c(3, fast_echo);
+  // 1,000 tokens per minute: each request takes an estimate of its prompt plus 256 tokens
+  // at admission (about 265), given back down to its real use (about 10) when the owner
+  // settles it. Six requests in a row fit only if each was settled before the next came.
+  auto tenant = create_tenant(c.port(0), "ingress-runs",
+                              {{"config", {{"limits", {{"tokens_per_minute", 1000}}}}}});
+  auto id = tenant["id"].get<std::string>();
+  auto key = create_key(c.port(0), id)["key"].get<std::string>();
+  REQUIRE(chat(c.port(0), key, "run here").status == 200);
+  auto owner = c.index_of(cluster_view(c.port(0), id)["tenant"]["owner"].get<std::string>());
+  REQUIRE(owner >= 0);
+  int ingress = (owner + 1) % 3;
+  // The node that runs a turn commits its usage row (one group commit per sequential turn).
+  auto owner_commits = metric(c.port(owner), "parley_turn_commits_total");
+  auto ingress_commits = metric(c.port(ingress), "parley_turn_commits_total");
+  const int n = 6;
+  int64_t last_remaining = -1;
+  for (int i = 0; i < n; ++i) {
+    auto r = chat(c.port(ingress), key, "run here");
+    INFO("request " << i << ": " << r.body);
+    REQUIRE(r.status == 200);
+    auto body = json::parse(r.body);
+    CHECK(body["choices"][0]["message"]["content"] == "run here");
+    // The same request each time: the owner's remaining tokens fall by exactly the previous
+    // request's real usage (plus at most a token or two refilled meanwhile).
+    auto remaining = std::stoll(r.header("x-ratelimit-remaining-tokens"));
+    auto used = body["usage"]["total_tokens"].get<int64_t>();
+    if (last_remaining >= 0) {
+      CHECK(last_remaining - remaining <= used);
+      CHECK(last_remaining - remaining >= used - 3);
+    }
+    last_remaining = remaining;
+  }
+  CHECK(metric(c.port(ingress), "parley_turn_commits_total") - ingress_commits >= n);
+  CHECK(metric(c.port(owner), "parley_turn_commits_total") - owner_commits == 0);
+  CHECK(metric(c.port(ingress), "parley_cluster_forwarded_admissions_total") >= n);
+  // Every turn's usage is in the ledger, whichever node wrote it.
+  auto usage = admin_call(c.port(owner), http::verb::get, "/admin/v1/tenants/" + id + "/usage");
+  REQUIRE(usage.status == 200);
+  INFO(usage.body);
+  int64_t requests = 0;
+  auto rows = json::parse(usage.body);
+  for (auto& row : rows["data"])
+    requests += row.value("requests", int64_t{0});
+  CHECK(requests == n + 1);
+}
+
+TEST_CASE("A node killed while it runs a stateless stream for a tenant another node owns does not keep that tenant's concurrency slot",
+          "[cluster][pg][integration]") {
+  cluster_nodes c(3, "[chat]\necho_tokens_per_second = 5\n");
+  auto tenant = create_tenant(c.port(0), "lost-ingress",
+                              {{"config", {{"limits", {{"max_concurrent", 1}}}}}});
+  auto id = tenant["id"].get<std::string>();
+  auto key = create_key(c.port(0), id)["key"].get<std::string>();
+  REQUIRE(chat(c.port(0), key, "warm").status == 200);
+  auto owner = c.index_of(cluster_view(c.port(0), id)["tenant"]["owner"].get<std::string>());
+  REQUIRE(owner >= 0);
+  int ingress = (owner + 1) % 3;
+  std::string words;
+  for (int i = 0; i < 30; ++i)
+    words += "w" + std::to_string(i) + " ";
+  http_client client(c.port(ingress));
+  send_chat_raw(client, key,
+                json{{"model", "parley-echo"}, {"stream", true},
+                     {"messages", {{{"role", "user"}, {"content", words}}}}}.dump());
+  read_until(client, "\"content\":\"w0");
+  // The slot is taken: a second request through the owner is refused.
+  CHECK(chat(c.port(owner), key, "second").status == 429);
+  c.process(ingress).signal(SIGKILL);
+  // The owner hears that the ingress node's gateway is gone and frees the slot (charged what
+  // admission reserved): the tenant is served again at once, not after the 6 s stream.
+  auto t0 = steady::now();
+  bool served = wait_until(deadline_in(std::chrono::seconds(3)), [&] {
+    return chat(c.port(owner), key, "x").status == 200;
+  }, std::chrono::milliseconds(50));
+  auto ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+  INFO("served again " << ms << " ms after the kill");
+  CHECK(served);
 }

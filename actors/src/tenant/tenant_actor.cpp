@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -38,6 +39,11 @@ struct tenant_state {
   std::unordered_map<caf::actor_addr, std::string> conversation_by_addr;
   std::unordered_set<caf::actor_addr> children; ///< linked conversations alive
   std::unordered_map<std::string, std::shared_ptr<detail::turn_handle>> turns; ///< stateless calls by request id
+  /// Cluster: stateless turns we admitted that another node's turn gateway runs (by request
+  /// id), until its ended_atom; and the gateways we monitor (their node going away settles
+  /// their turns).
+  std::unordered_map<std::string, caf::actor_addr> remote_turns;
+  std::unordered_set<caf::actor_addr> gateways;
   /// A conversation turn we sent and have not seen end. If its conversation actor stops
   /// first, we settle it at the actor's down message and tell its relay why.
   struct sent_turn {
@@ -65,6 +71,9 @@ struct tenant_state {
     chat_request req;
     turn_sink_actor relay;
     caf::typed_response_promise<turn_control_actor, rate_snapshot> promise;
+    /// A remote admission (admit_atom): its gateway and its promise instead.
+    caf::actor_addr gateway;
+    caf::typed_response_promise<admission_grant> grant;
   };
   std::vector<waiting> waiting_for_budget;
   tenants::response_cache cache;
@@ -77,8 +86,18 @@ struct tenant_state {
     // answers nothing for a promise that is dropped. Tell them we are gone (the relay looks
     // the tenant up afresh once, or answers 503).
     auto parked = std::move(waiting_for_budget);
-    for (auto& w : parked)
-      w.promise.deliver(caf::make_error(caf::sec::request_receiver_down));
+    for (auto& w : parked) {
+      if (w.gateway) {
+        // The gateway's admission was an ordinary message: an error answer would reach it as
+        // one it does not handle. A refusal it knows.
+        admission_grant g;
+        g.request_id = w.req.request_id;
+        g.refusal = {chat_error_kind::unavailable, "The tenant is restarting; retry.", 0, 1000};
+        w.grant.deliver(std::move(g));
+      } else {
+        w.promise.deliver(caf::make_error(caf::sec::request_receiver_down));
+      }
+    }
     // Stopping (shutdown or a crash): the stateless calls stop with us.
     auto calls = std::move(turns);
     for (auto& [id, call] : calls)
@@ -119,9 +138,16 @@ struct tenant_state {
 
   /// Takes an admitted turn out of flight: true once per turn (a stateless turn, or a
   /// conversation turn we sent and have not settled); false for anything else.
-  bool take_in_flight(const std::string& request_id) {
+  /// A remote turn is taken only by the gateway that runs it (`sender`).
+  bool take_in_flight(const std::string& request_id, const caf::actor_addr& sender = {}) {
     if (turns.erase(request_id) > 0)
       return true;
+    if (auto r = remote_turns.find(request_id); r != remote_turns.end()) {
+      if (r->second != sender)
+        return false;
+      remote_turns.erase(r);
+      return true;
+    }
     auto it = sent_turns.find(request_id);
     if (it == sent_turns.end())
       return false;
@@ -194,31 +220,69 @@ int64_t upstream_max_tokens(const chat_request& req, const route& r,
 /// a refusal; and what starts the turn once the answer is on its way (so the relay holds the
 /// answer before any of the turn's events).
 struct admission {
-  caf::error refusal;
+  bool refused = false;
+  chat_failure why; ///< when refused
   turn_control_actor producer;
   rate_snapshot limits;
   std::function<void()> go;
+  /// A remote admission's cache hit (the gateway replays it).
+  std::optional<tenants::cached_completion> hit;
 };
 
 admission refuse(chat_error_kind kind, std::string msg, rate_snapshot snap = {},
                  int64_t retry_after_ms = 0) {
   admission a;
-  a.refusal = caf::make_error(kind, chat_failure{kind, std::move(msg), 0, retry_after_ms}, snap);
+  a.refused = true;
+  a.why = chat_failure{kind, std::move(msg), 0, retry_after_ms};
+  a.limits = snap;
   return a;
 }
 
 /// Answers a completion request through `rp`, then starts the turn.
 void answer(caf::typed_response_promise<turn_control_actor, rate_snapshot>& rp, admission a) {
-  if (a.refusal)
-    rp.deliver(std::move(a.refusal));
+  if (a.refused)
+    rp.deliver(caf::make_error(a.why.kind, a.why, a.limits));
   else
     rp.deliver(std::move(a.producer), std::move(a.limits));
   if (a.go)
     a.go();
 }
 
+/// Answers a remote admission (admit_atom) through `rp`: what admission decided about `req`.
+void answer_grant(caf::typed_response_promise<admission_grant>& rp, admission a,
+                  const chat_request& req, int64_t sent_config_version,
+                  const tenant_state& st) {
+  admission_grant g;
+  g.request_id = req.request_id;
+  g.limits = a.limits;
+  if (a.refused) {
+    g.refusal = std::move(a.why);
+    rp.deliver(std::move(g));
+    return;
+  }
+  g.admitted = true;
+  g.model = req.model;
+  if (sent_config_version < st.config_version) {
+    g.config_json = st.config_json;
+    g.config_version = st.config_version;
+  }
+  if (a.hit) {
+    g.cached = true;
+    g.deltas = std::move(a.hit->deltas);
+    g.done = chat_done{a.hit->finish_reason, a.hit->prompt_tokens, a.hit->completion_tokens,
+                       req.model, ""};
+  } else {
+    g.max_tokens = req.max_tokens;
+    g.completion_cap = req.completion_cap;
+    g.fill_cache = !req.cache_key.empty();
+  }
+  rp.deliver(std::move(g));
+}
+
+/// Admits a completion. `gateway` is set for a remote admission (admit_atom): a stateless
+/// turn that the gateway's node runs; we only count it in flight until its end.
 admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request& req,
-                turn_sink_actor relay) {
+                turn_sink_actor relay, const caf::actor_addr& gateway = {}) {
   auto& st = self->state;
   if (!st.svc || !st.svc->routes)
     return refuse(chat_error_kind::unavailable, "chat is not configured on this node");
@@ -229,8 +293,8 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                   1000);
   // A draining cluster node takes no more work from other nodes: it is about to leave, and
   // their clients retry (by then another node owns the tenant).
-  if (st.svc->draining && st.svc->draining->load(std::memory_order_relaxed) && relay &&
-      relay.node() != self->node())
+  if (st.svc->draining && st.svc->draining->load(std::memory_order_relaxed) &&
+      (gateway || (relay && relay.node() != self->node())))
     return refuse(chat_error_kind::unavailable, "The tenant's node is shutting down; retry.", {},
                   1000);
   if (req.model.empty())
@@ -253,7 +317,11 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
                     std::to_string(lim.max_request_tokens) + ".");
   // Every admitted turn is accounted (slot, reservation, estimate) and settled exactly once by
   // its request id (net generates one per request; an id already in flight is refused).
-  if (st.turns.count(req.request_id) > 0 || st.sent_turns.count(req.request_id) > 0)
+  if (gateway && !req.conversation_id.empty())
+    return refuse(chat_error_kind::invalid_request,
+                  "Conversation turns run on the tenant's node, not through a gateway.");
+  if (st.turns.count(req.request_id) > 0 || st.sent_turns.count(req.request_id) > 0 ||
+      st.remote_turns.count(req.request_id) > 0)
     return refuse(chat_error_kind::invalid_request,
                   "A request with id '" + req.request_id + "' is already in progress.");
   // Bounded in-flight work: the tenant's own limit, else the node's default per tenant.
@@ -309,6 +377,10 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
         admission a;
         a.limits = st.snapshot(rq, st.tokens.peek(now));
         a.limits.cache = 1;
+        if (gateway) {
+          a.hit = *hit; // replayed by the gateway
+          return a;
+        }
         // Replayed by us after the answer: the upstream is not called, nothing to cancel.
         a.go = [self, relay, hit = *hit, model = req.model] {
           for (auto& d : hit.deltas)
@@ -340,6 +412,15 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
   st.publish_in_flight();
   admission a;
   a.limits = snap;
+  if (gateway) {
+    // Run by the gateway's node, settled by its ended_atom; should that node go away first,
+    // its gateway's down message settles it (see settle_gateway_turns).
+    st.remote_turns[req.request_id] = gateway;
+    if (st.gateways.insert(gateway).second)
+      self->monitor(gateway);
+    a.limits = snap;
+    return a;
+  }
   if (req.conversation_id.empty()) {
     // A stateless turn runs without an actor of its own; we are its producer (the relay
     // sends us cancel_atom when the client goes away) and its owner (it ends with `ended`).
@@ -436,6 +517,34 @@ void settle_lost_turns(tenant_actor::stateful_pointer<tenant_state> self,
   }
 }
 
+/// A gateway we admitted turns for went away (its node stopped or the connection broke): its
+/// turns will never report their end. Each is charged what admission reserved for it -- the
+/// most it could have used; its ledger rows, if its node wrote them, are in the usage table.
+void settle_gateway_turns(tenant_actor::stateful_pointer<tenant_state> self,
+                          const caf::actor_addr& gateway) {
+  auto& st = self->state;
+  if (st.gateways.erase(gateway) == 0)
+    return;
+  auto now = persistence::now_millis();
+  std::vector<std::string> lost;
+  for (auto& [id, g] : st.remote_turns)
+    if (g == gateway)
+      lost.push_back(id);
+  for (auto& id : lost) {
+    st.remote_turns.erase(id);
+    int64_t charge = 0;
+    if (auto r = st.reservations.find(id); r != st.reservations.end())
+      charge = std::max(charge, r->second);
+    if (auto e = st.estimates.find(id); e != st.estimates.end())
+      charge = std::max(charge, e->second);
+    st.settle(id, charge, now);
+  }
+  if (!lost.empty() && st.svc && st.svc->logger)
+    log::event(st.svc->logger, spdlog::level::warn, "remote turns lost")
+      .str("tenant_id", st.tenant_id)
+      .num("turns", static_cast<int64_t>(lost.size()));
+}
+
 tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_state> self,
                                         std::string tenant_id,
                                         std::shared_ptr<const chat_services> svc) {
@@ -460,6 +569,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.conversation_by_addr.erase(it);
     }
     settle_lost_turns(self, dm.source);
+    settle_gateway_turns(self, dm.source);
   });
   return {
     [=](caf::get_atom) { return self->state.tenant_id; },
@@ -478,12 +588,43 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       auto rp = self->make_response_promise<turn_control_actor, rate_snapshot>();
       if (st.cfg->limits.tokens_per_day > 0 && st.budget_state != tenant_state::budget_phase::loaded) {
         // Today's spending is not known yet: admit once the usage table has answered.
-        st.waiting_for_budget.push_back({std::move(req), std::move(relay), rp});
+        tenant_state::waiting w;
+      w.req = std::move(req);
+      w.relay = std::move(relay);
+      w.promise = rp;
+      st.waiting_for_budget.push_back(std::move(w));
         if (st.budget_state == tenant_state::budget_phase::unloaded)
           load_budget(self);
         return rp;
       }
       answer(rp, admit(self, req, std::move(relay)));
+      return rp;
+    },
+    [=](admit_atom, chat_request& req) -> caf::result<admission_grant> {
+      auto& st = self->state;
+      auto gateway = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      auto sent_version = req.tenant_config_version;
+      st.update_config(req.tenant_config, req.tenant_config_version);
+      auto rp = self->make_response_promise<admission_grant>();
+      if (!gateway) {
+        admission_grant g;
+        g.request_id = req.request_id;
+        g.refusal = {chat_error_kind::internal, "an admission without a gateway", 0};
+        rp.deliver(std::move(g));
+        return rp;
+      }
+      if (st.cfg->limits.tokens_per_day > 0 && st.budget_state != tenant_state::budget_phase::loaded) {
+        tenant_state::waiting w;
+        w.req = std::move(req);
+        w.gateway = gateway;
+        w.grant = rp;
+        st.waiting_for_budget.push_back(std::move(w));
+        if (st.budget_state == tenant_state::budget_phase::unloaded)
+          load_budget(self);
+        return rp;
+      }
+      auto a = admit(self, req, {}, gateway);
+      answer_grant(rp, std::move(a), req, sent_version, st);
       return rp;
     },
     [=](budget_atom, int64_t day_start, int64_t spent) {
@@ -492,17 +633,29 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       st.waiting_for_budget.clear();
       if (spent < 0) {
         st.budget_state = tenant_state::budget_phase::unloaded; // retried by the next request
-        for (auto& w : waiting)
-          answer(w.promise, refuse(chat_error_kind::unavailable,
-                                   "The usage store is unavailable; retry later.", {}, 1000));
+        for (auto& w : waiting) {
+          auto a = refuse(chat_error_kind::unavailable,
+                          "The usage store is unavailable; retry later.", {}, 1000);
+          if (w.gateway)
+            answer_grant(w.grant, std::move(a), w.req, w.req.tenant_config_version, st);
+          else
+            answer(w.promise, std::move(a));
+        }
         return;
       }
       auto now = persistence::now_millis();
       if (tenants::utc_day_start(now) == day_start)
         st.budget.set_spent(now, spent);
       st.budget_state = tenant_state::budget_phase::loaded;
-      for (auto& w : waiting)
-        answer(w.promise, admit(self, w.req, std::move(w.relay)));
+      for (auto& w : waiting) {
+        if (w.gateway) {
+          auto version = w.req.tenant_config_version;
+          auto a = admit(self, w.req, {}, w.gateway);
+          answer_grant(w.grant, std::move(a), w.req, version, st);
+        } else {
+          answer(w.promise, admit(self, w.req, std::move(w.relay)));
+        }
+      }
     },
     [=](limits_atom, const std::string& config_json, int64_t version) {
       auto& st = self->state;
@@ -559,13 +712,21 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       if (auto it = st.turns.find(request_id); it != st.turns.end()) {
         auto call = it->second;
         call->cancel(); // ends it: its `ended` comes back to us
+        return;
+      }
+      // A remote turn whose gateway gave up on our grant (past its deadline): it never ran.
+      auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      if (auto r = st.remote_turns.find(request_id); r != st.remote_turns.end() && r->second == sender) {
+        st.remote_turns.erase(r);
+        st.settle(request_id, 0, persistence::now_millis());
       }
     },
     [=](ended_atom, turn_outcome& o) {
       auto& st = self->state;
       // Settled once: a conversation turn whose actor stopped first was settled (and its
       // client told) at the actor's down message.
-      if (!st.take_in_flight(o.request_id))
+      if (!st.take_in_flight(o.request_id,
+                             caf::actor_cast<caf::actor_addr>(self->current_sender())))
         return;
       auto now = persistence::now_millis();
       st.settle(o.request_id, o.tokens, now);

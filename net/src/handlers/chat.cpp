@@ -296,6 +296,7 @@ void refused(relay_ptr self, tenant_locator& tenants, const caf::error& e) {
   }
   // A cached tenant actor that stopped meanwhile: the next request looks it up afresh.
   tenants.forget(s.req.tenant_id);
+  s.ex->ctx().error = self->system().render(e);
   if (e.category() == caf::atom("parley") || e.category() == caf::atom("system"))
     tenants.remote().failed.fetch_add(1, std::memory_order_relaxed);
   // In a cluster: the owner node cannot be reached, this node holds no lease, or the
@@ -333,45 +334,52 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
     // deadline in CAF 0.17, so that one has the cluster's call timeout.
     bool remote = t.node() != self->node();
     auto request_id_sent = req.request_id;
-    caf::duration deadline = remote ? caf::duration(tenants->timeout()) : caf::duration(caf::infinite);
     auto sent = remote ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     if (remote)
       tenants->remote().forwarded.fetch_add(1, std::memory_order_relaxed);
-    self->request(t, deadline, actors::chat_atom::value, std::move(req),
-                  caf::actor_cast<actors::turn_sink_actor>(self))
-      .then(
-        [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {
-          auto& s = self->state;
-          if (remote)
-            if (auto* h = tenants->remote().latency)
-              h->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
-          add_rate_headers(*s.ex, limits);
-          static const char* cache_names[] = {"", "hit", "miss", "bypass"};
-          if (limits.cache > 0 && limits.cache < 4) {
-            s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
-            s.ex->ctx().cache = cache_names[limits.cache];
-          }
-          s.producer = producer;
-          s.tenant = t;
-          if (!producer)
-            return; // a cached answer follows: nothing to cancel or watch
-          if (s.cancelled) {
-            self->send(producer, actors::cancel_atom::value, s.req.request_id);
-            self->quit();
-            return;
-          }
-          // If the producer dies without a word (a crash), we must still answer (see the
-          // down handler in relay_impl).
-          s.watch(producer);
-        },
-        [=](const caf::error& e) {
-          // A remote admission past its deadline may still be admitted by the owner later:
-          // tell it that this request is gone, so that it stops the turn instead of running
-          // (and charging) it for nobody.
-          if (remote && e == caf::sec::request_timeout)
-            self->send(t, actors::cancel_atom::value, request_id_sent);
-          fail_now(e);
-        });
+    auto admitted = [=](actors::turn_control_actor producer, const actors::rate_snapshot& limits) {
+      auto& s = self->state;
+      if (remote)
+        if (auto* h = tenants->remote().latency)
+          h->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
+      add_rate_headers(*s.ex, limits);
+      static const char* cache_names[] = {"", "hit", "miss", "bypass"};
+      if (limits.cache > 0 && limits.cache < 4) {
+        s.ex->add_header("x-parley-cache", cache_names[limits.cache]);
+        s.ex->ctx().cache = cache_names[limits.cache];
+      }
+      s.producer = producer;
+      s.tenant = t;
+      if (!producer)
+        return; // a cached answer follows: nothing to cancel or watch
+      if (s.cancelled) {
+        self->send(producer, actors::cancel_atom::value, s.req.request_id);
+        self->quit();
+        return;
+      }
+      // If the producer dies without a word (a crash), we must still answer (see the
+      // down handler in relay_impl).
+      s.watch(producer);
+    };
+    auto sink = caf::actor_cast<actors::turn_sink_actor>(self);
+    if (remote && req.conversation_id.empty() && tenants->gateway()) {
+      // A stateless completion for a tenant another node owns: the owner admits it, this
+      // node runs it (the gateway keeps the deadline, and settles a late admission).
+      self->request(tenants->gateway(), caf::infinite, actors::chat_atom::value, t,
+                    std::move(req), sink)
+        .then(admitted, fail_now);
+      return;
+    }
+    caf::duration deadline = remote ? caf::duration(tenants->timeout()) : caf::duration(caf::infinite);
+    self->request(t, deadline, actors::chat_atom::value, std::move(req), sink)
+      .then(admitted, [=](const caf::error& e) {
+        // A remote admission past its deadline may still be admitted by the owner later:
+        // tell it that this request is gone, so that it stops the turn instead of running
+        // (and charging) it for nobody.
+        if (remote && e == caf::sec::request_timeout)
+          self->send(t, actors::cancel_atom::value, request_id_sent);
+        fail_now(e);
+      });
   }, fail_now);
 }
 
@@ -411,6 +419,13 @@ relay_actor::behavior_type relay_impl(relay_ptr self, exchange_ptr ex, actors::c
     auto& s = self->state;
     if (s.cancelled)
       return;
+    if (dm.source == s.producer.address() && s.tenant && s.tenant.node() != self->node() &&
+        s.producer.node() == self->node() && s.req.conversation_id.empty()) {
+      // Our producer was this node's turn gateway (a stateless turn run here for a tenant on
+      // another node), and it stopped: the turn stopped with it.
+      ended_unexpectedly();
+      return;
+    }
     if (dm.source == s.producer.address() && dm.source != s.tenant.address()) {
       // Our producer was a conversation actor, and it stopped (deleted, or a crash): the turn
       // is still its tenant's, which settles it and tells us how it ended -- the end the

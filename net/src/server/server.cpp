@@ -45,6 +45,8 @@ void pipeline::finished(const exchange& ex, unsigned status, bool write_ok) cons
     .real("latency_ms", elapsed * 1e3)
     .str("client", ctx.client_address)
     .flag("write_ok", write_ok);
+  if (!ctx.error.empty())
+    line.str("error", ctx.error);
   if (!ctx.model.empty()) {
     line.str("model", ctx.model)
       .num("prompt_tokens", ctx.prompt_tokens)

@@ -29,6 +29,10 @@ using node_atom = caf::atom_constant<caf::atom("node")>;
 using members_atom = caf::atom_constant<caf::atom("members")>;
 using fence_atom = caf::atom_constant<caf::atom("fence")>;
 using claimed_atom = caf::atom_constant<caf::atom("claimed")>;
+/// Cluster: a stateless completion admitted by its tenant's owner, run by the ingress node.
+using admit_atom = caf::atom_constant<caf::atom("admit")>;
+/// A periodic check of deadlines (the turn gateway's pending admissions).
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 /// Errors that actors answer with (registered with CAF as category "parley").
 enum class actor_errc : uint8_t {
@@ -102,6 +106,36 @@ typename Inspector::result_type inspect(Inspector& f, turn_outcome& x) {
            x.relay);
 }
 
+/// The owner's answer to a stateless completion that another node (the ingress, through its
+/// turn gateway) runs itself: refused (why, with the rate-limit state), a cache hit (replayed
+/// by the ingress), or admitted with what admission decided. The ingress keeps the request's
+/// messages; only the decided fields come back. The ingress reports the turn's end to the
+/// owner (ended_atom), which settles it as it settles its own turns.
+struct admission_grant {
+  std::string request_id;
+  bool admitted = false;
+  chat_failure refusal;          ///< when !admitted
+  rate_snapshot limits;
+  std::string model;             ///< the model asked for (the tenant's default applied)
+  int64_t max_tokens = 0;        ///< what the upstream is asked for (0 = not capped)
+  int64_t completion_cap = 0;    ///< the daily budget's cut-off (0 = none)
+  bool fill_cache = false;       ///< a cache miss: the end reports the deltas to fill it
+  /// The tenant's config, when the owner holds a newer one than the request brought.
+  std::string config_json;
+  int64_t config_version = 0;
+  /// A cache hit: the answer, replayed by the ingress (nothing to settle).
+  bool cached = false;
+  std::vector<std::string> deltas;
+  chat_done done;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, admission_grant& x) {
+  return f(caf::meta::type_name("admission_grant"), x.request_id, x.admitted, x.refusal, x.limits,
+           x.model, x.max_tokens, x.completion_cap, x.fill_cache, x.config_json,
+           x.config_version, x.cached, x.deltas, x.done);
+}
+
 /// What a relay tells the producer of its turn: its client (by request id) went away.
 using turn_control_actor = caf::typed_actor<caf::reacts_to<cancel_atom, std::string>>;
 
@@ -133,6 +167,12 @@ using tenant_actor = caf::typed_actor<
   /// whose code is a chat_error_kind and whose context is (chat_failure, rate_snapshot). The
   /// turn's events reach the sink only after this answer.
   caf::replies_to<chat_atom, chat_request, turn_sink_actor>::with<turn_control_actor, rate_snapshot>,
+  /// Cluster: admits a stateless completion that the sender (another node's turn gateway)
+  /// runs itself. Sent without a request id (the gateway keeps its own deadlines): the grant
+  /// comes back as an ordinary message. The tenant counts the turn in flight until the
+  /// gateway's ended_atom, or until the gateway's node goes away (then it is charged what
+  /// admission reserved).
+  caf::replies_to<admit_atom, chat_request>::with<admission_grant>,
   /// Today's spent tokens (day start, tokens; -1 = the store could not say), from the loader.
   caf::reacts_to<budget_atom, int64_t, int64_t>,
   /// The current rate-limit state (after applying the given config JSON and version, unless
@@ -176,6 +216,27 @@ using tenant_manager_actor = caf::typed_actor<
                  std::string>,
   /// This node lost its lease: stop every tenant actor now (another node may take them).
   caf::reacts_to<fence_atom>>;
+
+/// A cluster node's gateway for stateless completions whose tenant another node owns: it asks
+/// the owner to admit (admit_atom), runs the admitted turn here -- this node's routes, upstream
+/// connections and usage ledger -- and reports the end to the owner. Three messages cross
+/// nodes per completion (admission, grant, end), all between long-lived actors, so no actor
+/// reference is announced per request; deltas never cross. One per node.
+using turn_gateway_actor = caf::typed_actor<
+  /// Like tenant_actor's chat_atom, for the given (remote) tenant: answers with the producer
+  /// to cancel (the gateway) and the rate-limit state, or the refusal the owner gave; fails
+  /// with request_timeout past the cluster's call timeout and with request_receiver_down when
+  /// the owner's tenant actor or node went away.
+  caf::replies_to<chat_atom, tenant_actor, chat_request, turn_sink_actor>::with<turn_control_actor,
+                                                                                rate_snapshot>,
+  /// The client of a turn (by request id) went away: stop it.
+  caf::reacts_to<cancel_atom, std::string>,
+  /// An owner's answer to an admission.
+  caf::reacts_to<admission_grant>,
+  /// A turn run here ended.
+  caf::reacts_to<ended_atom, turn_outcome>,
+  /// Deadlines of pending admissions.
+  caf::reacts_to<tick_atom>>;
 
 /// Knows which node's tenant manager owns a tenant. On a single node: always the local one.
 /// In a cluster it answers with the owner node's manager (reached over CAF's middleman).

@@ -26,6 +26,13 @@ std::shared_ptr<provider_port> make_echo_provider(caf::actor_system& sys, int to
 /// Spawns the tenant directory for a single node: every tenant is owned by `local`.
 tenant_directory_actor spawn_tenant_directory(caf::actor_system& sys, tenant_manager_actor local);
 
+/// Spawns a cluster node's turn gateway (one per node): stateless completions for tenants
+/// that other nodes own are admitted there and run here, with `svc`'s routes and ledger; an
+/// admission not answered within `call_timeout` fails with request_timeout.
+turn_gateway_actor spawn_turn_gateway(caf::actor_system& sys,
+                                      std::shared_ptr<const chat_services> svc,
+                                      std::chrono::milliseconds call_timeout);
+
 /// Spawns the tenant directory of a cluster node: tenants are placed over the members it is
 /// sent (members_atom), and other nodes' managers are reached over the middleman (which must
 /// be loaded), each call within `call_timeout`.

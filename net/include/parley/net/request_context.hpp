@@ -55,6 +55,8 @@ struct request_context {
   int64_t ttft_us = 0;            ///< request start to the first token (0 = none)
   int32_t attempts = 0;           ///< upstream attempts
   const char* cache = "";         ///< "hit", "miss", "bypass" or "" (not in play)
+  /// Why a request failed inside the node (a 5xx's cause for the access log; never sent).
+  std::string error;
 
   /// The traceparent header value to send upstream.
   std::string traceparent() const {

@@ -59,6 +59,11 @@ public:
   };
   remote_stats& remote() noexcept { return remote_; }
 
+  /// Cluster: this node's turn gateway, through which stateless completions for tenants that
+  /// other nodes own are admitted there and run here (null: the owner runs them).
+  void set_gateway(actors::turn_gateway_actor g) noexcept { gateway_ = std::move(g); }
+  const actors::turn_gateway_actor& gateway() const noexcept { return gateway_; }
+
   /// Deadline of each lookup step (a remote manager's included): the cluster's call timeout.
   void set_timeout(std::chrono::milliseconds t) noexcept { timeout_ = t; }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
@@ -94,6 +99,7 @@ private:
   }
 
   actors::tenant_directory_actor directory_;
+  actors::turn_gateway_actor gateway_;
   std::chrono::milliseconds timeout_{5000};
   remote_stats remote_;
   mutable std::shared_mutex mu_;
