@@ -628,7 +628,7 @@ struct app::impl {
         caf::anon_send(dir, actors::members_atom::value, std::move(members));
       },
       [manager] { caf::anon_send(manager, actors::fence_atom::value); });
-    membership->join();
+    membership->join(true);
     membership->start();
     // Other nodes revoke keys and change tenants too: their changes reach our key cache
     // through a connection of its own (docs/cluster.md).

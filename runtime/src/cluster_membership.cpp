@@ -44,12 +44,36 @@ cluster_membership::~cluster_membership() {
     thread_.join();
 }
 
-void cluster_membership::join() {
-  auto sent = steady_ns();
-  auto lease = store_.join_node(identity_->node_id(), address_, http_address_,
-                                settings_.lease_ttl_ms);
-  if (!lease.ok())
-    throw std::runtime_error("cannot join the cluster: " + lease.error().detail);
+void cluster_membership::join(bool wait) {
+  auto give_up = std::chrono::steady_clock::now() +
+                 std::chrono::milliseconds(settings_.lease_ttl_ms + 1000);
+  bool told = false;
+  for (;;) {
+    auto sent = steady_ns();
+    auto lease = store_.join_node(identity_->node_id(), address_, http_address_,
+                                  settings_.lease_ttl_ms);
+    if (!lease.ok() && wait && lease.code() == persistence::persistence_errc::conflict &&
+        std::chrono::steady_clock::now() < give_up) {
+      // Another incarnation of this node id is live: a crashed process whose lease has not
+      // run out yet (then we wait for it), or a second process with the same node id (then
+      // its renewals keep it live and we give up).
+      if (!told)
+        log::event(logger_, spdlog::level::warn, "node id in use, waiting for its lease to end")
+          .str("node_id", identity_->node_id())
+          .str("detail", lease.error().detail);
+      told = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::max(settings_.lease_ttl_ms / 10, 10)));
+      continue;
+    }
+    if (!lease.ok())
+      throw std::runtime_error("cannot join the cluster: " + lease.error().detail);
+    accept_lease(sent, *lease);
+    return;
+  }
+}
+
+void cluster_membership::accept_lease(int64_t sent, const persistence::node_lease& lease_value) {
+  const auto* lease = &lease_value;
   deadline_ns_.store(sent + int64_t{settings_.lease_ttl_ms} * 900000, std::memory_order_release);
   identity_->set_lease_deadline(sent + int64_t{settings_.lease_ttl_ms} * 900000);
   held_incarnation_.store(lease->incarnation, std::memory_order_release);

@@ -36,7 +36,10 @@ public:
   ~cluster_membership();
 
   /// Joins now (blocking: call it at start-up). Throws when the database refuses.
-  void join();
+  /// `wait`: while a previous incarnation of this node id is still live (a crashed process's
+  /// lease not yet run out), wait for it -- up to one lease TTL and a second -- instead of
+  /// failing at once. Throws when the node cannot join.
+  void join(bool wait = false);
   /// Starts the renewal thread.
   void start();
   /// Says "draining" in the nodes table (no new tenants are placed here). Blocking.
@@ -54,6 +57,7 @@ public:
   int live_members() const noexcept { return live_members_.load(std::memory_order_relaxed); }
 
 private:
+  void accept_lease(int64_t sent_ns, const persistence::node_lease& lease);
   void run();
   bool renew_once();
   void fence(const char* why);

@@ -156,6 +156,7 @@ TEST_CASE("parley admin cluster shows the nodes and a tenant's owner from the Po
   auto a = join("node-a");
   auto b = join("node-b");
   auto c = join("node-c");
+  REQUIRE(cluster->set_node_status("node-b", b, "left").ok());
   b = join("node-b"); // incarnation 2
   for (std::string t : {"ten_1", "ten_2"})
     REQUIRE(cluster->claim_tenant(t, "node-a", a)->claimed);

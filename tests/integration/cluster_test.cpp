@@ -541,3 +541,58 @@ TEST_CASE("A node killed while it runs a stateless stream for a tenant another n
   INFO("served again " << ms << " ms after the kill");
   CHECK(served);
 }
+
+TEST_CASE("A second process with the node id of a live node is refused and a node restarted after a crash waits for its old lease and then joins",
+          "[cluster][pg][integration]") {
+  cluster_nodes c(std::vector<std::string>{"node_id = \"twin\"\n" + std::string(fast_echo)});
+  REQUIRE(c.node_id(0) == "twin");
+  auto tenant = create_tenant(c.port(0), "twin-tenant");
+  auto id = tenant["id"].get<std::string>();
+  auto key = create_key(c.port(0), id)["key"].get<std::string>();
+  REQUIRE(chat(c.port(0), key, "hello").status == 200);
+
+  // The same node id again while the first process renews its lease: it waits one lease and
+  // a second for it to go, then gives up with a clear error; the live node keeps its row.
+  temp_dir d;
+  auto cfg = d.write("parley.toml", c.config_toml(d, "node_id = \"twin\"\n" + std::string(fast_echo)));
+  auto t0 = steady::now();
+  {
+    child_process twin({PARLEY_BINARY, "serve", "--config", cfg}, {}, d.path() + "/twin.out");
+    auto st = twin.wait_exit(std::chrono::seconds(20));
+    auto ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+    INFO(twin.output());
+    REQUIRE(st.has_value());
+    CHECK(*st != 0);
+    CHECK(ms >= 2000); // it waited for the lease (2 s here) before it gave up
+    CHECK(twin.output().find("node id in use, waiting for its lease to end") != std::string::npos);
+    CHECK(twin.output().find("is in use by a live incarnation") != std::string::npos);
+  }
+  auto view = cluster_view(c.port(0), id);
+  REQUIRE(view["nodes"].size() == 1);
+  CHECK(view["nodes"][0]["incarnation"] == 1);
+  CHECK(view["nodes"][0]["live"] == true);
+  CHECK(view["tenant"]["owner"] == "twin");
+  CHECK(chat(c.port(0), key, "still mine").status == 200);
+
+  // A crash, and the same node restarted at once: it waits for the dead incarnation's lease
+  // to run out, then joins as incarnation 2 and serves the tenant again.
+  c.process(0).signal(SIGKILL);
+  c.process(0).wait_exit(std::chrono::seconds(5));
+  temp_dir d2;
+  uint16_t port = 0;
+  auto restarted = start_parley(d2, c.config_toml(d2, "node_id = \"twin\"\n" + std::string(fast_echo)), port);
+  REQUIRE(wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    return restarted->output().find("\"msg\":\"joined the cluster\"") != std::string::npos;
+  }));
+  INFO(restarted->output());
+  CHECK(restarted->output().find("node id in use, waiting for its lease to end") != std::string::npos);
+  bool served = wait_until(deadline_in(std::chrono::seconds(10)), [&] {
+    return chat(port, key, "back").status == 200;
+  }, std::chrono::milliseconds(100));
+  CHECK(served);
+  auto after = cluster_view(port, id);
+  CHECK(after["nodes"][0]["incarnation"] == 2);
+  CHECK(after["tenant"]["epoch"] == 2);
+  restarted->signal(SIGTERM);
+  CHECK(restarted->wait_exit(std::chrono::seconds(10)).has_value());
+}

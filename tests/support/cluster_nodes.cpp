@@ -13,21 +13,26 @@ namespace parley::test {
 cluster_nodes::cluster_nodes(int n, const std::string& extra_toml, int lease_ttl_ms)
   : cluster_nodes(std::vector<std::string>(static_cast<std::size_t>(n), extra_toml), lease_ttl_ms) {}
 
-cluster_nodes::cluster_nodes(const std::vector<std::string>& per_node_toml, int lease_ttl_ms) {
+std::string cluster_nodes::config_toml(const temp_dir& dir, const std::string& extra_toml) const {
+  return "[http]\nlisten = \"127.0.0.1:0\"\n"
+         "[store]\nbackend = \"postgres\"\npostgres_dsn = \"" + schema_.scoped_dsn() + "\"\n"
+         "[data]\ndir = \"" + dir.path() + "\"\n"
+         "[admin]\nkey = \"" + std::string(server_fixture::admin_key) + "\"\n"
+         "[auth]\npepper = \"test-pepper-0123456789abcdef0123456789abcdef\"\n"
+         "[log]\nlevel = \"info\"\n"
+         "[cluster]\nenabled = true\nlisten = \"127.0.0.1:0\"\nlease_ttl_ms = " +
+         std::to_string(lease_ttl_ms_) + "\ncall_timeout_ms = 2000\nheartbeat_ms = 500\n" +
+         extra_toml;
+}
+
+cluster_nodes::cluster_nodes(const std::vector<std::string>& per_node_toml, int lease_ttl_ms)
+  : lease_ttl_ms_(lease_ttl_ms) {
   int n = static_cast<int>(per_node_toml.size());
   for (int i = 0; i < n; ++i) {
     const auto& extra_toml = per_node_toml[static_cast<std::size_t>(i)];
     node nd;
     nd.dir = std::make_unique<temp_dir>();
-    auto toml = "[http]\nlisten = \"127.0.0.1:0\"\n"
-                "[store]\nbackend = \"postgres\"\npostgres_dsn = \"" + schema_.scoped_dsn() + "\"\n"
-                "[data]\ndir = \"" + nd.dir->path() + "\"\n"
-                "[admin]\nkey = \"" + std::string(server_fixture::admin_key) + "\"\n"
-                "[auth]\npepper = \"test-pepper-0123456789abcdef0123456789abcdef\"\n"
-                "[log]\nlevel = \"info\"\n"
-                "[cluster]\nenabled = true\nlisten = \"127.0.0.1:0\"\nlease_ttl_ms = " +
-                std::to_string(lease_ttl_ms) + "\ncall_timeout_ms = 2000\nheartbeat_ms = 500\n" +
-                extra_toml;
+    auto toml = config_toml(*nd.dir, extra_toml);
     nd.proc = start_parley(*nd.dir, toml, nd.http_port);
     static const std::regex id_re("\"msg\":\"joined the cluster\",\"node_id\":\"([^\"]+)\"");
     std::smatch m;

@@ -35,6 +35,9 @@ public:
   bool stop(int i, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   /// The scoped DSN the nodes use (for direct checks against the tables).
   std::string dsn() const { return schema_.scoped_dsn(); }
+  /// The configuration a node of this cluster gets (data under `dir`), with `extra_toml`
+  /// appended right after its [cluster] settings: for starting a process by hand.
+  std::string config_toml(const temp_dir& dir, const std::string& extra_toml) const;
   /// Everything node i printed.
   std::string output(int i) const;
 
@@ -46,6 +49,7 @@ private:
     std::string node_id;
   };
   pg_schema schema_;
+  int lease_ttl_ms_ = 2000;
   std::vector<node> nodes_;
 };
 

@@ -577,10 +577,24 @@ public:
         "address = excluded.address, http_address = excluded.http_address, status = 'active', "
         "lease_expires_at = excluded.lease_expires_at, joined_at = excluded.joined_at, "
         "updated_at = excluded.updated_at "
+        // A live incarnation is never replaced: a second process started with the same node
+        // id (or a restart before the crashed one's lease ran out) waits for it to go.
+        "WHERE NOT " PARLEY_PG_LIVE("nodes") " "
         "RETURNING incarnation, lease_expires_at, updated_at",
         node_id, address, http_address, ttl_ms);
+      if (r.empty()) {
+        auto live = w.exec_params(
+          "SELECT incarnation, address, lease_expires_at - " PARLEY_PG_NOW " FROM nodes WHERE id = $1",
+          node_id);
+        w.commit();
+        std::string detail = "node id " + node_id + " is in use by a live incarnation";
+        if (!live.empty())
+          detail += " (" + live[0][0].as<std::string>() + " at " + live[0][1].as<std::string>() +
+                    ", its lease ends in " + live[0][2].as<std::string>() + " ms)";
+        return result<node_lease>(store_error{persistence_errc::conflict, detail});
+      }
       w.commit();
-      return read_lease(r[0]);
+      return result<node_lease>(read_lease(r[0]));
     });
   }
 

@@ -59,6 +59,12 @@ struct pg_cluster {
     return lease->incarnation;
   }
 
+  /// Leaves as node `id`'s current incarnation, then joins again; returns the new incarnation.
+  int64_t rejoin(const std::string& id, int64_t ttl = long_ttl) {
+    REQUIRE_OK(c->set_node_status(id, node(id).incarnation, "left"));
+    return join(id, ttl);
+  }
+
   /// The row of node `id` as list_nodes has it now.
   node_record node(const std::string& id) {
     auto nodes = REQUIRE_OK(c->list_nodes());
@@ -82,7 +88,7 @@ struct pg_cluster {
 
 } // namespace
 
-TEST_CASE("a node joins as incarnation 1 and as incarnation 2 when it joins again",
+TEST_CASE("a node joins as incarnation 1 and is refused while that incarnation is live and joins as incarnation 2 once it left",
           "[pg][cluster]") {
   pg_cluster pg;
   auto first = REQUIRE_OK(pg.c->join_node("node-a", "10.0.0.1:7947", "10.0.0.1:8080", long_ttl));
@@ -101,6 +107,15 @@ TEST_CASE("a node joins as incarnation 1 and as incarnation 2 when it joins agai
   CHECK(a.lease_expires_at == first->expires_at);
   CHECK(a.joined_at > 0);
 
+  // A live incarnation is never replaced (a second process with the same node id).
+  auto twice = pg.c->join_node("node-a", "10.0.0.9:7947", "10.0.0.9:8080", long_ttl);
+  CHECK(twice.code() == persistence_errc::conflict);
+  CHECK(twice.error().detail.find("10.0.0.1:7947") != std::string::npos);
+  CHECK(pg.node("node-a").incarnation == 1);
+  CHECK(pg.node("node-a").address == "10.0.0.1:7947");
+
+  // Once it has left, the node id joins again as incarnation 2.
+  REQUIRE_OK(pg.c->set_node_status("node-a", 1, "left"));
   auto second = REQUIRE_OK(pg.c->join_node("node-a", "10.0.0.9:7947", "10.0.0.9:8080", long_ttl));
   CHECK(second->incarnation == 2);
   CHECK(second->expires_at >= first->expires_at);
@@ -113,7 +128,7 @@ TEST_CASE("a node joins as incarnation 1 and as incarnation 2 when it joins agai
 
   // Incarnations count per node id.
   CHECK(pg.join("node-b") == 1);
-  CHECK(pg.join("node-a") == 3);
+  CHECK(pg.rejoin("node-a") == 3);
 }
 
 TEST_CASE("renewing a lease extends it from the database clock", "[pg][cluster]") {
@@ -139,7 +154,7 @@ TEST_CASE("renewing a lease extends it from the database clock", "[pg][cluster]"
 TEST_CASE("renewing a stale incarnation is a conflict", "[pg][cluster]") {
   pg_cluster pg;
   auto old_inc = pg.join("node-a");
-  auto new_inc = pg.join("node-a");
+  auto new_inc = pg.rejoin("node-a");
   REQUIRE(new_inc == old_inc + 1);
   CHECK(pg.c->renew_lease("node-a", old_inc, long_ttl).code() == persistence_errc::conflict);
   CHECK(pg.c->renew_lease("node-a", new_inc + 1, long_ttl).code() == persistence_errc::conflict);
@@ -262,7 +277,7 @@ TEST_CASE("the first claim of a tenant has epoch 1 and its owner's claims keep t
   CHECK(owner->live);
 
   // The same node as a new incarnation is a new owner: a new epoch.
-  auto a2 = pg.join("node-a");
+  auto a2 = pg.rejoin("node-a");
   CHECK_FALSE(REQUIRE_OK(pg.c->get_owner("ten_x"))->live);
   auto back = REQUIRE_OK(pg.c->claim_tenant("ten_x", "node-a", a2));
   CHECK(back->claimed);
@@ -353,7 +368,7 @@ TEST_CASE("a claim by a node without a live active lease is a conflict", "[pg][c
   };
   SECTION("a node that never joined") { conflicts("node-nobody", 1, {"ten_free", "ten_dead"}); }
   SECTION("a stale incarnation") {
-    auto a2 = pg.join("node-a");
+    auto a2 = pg.rejoin("node-a");
     conflicts("node-a", a);
     CHECK(REQUIRE_OK(pg.c->claim_tenant("ten_other", "node-a", a2))->claimed);
   }
@@ -486,7 +501,7 @@ TEST_CASE("owned_counts counts the tenants of live owners only", "[pg][cluster]"
   CHECK(pg.counts() == std::map<std::string, int64_t>{{"node-a", 3}, {"node-b", 2}});
 
   // A new incarnation owns none of its predecessor's tenants until it claims them.
-  auto a2 = pg.join("node-a");
+  auto a2 = pg.rejoin("node-a");
   CHECK(pg.counts() == std::map<std::string, int64_t>{{"node-b", 2}});
   claim("ten_a1", "node-a", a2);
   claim("ten_c1", "node-a", a2);

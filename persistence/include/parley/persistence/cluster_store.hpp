@@ -58,7 +58,9 @@ class cluster_store {
 public:
   virtual ~cluster_store() = default;
   /// Joins (or rejoins) as a new incarnation of `node_id`, active, with a lease of `ttl_ms`.
-  /// Whatever the previous incarnation owned is free to claim from now on.
+  /// Whatever the previous incarnation owned is free to claim from now on. conflict while a
+  /// previous incarnation is still live (its lease not expired, not left): the detail names
+  /// it and when its lease ends.
   virtual result<node_lease> join_node(const std::string& node_id, const std::string& address,
                                        const std::string& http_address, int64_t ttl_ms) = 0;
   /// Extends the lease of this incarnation by `ttl_ms` from now -- only while it has not
