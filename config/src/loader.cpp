@@ -360,6 +360,8 @@ const std::vector<field>& fields() {
          "PEM private key of cluster.tls_cert_file"),
     make("cluster", "tls_ca_file", &settings::cluster, &cluster_settings::tls_ca_file,
          "PEM CA certificate(s) that every node's certificate must chain to"),
+    make("cluster", "allow_plaintext", &settings::cluster, &cluster_settings::allow_plaintext,
+         "Allow plain TCP between nodes on a cluster.listen that is not loopback (no tls_*): only on a network no one else can reach"),
     make("metrics", "enabled", &settings::metrics, &metrics_settings::enabled,
          "Serve GET /metrics (Prometheus text format)"),
     make("metrics", "listen", &settings::metrics, &metrics_settings::listen,
@@ -727,6 +729,14 @@ void validate(const settings& s) {
     if (set != 0 && set != 3)
       fail("cluster.tls_cert_file", "set all of cluster.tls_cert_file, tls_key_file and "
                                     "tls_ca_file for mutual TLS between nodes, or none");
+    // Plain TCP beyond loopback only when asked for: the cluster port has no authentication
+    // of its own (docs/cluster.md, docs/security.md).
+    auto host = split_host_port(s.cluster.listen, "cluster.listen").first;
+    bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+    if (s.cluster.enabled && set == 0 && !loopback && !s.cluster.allow_plaintext)
+      fail("cluster.listen", "is not a loopback address: set cluster.tls_cert_file, tls_key_file "
+                             "and tls_ca_file (mutual TLS between nodes), or cluster.allow_plaintext "
+                             "= true on a network that only the nodes can reach");
   }
   if (!s.upstream.url.empty() && s.upstream.url.rfind("http://", 0) != 0 &&
       s.upstream.url.rfind("https://", 0) != 0)

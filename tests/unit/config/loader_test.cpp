@@ -7,6 +7,12 @@ using namespace parley;
 using parley::test::temp_dir;
 
 namespace {
+/// Loads `toml` (written to a file) and the environment `env`.
+config::settings load_text(const std::string& toml, std::map<std::string, std::string> env = {}) {
+  temp_dir d;
+  return config::load(d.write("c.toml", toml), env);
+}
+
 std::string error_of(const std::string& toml, std::map<std::string, std::string> env = {}) {
   temp_dir d;
   auto path = toml.empty() ? std::string{} : d.write("c.toml", toml);
@@ -283,6 +289,7 @@ TEST_CASE("cluster settings are validated and a cluster on SQLite is refused wit
                               {"PARLEY_STORE_POSTGRES_DSN", "postgresql://x@127.0.0.1/db"},
                               {"PARLEY_CLUSTER_ENABLED", "true"},
                               {"PARLEY_CLUSTER_LISTEN", "10.0.0.1:0"},
+                              {"PARLEY_CLUSTER_ALLOW_PLAINTEXT", "true"},
                               {"PARLEY_CLUSTER_NODE_ID", "node-a"}});
   CHECK(on.cluster.enabled);
   CHECK(on.cluster.listen == "10.0.0.1:0");
@@ -293,4 +300,17 @@ TEST_CASE("cluster settings are validated and a cluster on SQLite is refused wit
         std::string::npos);
   CHECK(error_of(pg + "[cluster]\ntls_cert_file = \"/x/node.pem\"\n").find("tls_ca_file") !=
         std::string::npos);
+  // Plain TCP between nodes only on loopback, unless asked for; TLS anywhere.
+  std::string cl = pg + "[cluster]\nenabled = true\n";
+  auto plain = error_of(cl + "listen = \"10.0.0.1:7947\"\n");
+  CHECK(plain.find("cluster.listen") != std::string::npos);
+  CHECK(plain.find("allow_plaintext") != std::string::npos);
+  CHECK(error_of(cl + "listen = \"0.0.0.0:7947\"\nadvertise = \"10.0.0.1:7947\"\n")
+          .find("cluster.listen") != std::string::npos);
+  CHECK(load_text(cl + "listen = \"127.0.0.1:7947\"\n").cluster.listen == "127.0.0.1:7947");
+  CHECK(load_text(cl + "listen = \"10.0.0.1:7947\"\nallow_plaintext = true\n")
+          .cluster.allow_plaintext);
+  CHECK(load_text(cl + "listen = \"10.0.0.1:7947\"\ntls_cert_file = \"/x/n.pem\"\n"
+                          "tls_key_file = \"/x/n.key\"\ntls_ca_file = \"/x/ca.pem\"\n")
+          .cluster.tls_ca_file == "/x/ca.pem");
 }

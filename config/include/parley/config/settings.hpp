@@ -131,6 +131,10 @@ struct cluster_settings {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_ca_file;
+  /// Plain TCP between nodes on a cluster.listen that is not a loopback address. Off: such a
+  /// node refuses to start without cluster.tls_* (any peer that reaches a plain cluster port
+  /// is taken for a node, and CAF 0.17 lets one forged header make it allocate gigabytes).
+  bool allow_plaintext = false;
 };
 
 /// [resilience]: how upstream calls are timed out, retried, balanced and failed over. Every
