@@ -516,12 +516,28 @@ struct app::impl {
       tenants = std::make_shared<net::tenant_locator>(tenant_directory);
       tenants->set_timeout(std::chrono::milliseconds(settings.cluster.call_timeout_ms));
       // Stateless completions for tenants other nodes own run here (docs/cluster.md).
-      tenants->set_gateway(actors::spawn_turn_gateway(
-        *sys, svc, std::chrono::milliseconds(settings.cluster.call_timeout_ms)));
+      start_gateway(svc);
     } else {
       tenant_directory = actors::spawn_tenant_directory(*sys, tenant_manager);
       tenants = std::make_shared<net::tenant_locator>(tenant_directory);
     }
+  }
+
+  /// Spawns the turn gateway and replaces it should it ever stop unexpectedly (an exception
+  /// in a handler): until then the stateless requests for other nodes' tenants would fail.
+  void start_gateway(std::shared_ptr<const actors::chat_services> svc) {
+    auto g = actors::spawn_turn_gateway(*sys, svc,
+                                        std::chrono::milliseconds(settings.cluster.call_timeout_ms));
+    auto locator = tenants;
+    auto log = logger;
+    g->attach_functor([this, svc, locator, log](const caf::error& reason) {
+      if (!reason || reason == caf::exit_reason::user_shutdown || draining.load())
+        return;
+      log::event(log, spdlog::level::err, "turn gateway stopped, restarting it")
+        .str("reason", sys->render(reason));
+      start_gateway(svc);
+    });
+    tenants->set_gateway(std::move(g));
   }
 
   std::shared_ptr<const net::pipeline> build_pipeline() {
@@ -753,8 +769,11 @@ bool app::drained() const {
   bool http = !d.server || (d.server->in_flight() == 0 && d.server->open_sessions() == 0);
   // A cluster node also runs turns for other nodes' clients (its tenants' owner): those end
   // before it leaves, or their clients would see their stream cut.
+  // Likewise the stateless turns it admitted for other nodes, which run there: until they
+  // end, their slots and budget reservations are only here (the next owner would not know).
   if (d.membership)
-    return http && d.actor_counts.turns.load(std::memory_order_relaxed) == 0;
+    return http && d.actor_counts.turns.load(std::memory_order_relaxed) == 0 &&
+           d.actor_counts.remote_turns.load(std::memory_order_relaxed) == 0;
   return http;
 }
 
@@ -788,8 +807,9 @@ void app::stop() {
       return;
     caf::anon_send_exit(d.tenant_directory, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(d.tenant_manager, caf::exit_reason::user_shutdown);
-    if (d.tenants && d.tenants->gateway()) // (set once at start: read by the handlers)
-      caf::anon_send_exit(d.tenants->gateway(), caf::exit_reason::user_shutdown);
+    if (d.tenants)
+      if (auto g = d.tenants->gateway()) // draining is set: it is not replaced any more
+        caf::anon_send_exit(g, caf::exit_reason::user_shutdown);
     d.tenant_directory = nullptr;
     d.tenant_manager = nullptr;
     d.sys->await_all_actors_done();

@@ -86,22 +86,19 @@ struct tenant_state {
     // answers nothing for a promise that is dropped. Tell them we are gone (the relay looks
     // the tenant up afresh once, or answers 503).
     auto parked = std::move(waiting_for_budget);
-    for (auto& w : parked) {
-      if (w.gateway) {
-        // The gateway's admission was an ordinary message: an error answer would reach it as
-        // one it does not handle. A refusal it knows.
-        admission_grant g;
-        g.request_id = w.req.request_id;
-        g.refusal = {chat_error_kind::unavailable, "The tenant is restarting; retry.", 0, 1000};
-        w.grant.deliver(std::move(g));
-      } else {
+    for (auto& w : parked)
+      if (!w.gateway) // a gateway monitors us: our down answers its admissions (and retries)
         w.promise.deliver(caf::make_error(caf::sec::request_receiver_down));
-      }
-    }
+    remote_count(-static_cast<int64_t>(remote_turns.size()));
     // Stopping (shutdown or a crash): the stateless calls stop with us.
     auto calls = std::move(turns);
     for (auto& [id, call] : calls)
       call->cancel();
+  }
+  /// Keeps the node's count of remote turns (actor_counters::remote_turns) in step.
+  void remote_count(int64_t delta) {
+    if (delta != 0 && svc && svc->actors)
+      svc->actors->remote_turns.fetch_add(delta, std::memory_order_relaxed);
   }
   void publish_in_flight() {
     if (load)
@@ -146,6 +143,7 @@ struct tenant_state {
       if (r->second != sender)
         return false;
       remote_turns.erase(r);
+      remote_count(-1);
       return true;
     }
     auto it = sent_turns.find(request_id);
@@ -416,6 +414,7 @@ admission admit(tenant_actor::stateful_pointer<tenant_state> self, chat_request&
     // Run by the gateway's node, settled by its ended_atom; should that node go away first,
     // its gateway's down message settles it (see settle_gateway_turns).
     st.remote_turns[req.request_id] = gateway;
+    st.remote_count(1);
     if (st.gateways.insert(gateway).second)
       self->monitor(gateway);
     a.limits = snap;
@@ -532,6 +531,7 @@ void settle_gateway_turns(tenant_actor::stateful_pointer<tenant_state> self,
       lost.push_back(id);
   for (auto& id : lost) {
     st.remote_turns.erase(id);
+    st.remote_count(-1);
     int64_t charge = 0;
     if (auto r = st.reservations.find(id); r != st.reservations.end())
       charge = std::max(charge, r->second);
@@ -718,6 +718,7 @@ tenant_actor::behavior_type tenant_impl(tenant_actor::stateful_pointer<tenant_st
       auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
       if (auto r = st.remote_turns.find(request_id); r != st.remote_turns.end() && r->second == sender) {
         st.remote_turns.erase(r);
+        st.remote_count(-1);
         st.settle(request_id, 0, persistence::now_millis());
       }
     },

@@ -162,6 +162,22 @@ turn_gateway_actor::behavior_type gateway_impl(gateway_ptr self,
                                                std::chrono::milliseconds timeout) {
   self->state.svc = std::move(svc);
   self->state.timeout = timeout;
+  // Stopping (the node shuts down): the turns still running here are cancelled and each is
+  // settled with its owner for what it really used -- not left for the owner to charge its
+  // whole reservation when it sees us go. (A crash leaves that to the owner.)
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    auto& st = self->state;
+    auto running = std::move(st.turns);
+    st.turns.clear();
+    for (auto& [id, r] : running) {
+      r.handle->cancel(); // returns with charged() final
+      turn_outcome o;
+      o.request_id = id;
+      o.tokens = r.handle->charged();
+      self->send(r.tenant, ended_atom::value, std::move(o));
+    }
+    self->quit(em.reason);
+  });
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     st.watched.erase(dm.source);
@@ -207,6 +223,15 @@ turn_gateway_actor::behavior_type gateway_impl(gateway_ptr self,
         if (g.admitted && !g.cached)
           if (auto owner = caf::actor_cast<tenant_actor>(self->current_sender()))
             self->send(owner, cancel_atom::value, g.request_id);
+        return;
+      }
+      auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      if (sender != it->second.tenant.address()) {
+        // Not from the tenant actor we asked (an earlier owner's late grant for a request id
+        // that waits again, after a retry, on a new one): hand back what it admitted.
+        if (g.admitted && !g.cached)
+          if (auto other = caf::actor_cast<tenant_actor>(self->current_sender()))
+            self->send(other, cancel_atom::value, g.request_id);
         return;
       }
       auto p = std::move(it->second);

@@ -362,11 +362,12 @@ void ask_tenant(relay_ptr self, std::shared_ptr<tenant_locator> tenants, actors:
       s.watch(producer);
     };
     auto sink = caf::actor_cast<actors::turn_sink_actor>(self);
-    if (remote && req.conversation_id.empty() && tenants->gateway()) {
+    auto gateway = remote && req.conversation_id.empty() ? tenants->gateway()
+                                                         : actors::turn_gateway_actor{};
+    if (gateway) {
       // A stateless completion for a tenant another node owns: the owner admits it, this
       // node runs it (the gateway keeps the deadline, and settles a late admission).
-      self->request(tenants->gateway(), caf::infinite, actors::chat_atom::value, t,
-                    std::move(req), sink)
+      self->request(gateway, caf::infinite, actors::chat_atom::value, t, std::move(req), sink)
         .then(admitted, fail_now);
       return;
     }

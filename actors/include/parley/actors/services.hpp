@@ -57,6 +57,9 @@ struct actor_counters {
   std::atomic<int64_t> tenants{0};
   std::atomic<int64_t> conversations{0};
   std::atomic<int64_t> turns{0};
+  /// Cluster: stateless turns this node's tenant actors admitted for other nodes (which run
+  /// them) and have not seen end. A draining node waits for them too.
+  std::atomic<int64_t> remote_turns{0};
   std::atomic<uint64_t> conversation_passivations{0};
   std::atomic<uint64_t> tenant_restarts{0};
 };

@@ -61,8 +61,15 @@ public:
 
   /// Cluster: this node's turn gateway, through which stateless completions for tenants that
   /// other nodes own are admitted there and run here (null: the owner runs them).
-  void set_gateway(actors::turn_gateway_actor g) noexcept { gateway_ = std::move(g); }
-  const actors::turn_gateway_actor& gateway() const noexcept { return gateway_; }
+  /// Thread-safe: runtime replaces a gateway that stopped unexpectedly.
+  void set_gateway(actors::turn_gateway_actor g) {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    gateway_ = std::move(g);
+  }
+  actors::turn_gateway_actor gateway() const {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    return gateway_;
+  }
 
   /// Deadline of each lookup step (a remote manager's included): the cluster's call timeout.
   void set_timeout(std::chrono::milliseconds t) noexcept { timeout_ = t; }
